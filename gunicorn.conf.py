@@ -1,0 +1,62 @@
+"""gunicorn settings for ipe: `gunicorn -c gunicorn.conf.py ipe.wsgi:app` (see the Procfile).
+
+Never add --preload, and never import ipe.app here: the gevent worker must monkey-patch
+before the app (and redis, ssl) is imported, which happens in each worker after fork.
+"""
+
+import os
+import signal
+
+# gunicorn binds 0.0.0.0:$PORT by itself when PORT is set (Heroku); this is the default else.
+bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# The gevent pool size caps concurrent WebSockets per worker (gunicorn's default is 1000).
+worker_connections = int(os.environ.get("IPE_WORKER_CONNECTIONS", "10000"))
+# Open WebSockets never finish by themselves: ipe closes them with 4200 on SIGTERM, so
+# clients reconnect at once, and the worker does not need long to drain.
+graceful_timeout = 10
+timeout = 30
+max_requests = 0  # recycling a worker would drop every socket it holds
+# TLS ends at the proxy (Heroku's router, nginx): trust its X-Forwarded-Proto for only_ssl.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# Two gunicorns on one host would otherwise fight over one control socket path.
+control_socket_disable = True
+
+
+def on_starting(server):
+    """Refuse several workers without Redis: each would only reach its own sockets."""
+    from ipe import config as ipe_config  # pure: imports no gevent, socket users or redis
+
+    if server.cfg.workers > 1:
+        path = os.environ.get("IPE_CONFIG") or (
+            "config.yml" if os.path.exists("config.yml") else "config.yml.sample"
+        )
+        if ipe_config.load(path).redis is None:
+            raise SystemExit(
+                f"ipe: {server.cfg.workers} workers need Redis (set REDIS_URL or the redis: "
+                "section); without it each worker reaches only its own clients. "
+                "Use WEB_CONCURRENCY=1 or configure Redis."
+            )
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close every WebSocket with 4200 before gunicorn waits for handlers."""
+    import gevent
+
+    state = worker.wsgi.extensions["ipe"]
+    stop_serving = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        stop_serving(sig, frame)
+        gevent.spawn(state.shutdown)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the Prometheus multiprocess directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,5 @@
+"""`python -m ipe`: the same as the `ipe` command."""
+
+from ipe.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""The application factory: builds the per-process State and the WSGI app around it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from flask import Flask, Response, jsonify
+
+from ipe import config as config_module
+from ipe import protocol, websocket
+from ipe.broker import Broker, LocalBroker
+from ipe.cache import Cache, InMemoryCache
+from ipe.config import Config
+from ipe.hub import Hub
+from ipe.metrics import CONTENT_TYPE, Metrics
+from ipe.presence import InMemoryPresence, Presence
+from ipe.webhooks import Webhooks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """Everything one ipe process owns; built once by `create_app`."""
+
+    config: Config
+    hub: Hub
+    broker: Broker
+    presence: Presence
+    cache: Cache
+    webhooks: Webhooks
+    metrics: Metrics
+    draining: bool = False
+
+    def start(self) -> None:
+        """Start background work: liveness checks, broker listener, webhook sender."""
+        self.hub.start()
+        self.broker.start()
+        self.webhooks.start()
+
+    def shutdown(self) -> None:
+        """Tell every client to reconnect elsewhere (4200), then stop background work."""
+        self.draining = True
+        self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        self.webhooks.stop()
+        self.broker.stop()
+        self.hub.stop()
+
+
+def config_path() -> str:
+    """The config file to serve: $IPE_CONFIG, else ./config.yml, else ./config.yml.sample."""
+    path = os.environ.get("IPE_CONFIG")
+    if path:
+        return path
+    return "config.yml" if os.path.exists("config.yml") else "config.yml.sample"
+
+
+def build_state(config: Config) -> State:
+    """Wire the per-process objects for `config`."""
+    hub = Hub(config.activity_timeout, config.pong_timeout)
+    return State(
+        config=config,
+        hub=hub,
+        broker=LocalBroker(hub),
+        presence=InMemoryPresence(),
+        cache=InMemoryCache(),
+        webhooks=Webhooks(),
+        metrics=Metrics(),
+    )
+
+
+class _WebSocketRouter:
+    """WSGI middleware: upgraded requests go to `ipe.websocket`, everything else to Flask."""
+
+    def __init__(self, state: State, wsgi_app: Any) -> None:
+        self.state = state
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("wsgi.websocket") is not None:
+            websocket.serve(self.state, environ)
+            return []
+        return self.wsgi_app(environ, start_response)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the Flask app for `config` (default: load `config_path()`), with its State."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        raise RuntimeError(
+            "ipe needs gevent's monkey-patching: run it with `ipe`/`python -m ipe`, or under "
+            "gunicorn with the GeventWebSocketWorker"
+        )
+    if config is None:
+        config = config_module.load(config_path())
+    state = build_state(config)
+    # gevent-websocket logs every HTTP request itself, query string (and so auth_signature)
+    # included; ipe.rest logs each REST call without it.
+    logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
+    app = Flask("ipe")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["ipe"] = state
+    app.wsgi_app = _WebSocketRouter(state, app.wsgi_app)  # type: ignore[method-assign]
+
+    from ipe import rest
+
+    app.register_blueprint(rest.blueprint)
+
+    @app.get("/")
+    def index() -> Response:
+        return jsonify({"name": "ipe", "apps": len(config.apps)})
+
+    @app.get("/health")
+    @app.get("/healthz")
+    def health() -> tuple[Response, int]:
+        return jsonify({"ok": True}), 200
+
+    @app.get("/ready")
+    @app.get("/readyz")
+    def ready() -> tuple[Response, int]:
+        if state.draining:
+            return jsonify({"ready": False, "reason": "shutting down"}), 503
+        if not state.broker.ready():
+            return jsonify({"ready": False, "reason": "broker unavailable"}), 503
+        return jsonify({"ready": True}), 200
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(state.metrics.render(), content_type=CONTENT_TYPE)
+
+    # Started inside the serving process (after any fork), never at import time.
+    gevent.spawn(state.start)
+    return app

@@ -1,0 +1,112 @@
+"""HMAC-SHA256 signatures of the Pusher protocol, always compared in constant time. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+REST_TIMESTAMP_WINDOW = 600  # seconds either side of now (PROTOCOL.md §6.2)
+EMPTY_BODY_MD5 = hashlib.md5(b"").hexdigest()
+
+
+def sign(secret: str, message: str | bytes) -> str:
+    """Lowercase hex HMAC-SHA256 of `message` keyed with `secret`."""
+    if isinstance(message, str):
+        message = message.encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _token_valid(key: str, secret: str, token: object, string_to_sign: str) -> bool:
+    """Check a `key:hexdigest` token; the whole string is compared so the key must match too."""
+    if not isinstance(token, str):
+        return False
+    expected = f"{key}:{sign(secret, string_to_sign)}"
+    return hmac.compare_digest(expected.encode(), token.encode())
+
+
+def channel_auth_valid(
+    key: str, secret: str, socket_id: str, channel: str, token: object, channel_data: str | None
+) -> bool:
+    """Check a private/presence channel token over `socket_id:channel[:channel_data]`."""
+    if channel_data is not None:
+        # A private channel may be signed with or without its channel_data (php signs it).
+        if _token_valid(key, secret, token, f"{socket_id}:{channel}:{channel_data}"):
+            return True
+    return _token_valid(key, secret, token, f"{socket_id}:{channel}")
+
+
+def signin_valid(key: str, secret: str, socket_id: str, user_data: str, token: object) -> bool:
+    """Check a `pusher:signin` token over `socket_id::user::user_data`."""
+    return _token_valid(key, secret, token, f"{socket_id}::user::{user_data}")
+
+
+def channel_string_to_sign(socket_id: str, channel: str, channel_data: str | None) -> str:
+    """What a channel token signs, for error messages that tell a developer what went wrong."""
+    if channel_data is None:
+        return f"{socket_id}:{channel}"
+    return f"{socket_id}:{channel}:{channel_data}"
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """`X-Pusher-Signature` of a webhook body: HMAC over exactly the bytes sent."""
+    return sign(secret, body)
+
+
+class RestAuthError(Exception):
+    """A REST request whose authentication fails; `str()` is the message for the client."""
+
+
+def rest_string_to_sign(method: str, path: str, params: Mapping[str, str]) -> str:
+    """`METHOD\\npath\\nsorted query` with `auth_signature` left out and keys lowercased."""
+    pairs = sorted((k.lower(), v) for k, v in params.items() if k.lower() != "auth_signature")
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    return f"{method.upper()}\n{path}\n{query}"
+
+
+def verify_rest(
+    key: str,
+    secret: str,
+    method: str,
+    paths: tuple[str, ...],
+    params: Mapping[str, str],
+    body: bytes,
+    now: float,
+) -> None:
+    """Raise RestAuthError unless the request carries a valid auth_version 1.0 signature.
+
+    `paths` lists the paths the client may have signed (the path as received, and without a
+    deployment prefix); `params` are the percent-decoded query parameters.
+    """
+    if params.get("auth_key") != key:
+        raise RestAuthError("Unknown or missing auth_key")
+    if params.get("auth_version", "1.0") != "1.0":
+        raise RestAuthError("Unsupported auth_version (only 1.0 is supported)")
+    try:
+        timestamp = int(params.get("auth_timestamp", ""))
+    except ValueError:
+        raise RestAuthError("Missing or invalid auth_timestamp") from None
+    if abs(now - timestamp) >= REST_TIMESTAMP_WINDOW:
+        raise RestAuthError(
+            f"Timestamp expired: Given timestamp ({timestamp}) not within "
+            f"{REST_TIMESTAMP_WINDOW}s of server time ({int(now)})"
+        )
+    body_md5 = params.get("body_md5")
+    if body:
+        if body_md5 is None or not hmac.compare_digest(
+            body_md5.encode(), hashlib.md5(body).hexdigest().encode()
+        ):
+            raise RestAuthError("body_md5 does not match the request body")
+    elif body_md5 is not None and body_md5 != EMPTY_BODY_MD5:
+        raise RestAuthError("body_md5 does not match the (empty) request body")
+    signature = params.get("auth_signature")
+    if not isinstance(signature, str):
+        raise RestAuthError("Missing auth_signature")
+    for path in paths:
+        expected = sign(secret, rest_string_to_sign(method, path, params))
+        if hmac.compare_digest(expected.encode(), signature.encode()):
+            return
+    raise RestAuthError(
+        "Invalid signature: you should have sent HmacSHA256Hex("
+        f"{rest_string_to_sign(method, paths[0], params)!r}, your_secret_key)"
+    )

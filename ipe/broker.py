@@ -1,0 +1,54 @@
+"""Fan-out between processes: every publish goes through a broker, then to `Hub.dispatch`.
+
+`LocalBroker` hands messages straight to this process's hub (one process, no other service).
+A Redis broker with the same methods carries them to every node.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ipe.hub import Hub
+
+
+class Broker(Protocol):
+    """The interface every broker implements."""
+
+    def publish(
+        self, app_id: str, kind: str, target: str, payload: bytes = b"", exclude: str | None = None
+    ) -> None:
+        """Send one message (see `ipe.hub` for kinds) to every node, this one included."""
+        ...
+
+    def start(self) -> None:
+        """Begin receiving (once per process, after fork)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop receiving and release connections."""
+        ...
+
+    def ready(self) -> bool:
+        """True while messages can cross to every node."""
+        ...
+
+
+class LocalBroker:
+    """The in-process broker: publishing is delivering."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def publish(
+        self, app_id: str, kind: str, target: str, payload: bytes = b"", exclude: str | None = None
+    ) -> None:
+        self.hub.dispatch(app_id, kind, target, payload, exclude)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,137 @@
+"""The `ipe` command: serve a config file with gevent's WSGI server."""
+
+from gevent import monkey
+
+monkey.patch_all()  # first: everything imported below must see the patched socket and ssl
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+from geventwebsocket.handler import WebSocketHandler  # noqa: E402
+
+from ipe import __version__  # noqa: E402
+from ipe import config as config_module  # noqa: E402
+
+log = logging.getLogger("ipe")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipe", description="A self-hosted server for the Pusher Channels protocol."
+    )
+    parser.add_argument(
+        "--config",
+        "-config",
+        default=None,
+        help="YAML config file (default: $IPE_CONFIG, else config.yml, else config.yml.sample)",
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (default: config)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="port (default: $PORT, else config, else 8080)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: $IPE_LOG_LEVEL, else config, else info)",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the config, print a summary, exit"
+    )
+    parser.add_argument("--version", action="version", version=f"ipe {__version__}")
+    return parser
+
+
+def _summary(cfg: config_module.Config, host: str, port: int) -> str:
+    shown = host or "0.0.0.0"
+    lines = [f"ipe {__version__} listening on http://{shown}:{port}"]
+    if cfg.ssl.enabled:
+        lines.append(f"  TLS listener on {cfg.ssl.host} (cert {cfg.ssl.cert_file})")
+    engine = "in-process broker (one process)"
+    if cfg.redis is not None:
+        engine = f"Redis at {cfg.redis.host}:{cfg.redis.port}" + (
+            " (cluster)" if cfg.redis.cluster else ""
+        )
+    lines.append(f"  engine: {engine}")
+    for app in cfg.apps:
+        state = "enabled" if app.enabled else "disabled"
+        lines.append(
+            f"  app {app.name or app.app_id!r}: app_id={app.app_id} key={app.key} ({state}"
+            f"{', TLS only' if app.only_ssl else ''}"
+            f"{', client events' if app.user_events else ''}"
+            f"{', webhooks' if app.webhooks else ''})"
+        )
+        lines.append(
+            f"    pusher-js: new Pusher('{app.key}', {{wsHost: '{shown}', wsPort: {port}, "
+            "forceTLS: false, enabledTransports: ['ws', 'wss'], cluster: ''})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, load the config and serve until SIGTERM or SIGINT."""
+    args = _parser().parse_args(argv)
+    if args.config:
+        os.environ["IPE_CONFIG"] = args.config
+    from ipe.app import config_path, create_app
+
+    path = config_path()
+    try:
+        cfg = config_module.load(path)
+    except config_module.ConfigError as exc:
+        print(f"ipe: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    host = args.host if args.host is not None else cfg.host
+    port = args.port or int(os.environ.get("PORT") or 0) or cfg.port
+    level = (args.log_level or os.environ.get("IPE_LOG_LEVEL") or cfg.log_level).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.check_config:
+        print(f"{path}: OK")
+        print(_summary(cfg, host, port))
+        return
+
+    app = create_app(cfg)
+    state = app.extensions["ipe"]
+    servers = [
+        WSGIServer((host, port), app, handler_class=WebSocketHandler, log=None, error_log=log)
+    ]
+    if cfg.ssl.enabled:
+        ssl_host, ssl_port = config_module.parse_listen(cfg.ssl.host, "ssl.host")
+        servers.append(
+            WSGIServer(
+                (ssl_host, ssl_port),
+                app,
+                handler_class=WebSocketHandler,
+                log=None,
+                error_log=log,
+                keyfile=cfg.ssl.key_file,
+                certfile=cfg.ssl.cert_file,
+            )
+        )
+    for server in servers:
+        server.start()
+    print(f"serving {path}\n{_summary(cfg, host, port)}", flush=True)
+
+    stopping = gevent.event.Event()
+
+    def stop(signum: int) -> None:
+        log.info("received signal %d, closing connections", signum)
+        stopping.set()
+
+    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    stopping.wait()
+    state.shutdown()
+    for server in servers:
+        server.stop(timeout=5)
+    log.info("stopped")

@@ -1,0 +1,461 @@
+"""Configuration: IPÊ's YAML format plus ipe's additions, as frozen dataclasses. Pure.
+
+`${VAR}` and `${VAR:-default}` are expanded inside string values after parsing (never over the
+raw text, so a `$` inside a secret stays as written). Unknown keys, missing required keys and
+unset variables fail with a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+DEFAULT_PORT = 8080
+WEBHOOK_EVENT_TYPES = (
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-app limits; the defaults are Pusher's."""
+
+    max_message_size: int = 10240
+    max_presence_members: int = 100
+    max_user_info_size: int = 1024
+    max_user_id_length: int = 128
+    max_channel_name_length: int = 200
+    max_event_name_length: int = 200
+    client_events_per_second: int = 10
+    max_channels_per_event: int = 100
+    max_batch_size: int = 10
+    max_watchlist_size: int = 100
+    cache_ttl: int = 1800
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """One webhook receiver, optionally filtered by event type and channel-name prefix."""
+
+    url: str
+    event_types: tuple[str, ...] = WEBHOOK_EVENT_TYPES
+    channel_prefix: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One Pusher application served by this instance."""
+
+    app_id: str
+    key: str
+    secret: str = field(repr=False)
+    name: str = ""
+    enabled: bool = True
+    only_ssl: bool = False
+    user_events: bool = True
+    webhooks: tuple[WebhookTarget, ...] = ()
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """IPÊ's optional second listener with TLS."""
+
+    enabled: bool = False
+    host: str = ":4433"
+    key_file: str = ""
+    cert_file: str = ""
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where the Redis engine is; absent means one process with the in-process broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str | None = field(default=None, repr=False)
+    username: str | None = None
+    db: int = 0
+    tls: bool = False
+    tls_verify: bool = True
+    cluster: bool = False
+    addrs: tuple[tuple[str, int], ...] = ()
+    prefix: str = "ipe"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one ipe instance."""
+
+    apps: tuple[AppConfig, ...]
+    host: str = ""
+    port: int = DEFAULT_PORT
+    activity_timeout: int = 30
+    pong_timeout: int = 30
+    max_outbox_bytes: int = 1 << 20
+    profiling: bool = False
+    ssl: SSLConfig = SSLConfig()
+    redis: RedisConfig | None = None
+    instance_id: str = ""
+    log_level: str = "info"
+
+    def app_by_key(self, key: str) -> AppConfig | None:
+        """The app whose public key is `key`."""
+        for app in self.apps:
+            if app.key == key:
+                return app
+        return None
+
+    def app_by_id(self, app_id: str) -> AppConfig | None:
+        """The app whose id is `app_id`."""
+        for app in self.apps:
+            if app.app_id == app_id:
+                return app
+        return None
+
+
+# --- environment expansion ------------------------------------------------------------------
+
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+
+        return _VAR_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+# --- typed readers ----------------------------------------------------------------------------
+
+_REQUIRED = object()
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+
+
+class _Section:
+    """Reads typed keys out of one mapping and rejects the keys nobody read."""
+
+    def __init__(self, raw: Any, where: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where or 'config'}: must be a mapping")
+        self.raw = raw
+        self.where = where
+        self.seen: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        self.seen.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self._path(key)}: missing required key")
+            return default
+        return self.raw[key]
+
+    def str(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.get(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{self._path(key)}: must be a string")
+        return str(value)
+
+    def bool(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.get(key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{self._path(key)}: must be true or false")
+
+    def int(self, key: str, default: Any = _REQUIRED, minimum: int = 0) -> Any:
+        value = self.get(key, default)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{self._path(key)}: must be an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self._path(key)}: must be an integer")
+        if value < minimum:
+            raise ConfigError(f"{self._path(key)}: must be at least {minimum}")
+        return value
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.get(key, None), self._path(key))
+
+    def done(self) -> None:
+        unknown = sorted(str(k) for k in self.raw if k not in self.seen)
+        if unknown:
+            raise ConfigError(f"{self._path(unknown[0])}: unknown key")
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    """`":8080"`, `"0.0.0.0:8080"` or `"8080"` → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"{where}: port out of range in {value!r}")
+    return host.strip("[]"), number
+
+
+def _limits(section: _Section, base: Limits) -> Limits:
+    values = {}
+    for name in Limits.__dataclass_fields__:
+        values[name] = section.int(name, getattr(base, name), minimum=1)
+    section.done()
+    return Limits(**values)
+
+
+def _webhook_target(raw: Any, where: str) -> WebhookTarget:
+    section = _Section(raw, where)
+    url = section.str("url")
+    types = section.get("event_types", list(WEBHOOK_EVENT_TYPES))
+    if isinstance(types, str):
+        types = [types]
+    if not isinstance(types, list) or not types:
+        raise ConfigError(f"{where}.event_types: must be a non-empty list")
+    for kind in types:
+        if kind not in WEBHOOK_EVENT_TYPES:
+            raise ConfigError(f"{where}.event_types: unknown event type {kind!r}")
+    headers = section.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{where}.headers: must be a mapping")
+    for name in headers:
+        if str(name).lower().startswith("x-pusher-") or str(name).lower() == "content-type":
+            raise ConfigError(f"{where}.headers: {name} is set by ipe and cannot be overridden")
+    prefix = section.str("channel_prefix", "")
+    section.done()
+    return WebhookTarget(
+        url=url,
+        event_types=tuple(types),
+        channel_prefix=prefix,
+        headers=tuple((str(k), str(v)) for k, v in headers.items()),
+    )
+
+
+def _webhooks(raw: Any, where: str) -> tuple[WebhookTarget, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, list):
+        return tuple(_webhook_target(item, f"{where}[{i}]") for i, item in enumerate(raw))
+    # IPÊ's single-target form: {enabled, url}.
+    section = _Section(raw, where)
+    enabled = section.bool("enabled", False)
+    url = section.str("url", "")
+    section.done()
+    if not enabled:
+        return ()
+    if not url:
+        raise ConfigError(f"{where}.url: missing required key")
+    return (WebhookTarget(url=url),)
+
+
+def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
+    section = _Section(raw, where)
+    app = AppConfig(
+        app_id=section.str("app_id"),
+        key=section.str("key"),
+        secret=section.str("secret"),
+        name=section.str("name", ""),
+        enabled=section.bool("enabled", True),
+        only_ssl=section.bool("only_ssl", False),
+        user_events=section.bool("user_events", True),
+        webhooks=_webhooks(section.get("webhooks", None), f"{where}.webhooks"),
+        limits=_limits(section.section("limits"), limits),
+    )
+    section.done()
+    for name in ("app_id", "key", "secret"):
+        if not getattr(app, name):
+            raise ConfigError(f"{where}.{name}: must not be empty")
+    return app
+
+
+def _redis_from_url(url: str, where: str) -> RedisConfig:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"{where}: expected a redis:// or rediss:// URL")
+    db = 0
+    if parts.path.strip("/"):
+        try:
+            db = int(parts.path.strip("/"))
+        except ValueError:
+            raise ConfigError(f"{where}: database in the URL must be a number") from None
+    return RedisConfig(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        db=db,
+        tls=parts.scheme == "rediss",
+    )
+
+
+def _parse_addrs(value: str, where: str) -> tuple[tuple[str, int], ...]:
+    addrs = []
+    for item in value.replace(" ", "").split(","):
+        if item:
+            host, port = parse_listen(item, where)
+            addrs.append((host or "127.0.0.1", port))
+    return tuple(addrs)
+
+
+def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
+    """The `redis:` section, then IPÊ's REDIS_* variables and REDIS_URL on top of it."""
+    section = _Section(raw, "redis")
+    configured = bool(section.raw)
+    url = section.str("url", "")
+    redis = _redis_from_url(url, "redis.url") if url else RedisConfig()
+    addrs = section.get("addrs", [])
+    if isinstance(addrs, str):
+        addrs = _parse_addrs(addrs, "redis.addrs")
+    elif isinstance(addrs, list):
+        addrs = _parse_addrs(",".join(str(a) for a in addrs), "redis.addrs")
+    else:
+        raise ConfigError("redis.addrs: must be a list of HOST:PORT")
+    redis = replace(
+        redis,
+        host=section.str("host", redis.host),
+        port=section.int("port", redis.port, minimum=1),
+        username=section.str("username", redis.username),
+        password=section.str("password", redis.password),
+        db=section.int("db", redis.db),
+        tls=section.bool("tls", redis.tls),
+        tls_verify=section.bool("tls_verify", redis.tls_verify),
+        cluster=section.bool("cluster", redis.cluster),
+        addrs=addrs,
+        prefix=section.str("prefix", redis.prefix),
+    )
+    section.done()
+
+    if env.get("REDIS_URL"):
+        configured = True
+        from_url = _redis_from_url(env["REDIS_URL"], "REDIS_URL")
+        redis = replace(
+            redis,
+            host=from_url.host,
+            port=from_url.port,
+            username=from_url.username,
+            password=from_url.password,
+            db=from_url.db,
+            tls=from_url.tls,
+        )
+    overrides = _Section(
+        {k: v for k, v in env.items() if k.startswith("REDIS_") and k != "REDIS_URL" and v},
+        "",
+    )
+    if overrides.raw:
+        configured = True
+        redis = replace(
+            redis,
+            host=overrides.str("REDIS_HOST", redis.host),
+            port=overrides.int("REDIS_PORT", redis.port, minimum=1),
+            password=overrides.str("REDIS_PASSWORD", redis.password),
+            db=overrides.int("REDIS_DB", redis.db),
+            cluster=overrides.bool("REDIS_CLUSTER_MODE", redis.cluster),
+            tls=overrides.bool("REDIS_TLS_ENABLED", redis.tls),
+            tls_verify=not overrides.bool("REDIS_TLS_SKIP_VERIFY", not redis.tls_verify),
+            prefix=overrides.str("REDIS_PREFIX", redis.prefix),
+            addrs=_parse_addrs(overrides.str("REDIS_ADDRS"), "REDIS_ADDRS")
+            if "REDIS_ADDRS" in overrides.raw
+            else redis.addrs,
+        )
+        # Other REDIS_* variables belong to other programs; they are not ours to reject.
+    if redis.cluster and not redis.addrs:
+        redis = replace(redis, addrs=((redis.host, redis.port),))
+    return redis if configured else None
+
+
+def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from parsed YAML, expanding `${VAR}` from `env` (default os.environ)."""
+    env = os.environ if env is None else env
+    raw = _expand(raw, "", env)
+    top = _Section(raw, "")
+    host, port = parse_listen(top.str("host", f":{DEFAULT_PORT}"), "host")
+    ssl = top.section("ssl")
+    ssl_config = SSLConfig(
+        enabled=ssl.bool("enabled", False),
+        host=ssl.str("host", SSLConfig.host),
+        key_file=ssl.str("key_file", ""),
+        cert_file=ssl.str("cert_file", ""),
+    )
+    ssl.done()
+    if ssl_config.enabled:
+        parse_listen(ssl_config.host, "ssl.host")
+        for name in ("key_file", "cert_file"):
+            if not getattr(ssl_config, name):
+                raise ConfigError(f"ssl.{name}: required when ssl.enabled is true")
+    limits = _limits(top.section("limits"), Limits())
+    apps_raw = top.get("apps")
+    if not isinstance(apps_raw, list) or not apps_raw:
+        raise ConfigError("apps: must be a non-empty list")
+    apps = tuple(_app(item, f"apps[{i}]", limits) for i, item in enumerate(apps_raw))
+    for name in ("app_id", "key"):
+        values = [getattr(a, name) for a in apps]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ConfigError(f"apps[{i}].{name}: duplicate value {value!r}")
+    config = Config(
+        apps=apps,
+        host=host,
+        port=port,
+        activity_timeout=top.int("activity_timeout", Config.activity_timeout, minimum=1),
+        pong_timeout=top.int("pong_timeout", Config.pong_timeout, minimum=1),
+        max_outbox_bytes=top.int("max_outbox_bytes", Config.max_outbox_bytes, minimum=1024),
+        profiling=top.bool("profiling", False),
+        ssl=ssl_config,
+        redis=_redis(top.get("redis", None), env),
+        instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
+        log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
+    )
+    top.done()
+    return config
+
+
+def load(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at `path`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    return parse(raw, env)

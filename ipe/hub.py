@@ -1,0 +1,209 @@
+"""This process's sockets: who is connected, subscribed, signed in and watching. No Redis.
+
+Delivery builds a frame once and offers the same bytes to every local subscriber; offering
+never blocks (Connection.send), so one slow client cannot hold up a publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import gevent
+
+from ipe import protocol
+from ipe.connection import Connection, text_frame
+
+log = logging.getLogger(__name__)
+
+PING_FRAME = text_frame(protocol.encode_event(protocol.PING))
+
+# Kinds of broker message (the envelope's "k"): what `Hub.dispatch` does with them.
+EVENT = "e"  # target: channel name; payload: encoded event
+TERMINATE = "t"  # target: user id; close that user's signed-in sockets
+WATCH = "w"  # target: user id; payload: b"online" or b"offline"
+
+
+class Hub:
+    """Registry of local connections: app_id → channel → sockets, plus users and watchers."""
+
+    def __init__(self, activity_timeout: int, pong_timeout: int) -> None:
+        self.activity_timeout = activity_timeout
+        self.pong_timeout = pong_timeout
+        self.connections: dict[str, Connection] = {}
+        self._channels: dict[str, dict[str, set[Connection]]] = {}
+        self._users: dict[str, dict[str, set[Connection]]] = {}
+        self._watchers: dict[str, dict[str, set[Connection]]] = {}
+        self._reaper: gevent.Greenlet | None = None
+
+    # --- connections --------------------------------------------------------------------------
+
+    def register(self, conn: Connection) -> None:
+        """Track a new connection (for pings, terminate and socket-id lookups)."""
+        self.connections[conn.socket_id] = conn
+
+    def unregister(self, conn: Connection) -> None:
+        """Forget a connection that has ended; its channels must already be removed."""
+        self.connections.pop(conn.socket_id, None)
+        if conn.user_id is not None:
+            self._discard(self._users, conn.app.app_id, conn.user_id, conn)
+        self.unwatch(conn)
+
+    def count(self, app_id: str | None = None) -> int:
+        """Local connections, of one app or all."""
+        if app_id is None:
+            return len(self.connections)
+        return sum(1 for c in self.connections.values() if c.app.app_id == app_id)
+
+    # --- channels -----------------------------------------------------------------------------
+
+    def add(self, app_id: str, channel: str, conn: Connection) -> bool:
+        """Subscribe `conn`; True if it was not subscribed before."""
+        subs = self._channels.setdefault(app_id, {}).setdefault(channel, set())
+        if conn in subs:
+            return False
+        subs.add(conn)
+        return True
+
+    def remove(self, app_id: str, channel: str, conn: Connection) -> bool:
+        """Unsubscribe `conn`; True if it was subscribed."""
+        return self._discard(self._channels, app_id, channel, conn)
+
+    def subscribers(self, app_id: str, channel: str) -> int:
+        """Local subscriptions to one channel."""
+        return len(self._channels.get(app_id, {}).get(channel, ()))
+
+    def local_channels(self, app_id: str) -> dict[str, int]:
+        """Local subscription counts of every occupied channel of an app."""
+        return {ch: len(subs) for ch, subs in self._channels.get(app_id, {}).items()}
+
+    @staticmethod
+    def _discard(
+        index: dict[str, dict[str, set[Connection]]], app_id: str, key: str, conn: Connection
+    ) -> bool:
+        by_key = index.get(app_id)
+        conns = by_key.get(key) if by_key else None
+        if conns is None or conn not in conns:
+            return False
+        conns.discard(conn)
+        if not conns:
+            del by_key[key]  # type: ignore[index]
+        return True
+
+    # --- users and watchlists -----------------------------------------------------------------
+
+    def sign_in(self, conn: Connection, user_id: str) -> None:
+        """Index a signed-in connection by its user id."""
+        conn.user_id = user_id
+        self._users.setdefault(conn.app.app_id, {}).setdefault(user_id, set()).add(conn)
+
+    def user_connections(self, app_id: str, user_id: str) -> int:
+        """Local connections signed in as `user_id`."""
+        return len(self._users.get(app_id, {}).get(user_id, ()))
+
+    def watch(self, conn: Connection, user_ids: Iterable[str]) -> None:
+        """Register `conn` to be told when any of `user_ids` goes online or offline."""
+        conn.watchlist = tuple(user_ids)
+        by_user = self._watchers.setdefault(conn.app.app_id, {})
+        for user_id in conn.watchlist:
+            by_user.setdefault(user_id, set()).add(conn)
+
+    def unwatch(self, conn: Connection) -> None:
+        """Drop every watch of `conn`."""
+        for user_id in conn.watchlist:
+            self._discard(self._watchers, conn.app.app_id, user_id, conn)
+        conn.watchlist = ()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def dispatch(
+        self, app_id: str, kind: str, target: str, payload: bytes, exclude: str | None
+    ) -> None:
+        """Carry out one broker message on this process's sockets."""
+        if kind == EVENT:
+            self.deliver(app_id, target, payload, exclude)
+        elif kind == TERMINATE:
+            self.terminate_user(app_id, target)
+        elif kind == WATCH:
+            self.notify_watchers(app_id, target, payload == b"online")
+        else:
+            log.warning("ignoring broker message of unknown kind %r", kind)
+
+    def deliver(self, app_id: str, channel: str, payload: bytes, exclude: str | None) -> int:
+        """Send one encoded event to the local subscribers of `channel`; returns how many."""
+        user_id = protocol.server_to_user_id(channel)
+        if user_id is not None:
+            # Server-to-user events reach every socket signed in as that user, subscribed or not.
+            conns = self._users.get(app_id, {}).get(user_id)
+        else:
+            conns = self._channels.get(app_id, {}).get(channel)
+        if not conns:
+            return 0
+        data = text_frame(payload)
+        skip = self.connections.get(exclude) if exclude else None
+        sent = 0
+        for conn in tuple(conns):
+            if conn is not skip and conn.send(data):
+                sent += 1
+        return sent
+
+    def terminate_user(self, app_id: str, user_id: str) -> int:
+        """Close every local socket signed in as `user_id` (REST terminate_connections)."""
+        conns = tuple(self._users.get(app_id, {}).get(user_id, ()))
+        for conn in conns:
+            conn.close(protocol.UNAUTHORIZED, "You got disconnected by the app.", error=True)
+        return len(conns)
+
+    def notify_watchers(self, app_id: str, user_id: str, online: bool) -> None:
+        """Tell local watchers of `user_id` that it went online or offline."""
+        conns = self._watchers.get(app_id, {}).get(user_id)
+        if not conns:
+            return
+        name = "online" if online else "offline"
+        data = text_frame(
+            protocol.encode_event(
+                protocol.WATCHLIST_EVENTS, data={"events": [{"name": name, "user_ids": [user_id]}]}
+            )
+        )
+        for conn in tuple(conns):
+            conn.send(data)
+
+    # --- liveness -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the activity-timeout reaper (once per process, after fork)."""
+        if self._reaper is None:
+            self._reaper = gevent.spawn(self._reap_forever)
+
+    def stop(self) -> None:
+        """Stop the reaper."""
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+            self._reaper = None
+
+    def _reap_forever(self) -> None:
+        interval = min(5.0, max(0.25, min(self.activity_timeout, self.pong_timeout) / 4))
+        while True:
+            gevent.sleep(interval)
+            try:
+                self.reap(time.monotonic())
+            except Exception:  # never let liveness checks die silently
+                log.exception("activity check failed")
+
+    def reap(self, now: float) -> None:
+        """Ping connections silent for activity_timeout; close those that never answered."""
+        for conn in tuple(self.connections.values()):
+            if conn.closing:
+                continue
+            if conn.ping_sent:
+                if now - conn.ping_sent >= self.pong_timeout:
+                    conn.close(protocol.PONG_NOT_RECEIVED, "Pong reply not received", error=True)
+            elif now - conn.last_seen >= self.activity_timeout:
+                conn.ping_sent = now
+                conn.send(PING_FRAME)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every local connection (shutdown: 4200 tells clients to reconnect at once)."""
+        for conn in tuple(self.connections.values()):
+            conn.close(code, reason, error=True)

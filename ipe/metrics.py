@@ -1,0 +1,76 @@
+"""Prometheus counters and gauges of one ipe process (prometheus_client).
+
+Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR so that a scrape sums every
+worker (gunicorn.conf.py marks dead workers); otherwise each process reports its own values.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import multiprocess as _multiprocess
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """Every metric ipe exports, registered on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "ipe_connections",
+            "Open WebSocket connections",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.connections_total = Counter(
+            "ipe_connections_opened_total", "WebSocket connections accepted", registry=r
+        )
+        self.disconnections = Counter(
+            "ipe_disconnections_total",
+            "WebSocket connections ended, by close code",
+            ["code"],
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "ipe_ws_messages_received_total", "Messages received from clients", registry=r
+        )
+        self.messages_sent = Counter(
+            "ipe_ws_messages_sent_total", "Event frames written to clients", registry=r
+        )
+        self.http_requests = Counter(
+            "ipe_http_requests_total",
+            "REST requests, by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.slow_consumer_closes = Counter(
+            "ipe_slow_consumer_closes_total",
+            "Connections closed with 4100 because their outbox overflowed",
+            registry=r,
+        )
+        self.broker_failures = Counter(
+            "ipe_broker_publish_failures_total",
+            "Messages that could not be handed to the broker (lost for other nodes)",
+            registry=r,
+        )
+        self.redis_reconnects = Counter(
+            "ipe_redis_reconnects_total", "Reconnections of the Redis listener", registry=r
+        )
+        self.webhooks_sent = Counter(
+            "ipe_webhooks_sent_total", "Webhook requests acknowledged by receivers", registry=r
+        )
+        self.webhooks_failed = Counter(
+            "ipe_webhooks_failed_total", "Webhook batches given up after retries", registry=r
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition, summed over workers in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,134 @@
+"""Who is in each channel, cluster-wide: subscription counts, presence members, online users.
+
+The in-process store below serves one process. A Redis store with the same methods makes
+the same answers true across every node; callers never know which one they have.
+Every answer that drives a webhook or a member event is a *transition* (first/last), so that
+each one fires once per cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Presence(Protocol):
+    """The interface every store implements."""
+
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        """Count one subscription; True if the channel just became occupied."""
+        ...
+
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        """Uncount one subscription; True if the channel just became vacant."""
+        ...
+
+    def join(
+        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+    ) -> tuple[bool, dict[str, Any]]:
+        """Add a member's socket; (True if the user's first socket, the member map after)."""
+        ...
+
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
+        """Remove a member's socket; True if it was the user's last one on the channel."""
+        ...
+
+    def members(self, app_id: str, channel: str) -> dict[str, Any]:
+        """user_id → user_info of a presence channel."""
+        ...
+
+    def subscription_count(self, app_id: str, channel: str) -> int:
+        """Sockets subscribed to a channel."""
+        ...
+
+    def channels(self, app_id: str) -> dict[str, int]:
+        """Every occupied channel of an app with its subscription count."""
+        ...
+
+    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        """Count one signed-in socket; True if the user just came online."""
+        ...
+
+    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        """Uncount one signed-in socket; True if the user just went offline."""
+        ...
+
+    def online(self, app_id: str, user_ids: tuple[str, ...]) -> set[str]:
+        """Which of `user_ids` have at least one signed-in socket."""
+        ...
+
+
+class InMemoryPresence:
+    """The single-process store: plain dicts, no I/O."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, dict[str, int]] = {}
+        self._members: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        self._users: dict[tuple[str, str], int] = {}
+
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        subs = self._subs.setdefault(app_id, {})
+        count = subs.get(channel, 0) + 1
+        subs[channel] = count
+        return count == 1
+
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        subs = self._subs.get(app_id, {})
+        count = subs.get(channel, 0) - 1
+        if count > 0:
+            subs[channel] = count
+            return False
+        subs.pop(channel, None)
+        return count == 0
+
+    def join(
+        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+    ) -> tuple[bool, dict[str, Any]]:
+        members = self._members.setdefault((app_id, channel), {})
+        entry = members.get(user_id)
+        if entry is None:
+            members[user_id] = [1, user_info]
+        else:
+            entry[0] += 1
+            entry[1] = user_info  # the newest socket's info wins, as in Redis
+        return entry is None, {uid: e[1] for uid, e in members.items()}
+
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
+        members = self._members.get((app_id, channel))
+        entry = members.get(user_id) if members else None
+        if entry is None:
+            return False
+        entry[0] -= 1
+        if entry[0] > 0:
+            return False
+        del members[user_id]  # type: ignore[index]
+        if not members:
+            del self._members[(app_id, channel)]
+        return True
+
+    def members(self, app_id: str, channel: str) -> dict[str, Any]:
+        members = self._members.get((app_id, channel), {})
+        return {uid: e[1] for uid, e in members.items()}
+
+    def subscription_count(self, app_id: str, channel: str) -> int:
+        return self._subs.get(app_id, {}).get(channel, 0)
+
+    def channels(self, app_id: str) -> dict[str, int]:
+        return dict(self._subs.get(app_id, {}))
+
+    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        key = (app_id, user_id)
+        count = self._users.get(key, 0) + 1
+        self._users[key] = count
+        return count == 1
+
+    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        key = (app_id, user_id)
+        count = self._users.get(key, 0) - 1
+        if count > 0:
+            self._users[key] = count
+            return False
+        self._users.pop(key, None)
+        return count == 0
+
+    def online(self, app_id: str, user_ids: tuple[str, ...]) -> set[str]:
+        return {uid for uid in user_ids if (app_id, uid) in self._users}

@@ -1,0 +1,199 @@
+"""The Pusher Channels wire format: names, codes, channel rules and JSON encoding. Pure."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+PROTOCOL_VERSION = 7
+SUPPORTED_PROTOCOLS = range(4, 8)
+
+# Close / pusher:error codes (PROTOCOL.md §1.6). 4000-4099: the client must not reconnect;
+# 4100-4199: reconnect after a back-off; 4200-4299: reconnect at once; 4300+: not a close code.
+SSL_ONLY = 4000
+APP_NOT_FOUND = 4001
+APP_DISABLED = 4003
+OVER_QUOTA = 4004
+PATH_NOT_FOUND = 4005
+INVALID_VERSION = 4006
+UNSUPPORTED_PROTOCOL = 4007
+NO_PROTOCOL = 4008
+UNAUTHORIZED = 4009
+OVER_CAPACITY = 4100
+GENERIC_RECONNECT = 4200
+PONG_NOT_RECEIVED = 4201
+CLIENT_EVENT_REJECTED = 4301
+WATCHLIST_LIMIT = 4302
+
+# Plain WebSocket close codes (RFC 6455 §7.4.1).
+WS_NORMAL = 1000
+WS_GOING_AWAY = 1001
+WS_PROTOCOL_ERROR = 1002
+WS_UNSUPPORTED_DATA = 1003
+WS_INVALID_PAYLOAD = 1007
+WS_MESSAGE_TOO_BIG = 1009
+
+CONNECTION_ESTABLISHED = "pusher:connection_established"
+ERROR = "pusher:error"
+PING = "pusher:ping"
+PONG = "pusher:pong"
+SUBSCRIBE = "pusher:subscribe"
+UNSUBSCRIBE = "pusher:unsubscribe"
+SIGNIN = "pusher:signin"
+SIGNIN_SUCCESS = "pusher:signin_success"
+SUBSCRIPTION_ERROR = "pusher:subscription_error"
+CACHE_MISS = "pusher:cache_miss"
+SUBSCRIPTION_SUCCEEDED = "pusher_internal:subscription_succeeded"
+MEMBER_ADDED = "pusher_internal:member_added"
+MEMBER_REMOVED = "pusher_internal:member_removed"
+WATCHLIST_EVENTS = "pusher_internal:watchlist_events"
+
+CLIENT_EVENT_PREFIX = "client-"
+SERVER_TO_USER_PREFIX = "#server-to-user-"
+
+CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
+SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class PusherError(Exception):
+    """A protocol-level error carried as data: a Pusher code (or None) and a message."""
+
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every Pusher client and SDK writes it."""
+    return _compact(value)
+
+
+# --- channels ---------------------------------------------------------------------------------
+
+
+def is_private(channel: str) -> bool:
+    """True for every channel that needs a private signature (private-, incl. encrypted/cache)."""
+    return channel.startswith("private-")
+
+
+def is_presence(channel: str) -> bool:
+    """True for presence- and presence-cache- channels."""
+    return channel.startswith("presence-")
+
+
+def is_encrypted(channel: str) -> bool:
+    """True for end-to-end encrypted channels, whose payloads the server never reads."""
+    return channel.startswith("private-encrypted-")
+
+
+def is_cache(channel: str) -> bool:
+    """True for the four cache-channel kinds, whose last event is replayed to new subscribers."""
+    return (
+        channel.startswith("cache-")
+        or channel.startswith("private-cache-")
+        or channel.startswith("private-encrypted-cache-")
+        or channel.startswith("presence-cache-")
+    )
+
+
+def server_to_user_id(channel: str) -> str | None:
+    """The user id of a `#server-to-user-{id}` channel, or None for any other channel."""
+    if channel.startswith(SERVER_TO_USER_PREFIX):
+        return channel[len(SERVER_TO_USER_PREFIX) :]
+    return None
+
+
+def allows_client_events(channel: str) -> bool:
+    """Client events are allowed on private and presence channels, never on encrypted ones."""
+    return (is_private(channel) and not is_encrypted(channel)) or is_presence(channel)
+
+
+def valid_channel_name(channel: object, max_length: int) -> bool:
+    """Pusher's channel-name rule (PROTOCOL.md §2.1), `#server-to-user-{id}` included."""
+    if not isinstance(channel, str) or not 0 < len(channel) <= max_length:
+        return False
+    user_id = server_to_user_id(channel)
+    if user_id is not None:
+        return CHANNEL_NAME_RE.fullmatch(user_id) is not None
+    return CHANNEL_NAME_RE.fullmatch(channel) is not None
+
+
+def valid_socket_id(socket_id: object) -> bool:
+    """A socket id is two runs of digits joined by a dot."""
+    return isinstance(socket_id, str) and SOCKET_ID_RE.fullmatch(socket_id) is not None
+
+
+def new_socket_id() -> str:
+    """A fresh, practically unique socket id in Pusher's `\\d+.\\d+` shape."""
+    return f"{random.randrange(1, 1 << 31)}.{random.randrange(1, 1 << 31)}"
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def encode_event(
+    event: str, channel: str | None = None, data: Any = None, user_id: str | None = None
+) -> bytes:
+    """One server-to-client message as UTF-8 JSON; `data` is sent as given (string or object)."""
+    message: dict[str, Any] = {"event": event}
+    if channel is not None:
+        message["channel"] = channel
+    message["data"] = {} if data is None else data
+    if user_id is not None:
+        message["user_id"] = user_id
+    return _compact(message).encode()
+
+
+def encode_error(code: int | None, message: str, channel: str | None = None) -> bytes:
+    """A `pusher:error` frame payload; `code` is a number or null, as Java clients require."""
+    return encode_event(ERROR, channel, {"code": code, "message": message})
+
+
+def connection_established(socket_id: str, activity_timeout: int) -> bytes:
+    """The first frame of every connection; its data is a JSON *string* (Java needs that)."""
+    data = _compact({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    return encode_event(CONNECTION_ESTABLISHED, data=data)
+
+
+def subscription_error(channel: str, kind: str, error: str, status: int) -> bytes:
+    """Channel-scoped subscription failure in the shape Laravel Echo's `.error()` receives."""
+    return encode_event(
+        SUBSCRIPTION_ERROR, channel, {"type": kind, "error": error, "status": status}
+    )
+
+
+def presence_data(members: dict[str, Any]) -> str:
+    """`subscription_succeeded` data for a presence channel: ids, hash and count."""
+    return _compact({"presence": {"ids": list(members), "hash": members, "count": len(members)}})
+
+
+def parse_client_message(raw: str) -> tuple[str, str | None, Any]:
+    """Parse one client frame into (event, channel, data) or raise PusherError."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        raise PusherError(GENERIC_RECONNECT, "Invalid JSON") from None
+    if not isinstance(message, dict):
+        raise PusherError(GENERIC_RECONNECT, "Message must be a JSON object")
+    event = message.get("event")
+    if not isinstance(event, str) or not event:
+        raise PusherError(GENERIC_RECONNECT, "Missing or invalid 'event'")
+    channel = message.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise PusherError(GENERIC_RECONNECT, "Invalid 'channel'")
+    return event, channel, message.get("data")
+
+
+def event_data_object(data: Any) -> dict[str, Any] | None:
+    """The `data` of a pusher:* client event as an object; old clients send a JSON string."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return None
+    return data if isinstance(data, dict) else None

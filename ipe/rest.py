@@ -1,0 +1,327 @@
+"""The Pusher HTTP API: signed requests in, events to the broker, channel state out.
+
+Every rejection is the status Pusher gives with a JSON body `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ipe import auth, protocol
+from ipe.hub import EVENT, TERMINATE
+
+if TYPE_CHECKING:
+    from ipe.app import State
+    from ipe.config import AppConfig, Limits
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("rest", __name__)
+
+CHANNEL_INFO = frozenset({"user_count", "subscription_count", "cache"})
+CHANNELS_INFO = frozenset({"user_count", "subscription_count"})
+EVENT_INFO = frozenset({"user_count", "subscription_count"})
+
+
+class ApiError(Exception):
+    """A request rejected with an HTTP status and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _state() -> State:
+    return current_app.extensions["ipe"]  # type: ignore[no-any-return]
+
+
+def _body_cap(limits: Limits) -> int:
+    """The largest body worth reading: a full batch of maximal events, plus JSON around it."""
+    return limits.max_message_size * max(limits.max_batch_size, 1) + 64 * 1024
+
+
+def _authenticate(app: AppConfig | None) -> AppConfig:
+    """Check the app and the request signature; the body is read here, under a size cap."""
+    if app is None:
+        raise ApiError(404, "Unknown app")
+    request.max_content_length = _body_cap(app.limits)
+    body = request.get_data(cache=True)
+    paths = [request.path]
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw:
+        raw_path = raw.split("?", 1)[0]
+        if raw_path != request.path:
+            paths.append(raw_path)
+    try:
+        auth.verify_rest(
+            app.key,
+            app.secret,
+            request.method,
+            tuple(paths),
+            request.args.to_dict(flat=True),
+            body,
+            time.time(),
+        )
+    except auth.RestAuthError as exc:
+        raise ApiError(401, str(exc)) from None
+    if not app.enabled:
+        raise ApiError(403, "Application disabled")
+    g.ipe_app = app
+    return app
+
+
+def _app(app_id: str) -> AppConfig:
+    return _authenticate(_state().config.app_by_id(app_id))
+
+
+def _json_body() -> dict[str, Any]:
+    try:
+        body = json.loads(request.get_data(cache=True) or b"{}")
+    except ValueError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+def _info(value: Any, allowed: frozenset[str]) -> set[str]:
+    if value in (None, ""):
+        return set()
+    if not isinstance(value, str):
+        raise ApiError(400, "info must be a comma-separated string")
+    attrs = {a.strip() for a in value.split(",") if a.strip()}
+    unknown = attrs - allowed
+    if unknown:
+        raise ApiError(400, f"Unsupported info attribute: {sorted(unknown)[0]}")
+    return attrs
+
+
+def _channel(name: Any, limits: Limits) -> str:
+    if not protocol.valid_channel_name(name, limits.max_channel_name_length):
+        shown = name[:64] if isinstance(name, str) else name
+        raise ApiError(400, f"Invalid channel name: {shown!r}")
+    return name  # type: ignore[no-any-return]
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+class _Event:
+    """One validated event of a trigger or batch request."""
+
+    __slots__ = ("name", "data", "channels", "socket_id", "info")
+
+    def __init__(self, raw: Any, limits: Limits, batch: bool) -> None:
+        if not isinstance(raw, dict):
+            raise ApiError(400, "Each event must be a JSON object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "Missing event name")
+        if len(name) > limits.max_event_name_length:
+            raise ApiError(400, f"Event name longer than {limits.max_event_name_length} characters")
+        if "data" not in raw:
+            raise ApiError(400, "Missing event data")
+        data = raw["data"]
+        if not isinstance(data, str):
+            data = protocol.dumps(data)
+        if len(data.encode()) > limits.max_message_size:
+            raise ApiError(413, f"Event data larger than {limits.max_message_size} bytes")
+        channels = raw.get("channels")
+        if channels is None:
+            channel = raw.get("channel")
+            if channel is None:
+                raise ApiError(400, "Missing channel or channels")
+            channels = [channel]
+        if not isinstance(channels, list) or not channels:
+            raise ApiError(400, "channels must be a non-empty list")
+        if len(channels) > limits.max_channels_per_event:
+            raise ApiError(400, f"More than {limits.max_channels_per_event} channels")
+        socket_id = raw.get("socket_id")
+        if socket_id is not None and not protocol.valid_socket_id(socket_id):
+            raise ApiError(400, f"Invalid socket_id: {str(socket_id)[:64]!r}")
+        self.name = name
+        self.data = data
+        self.channels = list(dict.fromkeys(_channel(c, limits) for c in channels))
+        self.socket_id = socket_id
+        self.info = _info(raw.get("info"), EVENT_INFO)
+
+    def publish(self, state: State, app: AppConfig) -> None:
+        """Encode once per channel and hand each to the broker (and the cache)."""
+        for channel in self.channels:
+            payload = protocol.encode_event(self.name, channel, self.data)
+            if protocol.is_cache(channel):
+                state.cache.put(app.app_id, channel, self.name, self.data, app.limits.cache_ttl)
+            state.broker.publish(app.app_id, EVENT, channel, payload, self.socket_id)
+
+    def channel_info(self, state: State, app: AppConfig) -> dict[str, dict[str, int]]:
+        """The `info` attributes of every channel published to."""
+        result = {}
+        for channel in self.channels:
+            result[channel] = _counts(state, app, channel, self.info)
+        return result
+
+
+def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict[str, int]:
+    counts = {}
+    if "user_count" in attrs and protocol.is_presence(channel):
+        counts["user_count"] = len(state.presence.members(app.app_id, channel))
+    if "subscription_count" in attrs:
+        counts["subscription_count"] = state.presence.subscription_count(app.app_id, channel)
+    return counts
+
+
+@blueprint.post("/apps/<app_id>/events")
+def trigger(app_id: str) -> Response:
+    """Publish one event to up to 100 channels."""
+    app = _app(app_id)
+    state = _state()
+    event = _Event(_json_body(), app.limits, batch=False)
+    event.publish(state, app)
+    if event.info:
+        return jsonify({"channels": event.channel_info(state, app)})
+    return jsonify({})
+
+
+@blueprint.post("/apps/<app_id>/batch_events")
+def trigger_batch(app_id: str) -> Response:
+    """Publish up to 10 events; one invalid event rejects the whole batch."""
+    app = _app(app_id)
+    state = _state()
+    batch = _json_body().get("batch")
+    if not isinstance(batch, list):
+        raise ApiError(400, "Missing batch")
+    if len(batch) > app.limits.max_batch_size:
+        raise ApiError(400, f"Cannot batch-send more than {app.limits.max_batch_size} events")
+    events = [_Event(raw, app.limits, batch=True) for raw in batch]
+    for event in events:
+        event.publish(state, app)
+    if any(e.info for e in events):
+        return jsonify({"batch": [_counts(state, app, e.channels[0], e.info) for e in events]})
+    return jsonify({})
+
+
+# --- channels -----------------------------------------------------------------------------------
+
+
+@blueprint.get("/apps/<app_id>/channels")
+def channels(app_id: str) -> Response:
+    """Occupied channels, optionally filtered by prefix, with optional user counts."""
+    app = _app(app_id)
+    state = _state()
+    prefix = request.args.get("filter_by_prefix", "")
+    attrs = _info(request.args.get("info"), CHANNELS_INFO)
+    if "user_count" in attrs and not prefix.startswith("presence-"):
+        raise ApiError(400, "info=user_count requires filter_by_prefix=presence-")
+    result = {}
+    for channel, count in state.presence.channels(app.app_id).items():
+        if count <= 0 or not channel.startswith(prefix):
+            continue
+        if channel.startswith(protocol.SERVER_TO_USER_PREFIX):
+            continue
+        info: dict[str, int] = {}
+        if "user_count" in attrs:
+            info["user_count"] = len(state.presence.members(app.app_id, channel))
+        if "subscription_count" in attrs:
+            info["subscription_count"] = count
+        result[channel] = info
+    return jsonify({"channels": result})
+
+
+@blueprint.get("/apps/<app_id>/channels/<channel>")
+def channel(app_id: str, channel: str) -> Response:
+    """One channel's state: occupied, and the requested counts and cache."""
+    app = _app(app_id)
+    state = _state()
+    channel = _channel(channel, app.limits)
+    attrs = _info(request.args.get("info"), CHANNEL_INFO)
+    if "user_count" in attrs and not protocol.is_presence(channel):
+        raise ApiError(400, "info=user_count is only available for presence channels")
+    if "cache" in attrs and not protocol.is_cache(channel):
+        raise ApiError(400, "info=cache is only available for cache channels")
+    count = state.presence.subscription_count(app.app_id, channel)
+    result: dict[str, Any] = {"occupied": count > 0}
+    if "user_count" in attrs:
+        result["user_count"] = len(state.presence.members(app.app_id, channel))
+    if "subscription_count" in attrs:
+        result["subscription_count"] = count
+    if "cache" in attrs:
+        cached = state.cache.get(app.app_id, channel)
+        result["cache"] = None if cached is None else {"data": cached.data, "ttl": cached.ttl}
+    return jsonify(result)
+
+
+@blueprint.get("/apps/<app_id>/channels/<channel>/users")
+def users(app_id: str, channel: str) -> Response:
+    """The distinct user ids of a presence channel."""
+    app = _app(app_id)
+    channel = _channel(channel, app.limits)
+    if not protocol.is_presence(channel):
+        raise ApiError(400, "Users are only available for presence channels")
+    members = _state().presence.members(app.app_id, channel)
+    return jsonify({"users": [{"id": user_id} for user_id in members]})
+
+
+# --- users --------------------------------------------------------------------------------------
+
+
+def _terminate(app: AppConfig, user_id: str) -> Response:
+    if not protocol.CHANNEL_NAME_RE.fullmatch(user_id):
+        raise ApiError(400, "Invalid user id")
+    _state().broker.publish(app.app_id, TERMINATE, user_id)
+    return jsonify({})
+
+
+@blueprint.post("/apps/<app_id>/users/<user_id>/terminate_connections")
+def terminate(app_id: str, user_id: str) -> Response:
+    """Close every connection signed in as `user_id`."""
+    return _terminate(_app(app_id), user_id)
+
+
+@blueprint.post("/users/<user_id>/terminate_connections")
+def terminate_without_app(user_id: str) -> Response:
+    """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
+    key = request.args.get("auth_key", "")
+    return _terminate(_authenticate(_state().config.app_by_key(key)), user_id)
+
+
+# --- errors and logging -------------------------------------------------------------------------
+
+
+@blueprint.app_errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return jsonify({"error": exc.message}), exc.status
+
+
+@blueprint.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+    return jsonify({"error": messages.get(status, exc.description or exc.name)}), status
+
+
+@blueprint.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.exception("error serving %s %s", request.method, request.path)
+    return jsonify({"error": "Internal server error"}), 500
+
+
+@blueprint.before_app_request
+def _start_timer() -> None:
+    g.ipe_started = time.monotonic()
+
+
+@blueprint.after_app_request
+def _log_request(response: Response) -> Response:
+    started = g.get("ipe_started")
+    elapsed = (time.monotonic() - started) * 1000 if started else 0.0
+    endpoint = request.endpoint or "unknown"
+    _state().metrics.http_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+    log.info("%s %s %d %.1fms", request.method, request.path, response.status_code, elapsed)
+    return response

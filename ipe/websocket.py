@@ -1,0 +1,504 @@
+"""The WebSocket side of the Pusher protocol: handshake, then one loop per connection.
+
+Upgraded requests are routed here by `ipe.app` before Flask sees them, so a connection that
+lives for hours holds no Flask request context. Everything a connection changed is undone in
+one `finally`, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from ipe import auth, protocol
+from ipe.connection import Connection
+from ipe.hub import EVENT, WATCH
+
+if TYPE_CHECKING:
+    from ipe.app import State
+    from ipe.config import AppConfig
+
+log = logging.getLogger(__name__)
+
+# pusher-js may prepend a path (its `wsPath` option), so the key is found at the end.
+_APP_PATH = re.compile(r"(?:/.*)?/app/([^/]+)/?")
+
+
+class Session:
+    """The protocol state machine of one connection; all of it runs in the reader greenlet."""
+
+    def __init__(self, state: State, conn: Connection, app: AppConfig) -> None:
+        self.state = state
+        self.conn = conn
+        self.app = app
+        self.limits = app.limits
+        self.handlers = {
+            protocol.PING: self.on_ping,
+            protocol.PONG: self.on_pong,
+            protocol.SUBSCRIBE: self.on_subscribe,
+            protocol.UNSUBSCRIBE: self.on_unsubscribe,
+            protocol.SIGNIN: self.on_signin,
+        }
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read and handle messages until the connection ends."""
+        conn = self.conn
+        metrics = self.state.metrics
+        while True:
+            raw = conn.receive()
+            if raw is None:
+                return
+            metrics.messages_received.inc()
+            try:
+                self.handle(raw)
+            except protocol.PusherError as exc:
+                conn.send_event(protocol.encode_error(exc.code, exc.message))
+            except Exception:
+                log.exception("error handling a message on %r", conn)
+                conn.send_event(protocol.encode_error(None, "Internal server error"))
+
+    def handle(self, raw: str) -> None:
+        """Dispatch one client message."""
+        event, channel, data = protocol.parse_client_message(raw)
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(channel, data)
+        elif event.startswith(protocol.CLIENT_EVENT_PREFIX):
+            self.on_client_event(event, channel, data)
+        else:
+            raise protocol.PusherError(None, f"Unsupported event: {event[:64]}")
+
+    def cleanup(self) -> None:
+        """Undo every subscription and sign-in of the connection."""
+        for channel in tuple(self.conn.channels):
+            try:
+                self.leave(channel)
+            except Exception:
+                log.exception("error leaving %s for %r", channel, self.conn)
+        if self.conn.user_id is not None:
+            try:
+                self.sign_out()
+            except Exception:
+                log.exception("error signing out %r", self.conn)
+
+    # --- ping ---------------------------------------------------------------------------------
+
+    def on_ping(self, channel: str | None, data: Any) -> None:
+        self.conn.send_event(protocol.encode_event(protocol.PONG))
+
+    def on_pong(self, channel: str | None, data: Any) -> None:
+        pass  # any inbound frame already counts as activity
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    def _subscribe_data(self, data: Any) -> tuple[str, dict[str, Any]]:
+        payload = protocol.event_data_object(data)
+        if payload is None:
+            raise protocol.PusherError(None, "Invalid subscribe data: expected an object")
+        channel = payload.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise protocol.PusherError(None, "Invalid subscribe data: missing 'channel'")
+        return channel, payload
+
+    def _refuse(self, channel: str, kind: str, error: str, status: int) -> None:
+        """Send the channel-scoped error Echo's `.error()` receives, and Pusher's own."""
+        self.conn.send_event(protocol.subscription_error(channel, kind, error, status))
+        self.conn.send_event(protocol.encode_error(None, error))
+
+    def on_subscribe(self, _channel: str | None, data: Any) -> None:
+        channel, payload = self._subscribe_data(data)
+        conn = self.conn
+        limits = self.limits
+        if len(channel) > limits.max_channel_name_length:
+            return self._refuse(
+                channel,
+                "LimitReached",
+                f"Channel name longer than {limits.max_channel_name_length} characters",
+                4009,
+            )
+        if not protocol.valid_channel_name(channel, limits.max_channel_name_length):
+            return self._refuse(channel, "InvalidChannel", "Invalid channel name", 400)
+
+        member: tuple[str, Any] | None = None
+        user_id = protocol.server_to_user_id(channel)
+        if user_id is not None:
+            if conn.user_id != user_id:
+                return self._refuse(
+                    channel, "AuthError", "Sign in as this user to subscribe to its channel", 401
+                )
+        elif protocol.is_private(channel) or protocol.is_presence(channel):
+            channel_data = payload.get("channel_data")
+            if channel_data is not None and not isinstance(channel_data, str):
+                return self._refuse(channel, "AuthError", "channel_data must be a string", 401)
+            token = payload.get("auth")
+            app = self.app
+            if not auth.channel_auth_valid(
+                app.key, app.secret, conn.socket_id, channel, token, channel_data
+            ):
+                signed = auth.channel_string_to_sign(conn.socket_id, channel, channel_data)
+                return self._refuse(
+                    channel,
+                    "AuthError",
+                    f"Invalid signature: Expected HMAC SHA256 hex digest of {signed}, "
+                    f"but got {str(token)[:200]}",
+                    401,
+                )
+            if protocol.is_presence(channel):
+                member = self._presence_member(channel, channel_data)
+                if member is None:
+                    return
+
+        if channel in conn.channels:
+            # Subscribing twice is harmless: confirm again, change nothing.
+            return self._confirm(channel, self._roster(channel) if member else None)
+
+        state = self.state
+        app_id = self.app.app_id
+        if member is not None:
+            roster = state.presence.members(app_id, channel)
+            if member[0] not in roster and len(roster) >= limits.max_presence_members:
+                return self._refuse(
+                    channel,
+                    "LimitReached",
+                    "The maximum members per presence channel limit was reached",
+                    4100,
+                )
+        state.hub.add(app_id, channel, conn)
+        conn.channels[channel] = member[0] if member else None
+        if state.presence.subscribe(app_id, channel, conn.socket_id):
+            state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
+        if member is None:
+            self._confirm(channel, None)
+        else:
+            first, members = state.presence.join(
+                app_id, channel, conn.socket_id, member[0], member[1]
+            )
+            self._confirm(channel, members)
+            if first:
+                added = {"user_id": member[0], "user_info": member[1]}
+                if member[1] is None:
+                    del added["user_info"]
+                state.broker.publish(
+                    app_id,
+                    EVENT,
+                    channel,
+                    protocol.encode_event(protocol.MEMBER_ADDED, channel, protocol.dumps(added)),
+                    conn.socket_id,
+                )
+                state.webhooks.emit(
+                    self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
+                )
+        if protocol.is_cache(channel):
+            self._replay_cache(channel)
+
+    def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
+        """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
+        conn = self.conn
+        limits = self.limits
+        if channel_data is None:
+            if conn.user_data is None:
+                self._refuse(channel, "AuthError", "Presence channels need channel_data", 401)
+                return None
+            user_id, info = conn.user_id, conn.user_data.get("user_info")
+        else:
+            try:
+                parsed = json.loads(channel_data)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict) or parsed.get("user_id") in (None, ""):
+                self._refuse(channel, "AuthError", "channel_data must hold a user_id", 401)
+                return None
+            raw_id = parsed["user_id"]
+            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | float):
+                self._refuse(channel, "AuthError", "user_id must be a string or number", 401)
+                return None
+            user_id = raw_id if isinstance(raw_id, str) else json.dumps(raw_id)
+            info = parsed.get("user_info")
+        assert user_id is not None
+        if len(user_id) > limits.max_user_id_length:
+            self._refuse(
+                channel,
+                "LimitReached",
+                f"user_id longer than {limits.max_user_id_length} characters",
+                4009,
+            )
+            return None
+        if info is not None and len(protocol.dumps(info).encode()) > limits.max_user_info_size:
+            self._refuse(
+                channel,
+                "LimitReached",
+                f"user_info larger than {limits.max_user_info_size} bytes",
+                4301,
+            )
+            return None
+        return user_id, info
+
+    def _roster(self, channel: str) -> dict[str, Any]:
+        return self.state.presence.members(self.app.app_id, channel)
+
+    def _confirm(self, channel: str, members: dict[str, Any] | None) -> None:
+        data = "{}" if members is None else protocol.presence_data(members)
+        self.conn.send_event(protocol.encode_event(protocol.SUBSCRIPTION_SUCCEEDED, channel, data))
+
+    def _replay_cache(self, channel: str) -> None:
+        cached = self.state.cache.get(self.app.app_id, channel)
+        if cached is not None:
+            self.conn.send_event(protocol.encode_event(cached.event, channel, cached.data))
+            return
+        self.conn.send_event(protocol.encode_event(protocol.CACHE_MISS, channel))
+        self.state.webhooks.emit(self.app, {"name": "cache_miss", "channel": channel})
+
+    def on_unsubscribe(self, _channel: str | None, data: Any) -> None:
+        channel, _ = self._subscribe_data(data)
+        if channel in self.conn.channels:
+            self.leave(channel)
+
+    def leave(self, channel: str) -> None:
+        """Remove this connection from one channel, with member and vacancy events."""
+        state = self.state
+        conn = self.conn
+        app_id = self.app.app_id
+        user_id = conn.channels.pop(channel)
+        state.hub.remove(app_id, channel, conn)
+        if user_id is not None and state.presence.leave(app_id, channel, conn.socket_id, user_id):
+            state.broker.publish(
+                app_id,
+                EVENT,
+                channel,
+                protocol.encode_event(
+                    protocol.MEMBER_REMOVED, channel, protocol.dumps({"user_id": user_id})
+                ),
+            )
+            state.webhooks.emit(
+                self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
+            )
+        if state.presence.unsubscribe(app_id, channel, conn.socket_id):
+            state.webhooks.emit(self.app, {"name": "channel_vacated", "channel": channel})
+
+    # --- user sign-in -------------------------------------------------------------------------
+
+    def on_signin(self, _channel: str | None, data: Any) -> None:
+        payload = protocol.event_data_object(data)
+        conn = self.conn
+        app = self.app
+        if payload is None:
+            raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signin data")
+        user_data = payload.get("user_data")
+        if not isinstance(user_data, str) or not auth.signin_valid(
+            app.key, app.secret, conn.socket_id, user_data, payload.get("auth")
+        ):
+            raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signature for sign-in")
+        try:
+            user = json.loads(user_data)
+        except ValueError:
+            user = None
+        user_id = user.get("id") if isinstance(user, dict) else None
+        if not isinstance(user_id, str) or not user_id:
+            raise protocol.PusherError(
+                protocol.UNAUTHORIZED, "user_data must be a JSON object with a non-empty string id"
+            )
+        if len(user_id) > self.limits.max_user_id_length:
+            raise protocol.PusherError(protocol.UNAUTHORIZED, "User id is too long")
+        if conn.user_id is not None and conn.user_id != user_id:
+            raise protocol.PusherError(
+                protocol.UNAUTHORIZED, "This connection is already signed in as another user"
+            )
+        assert isinstance(user, dict)
+        conn.send_event(
+            protocol.encode_event(protocol.SIGNIN_SUCCESS, data={"user_data": user_data})
+        )
+        if conn.user_id is not None:
+            return  # signing in again as the same user changes nothing
+        conn.user_data = user
+        state = self.state
+        state.hub.sign_in(conn, user_id)
+        if state.presence.user_online(app.app_id, user_id, conn.socket_id):
+            state.broker.publish(app.app_id, WATCH, user_id, b"online")
+        self._watch(user.get("watchlist"))
+
+    def _watch(self, watchlist: Any) -> None:
+        if not isinstance(watchlist, list) or not watchlist:
+            return
+        ids = [str(uid) for uid in watchlist if isinstance(uid, str | int) and str(uid)]
+        limit = self.limits.max_watchlist_size
+        if len(ids) > limit:
+            ids = ids[:limit]
+            self.conn.send_event(
+                protocol.encode_error(
+                    protocol.WATCHLIST_LIMIT,
+                    f"Watchlist limit exceeded: only the first {limit} ids are watched",
+                )
+            )
+        ids = list(dict.fromkeys(ids))
+        self.state.hub.watch(self.conn, ids)
+        online = self.state.presence.online(self.app.app_id, tuple(ids))
+        events = []
+        if online:
+            events.append({"name": "online", "user_ids": [u for u in ids if u in online]})
+        offline = [u for u in ids if u not in online]
+        if offline:
+            events.append({"name": "offline", "user_ids": offline})
+        self.conn.send_event(
+            protocol.encode_event(protocol.WATCHLIST_EVENTS, data={"events": events})
+        )
+
+    def sign_out(self) -> None:
+        """Count the connection's user offline (on disconnect)."""
+        conn = self.conn
+        app_id = self.app.app_id
+        assert conn.user_id is not None
+        if self.state.presence.user_offline(app_id, conn.user_id, conn.socket_id):
+            self.state.broker.publish(app_id, WATCH, conn.user_id, b"offline")
+
+    # --- client events ------------------------------------------------------------------------
+
+    def on_client_event(self, event: str, channel: str | None, data: Any) -> None:
+        conn = self.conn
+        app = self.app
+        limits = self.limits
+        if not app.user_events:
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED,
+                "To send client events, you must enable this feature in the Settings.",
+            )
+        if channel is None:
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED, "Client event without a channel"
+            )
+        if not protocol.allows_client_events(channel):
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED,
+                "Client event rejected - only supported on private and presence channels",
+            )
+        if channel not in conn.channels:
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED,
+                f"Client event rejected - not subscribed to {channel}",
+            )
+        if len(event) > limits.max_event_name_length:
+            raise protocol.PusherError(protocol.CLIENT_EVENT_REJECTED, "Event name too long")
+        now = time.monotonic()
+        if now - conn.events_window >= 1.0:
+            conn.events_window = now
+            conn.events_count = 0
+        conn.events_count += 1
+        if conn.events_count > limits.client_events_per_second:
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED, "Client event rejected due to rate limit"
+            )
+        user_id = conn.channels[channel]
+        payload = protocol.encode_event(event, channel, data, user_id)
+        if len(payload) > limits.max_message_size + len(event) + len(channel) + 200:
+            raise protocol.PusherError(
+                protocol.CLIENT_EVENT_REJECTED, "Client event payload too large"
+            )
+        self.state.broker.publish(app.app_id, EVENT, channel, payload, conn.socket_id)
+        webhook: dict[str, Any] = {
+            "name": "client_event",
+            "channel": channel,
+            "event": event,
+            "data": data if isinstance(data, str) else protocol.dumps(data),
+            "socket_id": conn.socket_id,
+        }
+        if user_id is not None:
+            webhook["user_id"] = user_id
+        self.state.webhooks.emit(app, webhook)
+
+
+# --- handshake ----------------------------------------------------------------------------------
+
+
+def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | None, str]:
+    """(app, None, "") when the connection may proceed, else (app or None, code, message)."""
+    match = _APP_PATH.fullmatch(environ.get("PATH_INFO", ""))
+    if match is None:
+        return None, protocol.PATH_NOT_FOUND, "Path not found"
+    app = state.config.app_by_key(match.group(1))
+    if app is None:
+        return None, protocol.APP_NOT_FOUND, f"Application does not exist: {match.group(1)[:64]}"
+    if not app.enabled:
+        return app, protocol.APP_DISABLED, "Application disabled"
+    query = _query(environ.get("QUERY_STRING", ""))
+    version = query.get("protocol")
+    if version is None or version == "":
+        return app, protocol.NO_PROTOCOL, "No protocol version supplied"
+    if not version.isdigit():
+        return app, protocol.INVALID_VERSION, "Invalid version string format"
+    if int(version) not in protocol.SUPPORTED_PROTOCOLS:
+        return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"
+    if app.only_ssl and not _is_secure(environ):
+        return (
+            app,
+            protocol.SSL_ONLY,
+            "Application only accepts SSL connections, reconnect using wss://",
+        )
+    return app, None, ""
+
+
+def _query(query_string: str) -> dict[str, str]:
+    return dict(parse_qsl(query_string, keep_blank_values=True))
+
+
+def _is_secure(environ: dict[str, Any]) -> bool:
+    if environ.get("wsgi.url_scheme") == "https":
+        return True
+    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
+    return forwarded.split(",")[0].strip().lower() in ("https", "wss")
+
+
+def serve(state: State, environ: dict[str, Any]) -> None:
+    """Run one upgraded WebSocket request from handshake to cleanup."""
+    ws = environ["wsgi.websocket"]
+    handler = ws.handler
+    config = state.config
+    app, code, message = _handshake_error(environ, state)
+    limits = app.limits if app is not None else config.apps[0].limits
+    conn = Connection(
+        handler.socket,
+        handler.rfile,
+        app,
+        protocol.new_socket_id(),
+        max_outbox=config.max_outbox_bytes,
+        # Room for the largest legitimate message: event data plus names and JSON around it.
+        max_frame=max(limits.max_message_size * 2, limits.max_message_size + 16384),
+        on_overflow=state.metrics.slow_consumer_closes.inc,
+    )
+    # gevent-websocket must not write its own close frame after ours (it drops the code).
+    ws.closed = True
+    try:
+        if code is not None:
+            log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
+            conn.close(code, message, error=True)
+            while conn.receive() is not None:
+                pass
+            return
+        _run(state, conn, app)
+    finally:
+        conn.finish()
+
+
+def _run(state: State, conn: Connection, app: AppConfig) -> None:
+    metrics = state.metrics
+    session = Session(state, conn, app)
+    state.hub.register(conn)
+    metrics.connections.inc()
+    metrics.connections_total.inc()
+    log.debug("connected %s app=%s", conn.socket_id, app.app_id)
+    try:
+        conn.send_event(
+            protocol.connection_established(conn.socket_id, state.config.activity_timeout)
+        )
+        session.run()
+    finally:
+        session.cleanup()
+        state.hub.unregister(conn)
+        metrics.connections.dec()
+        code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
+        metrics.disconnections.labels(code=str(code)).inc()
+        log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, code)

@@ -1,0 +1,352 @@
+"""Shared fixtures: real ipe processes on free ports, and a raw WebSocket client for them.
+
+Nothing here mocks ipe: every integration test talks to `python -m ipe` over real sockets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pusher
+import pytest
+import websocket
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The credentials of PROTOCOL.md's test vectors.
+APP_ID, KEY, SECRET = "1001", "demo-key", "demo-secret"
+
+BASE_CONFIG: dict[str, Any] = {
+    "host": "127.0.0.1:8080",  # --port overrides it
+    "activity_timeout": 30,
+    "pong_timeout": 30,
+    "apps": [
+        {"name": "Main", "app_id": APP_ID, "key": KEY, "secret": SECRET, "user_events": True},
+        {"name": "Other", "app_id": "1002", "key": "other-key", "secret": "other-secret"},
+        {
+            "name": "Off",
+            "app_id": "1003",
+            "key": "off-key",
+            "secret": "off-secret",
+            "enabled": False,
+        },
+        {
+            "name": "TLS",
+            "app_id": "1004",
+            "key": "tls-key",
+            "secret": "tls-secret",
+            "only_ssl": True,
+        },
+        {
+            "name": "Quiet",
+            "app_id": "1005",
+            "key": "quiet-key",
+            "secret": "quiet-secret",
+            "user_events": False,
+        },
+    ],
+}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class IpeServer:
+    """One `python -m ipe` process with its own config file and log."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        name: str = "ipe",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.port = free_port()
+        self.workdir = workdir
+        self.config_path = workdir / f"{name}.yml"
+        self.log_path = workdir / f"{name}.log"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.allow_tracebacks = False
+        self.clients: list[WsClient] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> IpeServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ipe",
+                "--config",
+                str(self.config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "debug",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ipe exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout, 0.05, "ipe to answer /health")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def sdk(
+        self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
+    ) -> pusher.Pusher:
+        """The official Python server SDK pointed at this server."""
+        return pusher.Pusher(
+            app_id=app_id,
+            key=key,
+            secret=secret,
+            host="127.0.0.1",
+            port=self.port,
+            ssl=False,
+            **kwargs,
+        )
+
+    def ws(
+        self,
+        key: str = KEY,
+        query: str = "protocol=7&client=js&version=8.6.0&flash=false",
+        path: str | None = None,
+        **kwargs: Any,
+    ) -> WsClient:
+        """A raw WebSocket client connected to this server."""
+        path = path if path is not None else f"/app/{key}"
+        url = f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+        client = WsClient(url, **kwargs)
+        self.clients.append(client)
+        return client
+
+
+class WsClient:
+    """A raw WebSocket client: JSON frames in and out, close codes, bounded waits."""
+
+    def __init__(
+        self,
+        url: str,
+        header: list[str] | None = None,
+        timeout: float = 5.0,
+        handshake: bool = True,
+    ) -> None:
+        self.ws = websocket.create_connection(
+            url, timeout=timeout, header=header or [], enable_multithread=True
+        )
+        self.timeout = timeout
+        self.socket_id: str | None = None
+        self.established: dict[str, Any] | None = None
+        if handshake:
+            first = self.recv()
+            if first.get("event") == "pusher:connection_established":
+                self.established = json.loads(first["data"])
+                self.socket_id = self.established["socket_id"]
+            else:
+                self.first = first
+
+    def send(self, event: str, data: Any = None, channel: str | None = None) -> None:
+        message: dict[str, Any] = {"event": event}
+        if data is not None:
+            message["data"] = data
+        if channel is not None:
+            message["channel"] = channel
+        self.ws.send(json.dumps(message))
+
+    def send_raw(self, text: str | bytes, opcode: int = websocket.ABNF.OPCODE_TEXT) -> None:
+        self.ws.send(text, opcode)
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame as JSON; fails if none arrives within `timeout`."""
+        self.ws.settimeout(timeout or self.timeout)
+        opcode, data = self.ws.recv_data(control_frame=False)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise ConnectionClosed(*_close_info(data))
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    def expect(
+        self, event: str, channel: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The next frame, asserting its event (and channel)."""
+        message = self.recv(timeout)
+        assert message.get("event") == event, f"expected {event}, got {message}"
+        if channel is not None:
+            assert message.get("channel") == channel, f"expected channel {channel}: {message}"
+        return message
+
+    def wait_for(
+        self, event: str, channel: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Skip frames until one with `event` (and `channel`) arrives."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {event} within {timeout or self.timeout}s")
+            message = self.recv(left)
+            if message.get("event") == event and (
+                channel is None or message.get("channel") == channel
+            ):
+                return message
+
+    def subscribe(
+        self, channel: str, auth: str | None = None, channel_data: str | None = None
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"channel": channel, "auth": auth or ""}
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        self.send("pusher:subscribe", data)
+        return self.recv()
+
+    def sync(self) -> None:
+        """Round-trip a pusher:ping: every frame the server queued before is read before."""
+        self.send("pusher:ping", {})
+        message = self.recv()
+        assert message["event"] == "pusher:pong", f"expected nothing before the pong: {message}"
+
+    def expect_close(self, timeout: float | None = None) -> tuple[int | None, str]:
+        """Read until the server's close frame; returns (code, reason)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("connection was not closed")
+            try:
+                self.recv(left)
+            except ConnectionClosed as closed:
+                return closed.code, closed.reason
+            except websocket.WebSocketConnectionClosedException:
+                return None, ""
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        except Exception:
+            pass
+        finally:
+            self.ws.shutdown()
+
+
+class ConnectionClosed(Exception):
+    """The server sent a close frame."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+def _close_info(data: bytes) -> tuple[int | None, str]:
+    if len(data) >= 2:
+        return int.from_bytes(data[:2], "big"), data[2:].decode(errors="replace")
+    return None, ""
+
+
+def config_with(**overrides: Any) -> dict[str, Any]:
+    """BASE_CONFIG with top-level keys replaced (deep copies, so tests cannot leak)."""
+    config = copy.deepcopy(BASE_CONFIG)
+    config.update(copy.deepcopy(overrides))
+    return config
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., IpeServer]]:
+    """Start ipe processes with a given config; stops them and checks their logs afterwards."""
+    servers: list[IpeServer] = []
+
+    def make(
+        config: dict[str, Any] | None = None,
+        start: bool = True,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> IpeServer:
+        server = IpeServer(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in servers:
+        for client in server.clients:
+            client.close()
+        server.stop()
+    for server in servers:
+        if not server.allow_tracebacks:
+            assert "Traceback" not in server.log(), f"{server.log_path}:\n{server.log()}"
+
+
+@pytest.fixture
+def server(make_server: Callable[..., IpeServer]) -> IpeServer:
+    """One ipe process with BASE_CONFIG."""
+    return make_server()
