@@ -54,7 +54,8 @@ CLIENT_EVENT_PREFIX = "client-"
 SERVER_TO_USER_PREFIX = "#server-to-user-"
 
 CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
-SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+# [0-9], not \d: \d also matches other scripts' digits (e.g. "١٢.٣"), which no client sends.
+SOCKET_ID_RE = re.compile(r"[0-9]+\.[0-9]+")
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
