@@ -80,12 +80,13 @@ def verify_rest(
     """
     if params.get("auth_key") != key:
         raise RestAuthError("Unknown or missing auth_key")
-    if params.get("auth_version", "1.0") != "1.0":
-        raise RestAuthError("Unsupported auth_version (only 1.0 is supported)")
-    try:
-        timestamp = int(params.get("auth_timestamp", ""))
-    except ValueError:
-        raise RestAuthError("Missing or invalid auth_timestamp") from None
+    if params.get("auth_version") != "1.0":
+        raise RestAuthError("auth_version must be 1.0")
+    raw_timestamp = params.get("auth_timestamp", "")
+    # isascii+isdigit, not int(): int() also takes " 17", "1_700", "+17" and non-ASCII digits.
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()):
+        raise RestAuthError("Missing or invalid auth_timestamp")
+    timestamp = int(raw_timestamp)
     if abs(now - timestamp) >= REST_TIMESTAMP_WINDOW:
         raise RestAuthError(
             f"Timestamp expired: Given timestamp ({timestamp}) not within "
