@@ -5,13 +5,14 @@ Every rejection is the status Pusher gives with a JSON body `{"error": "..."}`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ipe import auth, protocol
 from ipe.hub import EVENT, TERMINATE
@@ -42,17 +43,39 @@ def _state() -> State:
     return current_app.extensions["ipe"]  # type: ignore[no-any-return]
 
 
-def _body_cap(limits: Limits) -> int:
-    """The largest body worth reading: a full batch of maximal events, plus JSON around it."""
-    return limits.max_message_size * max(limits.max_batch_size, 1) + 64 * 1024
+@functools.lru_cache(maxsize=64)
+def body_cap(limits: Limits) -> int:
+    """The largest body a valid request can have under `limits`; larger ones get 413 unread.
+
+    Bounds the worst legitimate JSON: a full batch (or one event to every allowed channel)
+    whose data is at the size limit and escaped at worst 6 bytes per byte (`\\u001f`), whose
+    names are escaped at worst 12 bytes per character (an astral character as two `\\uXXXX`).
+    """
+    event = 6 * limits.max_message_size + 12 * limits.max_event_name_length + 256
+    one = event + limits.max_channels_per_event * (limits.max_channel_name_length + 3)
+    batch = limits.max_batch_size * (event + limits.max_channel_name_length + 16)
+    return max(one, batch) + 4096
 
 
-def _authenticate(app: AppConfig | None) -> AppConfig:
-    """Check the app and the request signature; the body is read here, under a size cap."""
-    if app is None:
-        raise ApiError(404, "Unknown app")
-    request.max_content_length = _body_cap(app.limits)
-    body = request.get_data(cache=True)
+def _read_body(limits: Limits) -> bytes:
+    """The request body, refused with 413 before reading if it is declared too large.
+
+    A chunked body has no declared length: werkzeug stops reading at the limit and returns
+    what it read, so one byte more is allowed through to tell "too large" from "exactly full".
+    """
+    cap = body_cap(limits)
+    request.max_content_length = cap + 1
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) > cap:
+        raise ApiError(413, f"Request body larger than {cap} bytes")
+    return body
+
+
+def _authenticate(app: AppConfig, body: bytes) -> None:
+    """Check the request signature (401) and that the app is enabled (403)."""
     paths = [request.path]
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if raw:
@@ -73,22 +96,31 @@ def _authenticate(app: AppConfig | None) -> AppConfig:
         raise ApiError(401, str(exc)) from None
     if not app.enabled:
         raise ApiError(403, "Application disabled")
-    g.ipe_app = app
-    return app
 
 
-def _app(app_id: str) -> AppConfig:
-    return _authenticate(_state().config.app_by_id(app_id))
+def _app(app_id: str) -> tuple[AppConfig, bytes]:
+    """The app of the path, after authenticating the request; and the request body."""
+    app = _state().config.app_by_id(app_id)
+    if app is None:
+        raise ApiError(404, f"Unknown app: {app_id[:64]}")
+    body = _read_body(app.limits)
+    _authenticate(app, body)
+    return app, body
 
 
-def _json_body() -> dict[str, Any]:
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(request.get_data(cache=True) or b"{}")
-    except ValueError:
+        parsed = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        # RecursionError: a body of 100 000 nested brackets is within the size cap.
         raise ApiError(400, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
+    if not isinstance(parsed, dict):
         raise ApiError(400, "Request body must be a JSON object")
-    return body
+    return parsed
 
 
 def _info(value: Any, allowed: frozenset[str]) -> set[str]:
@@ -160,15 +192,9 @@ class _Event:
                 state.cache.put(app.app_id, channel, self.name, self.data, app.limits.cache_ttl)
             state.broker.publish(app.app_id, EVENT, channel, payload, self.socket_id)
 
-    def channel_info(self, state: State, app: AppConfig) -> dict[str, dict[str, int]]:
-        """The `info` attributes of every channel published to."""
-        result = {}
-        for channel in self.channels:
-            result[channel] = _counts(state, app, channel, self.info)
-        return result
-
 
 def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict[str, int]:
+    """The `info` attributes of one published-to channel (user_count only for presence)."""
     counts = {}
     if "user_count" in attrs and protocol.is_presence(channel):
         counts["user_count"] = len(state.presence.members(app.app_id, channel))
@@ -180,21 +206,23 @@ def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict
 @blueprint.post("/apps/<app_id>/events")
 def trigger(app_id: str) -> Response:
     """Publish one event to up to 100 channels."""
-    app = _app(app_id)
+    app, body = _app(app_id)
     state = _state()
-    event = _Event(_json_body(), app.limits, batch=False)
+    event = _Event(_json_object(body), app.limits, batch=False)
     event.publish(state, app)
     if event.info:
-        return jsonify({"channels": event.channel_info(state, app)})
+        return jsonify(
+            {"channels": {ch: _counts(state, app, ch, event.info) for ch in event.channels}}
+        )
     return jsonify({})
 
 
 @blueprint.post("/apps/<app_id>/batch_events")
 def trigger_batch(app_id: str) -> Response:
     """Publish up to 10 events; one invalid event rejects the whole batch."""
-    app = _app(app_id)
+    app, body = _app(app_id)
     state = _state()
-    batch = _json_body().get("batch")
+    batch = _json_object(body).get("batch")
     if not isinstance(batch, list):
         raise ApiError(400, "Missing batch")
     if len(batch) > app.limits.max_batch_size:
@@ -213,7 +241,7 @@ def trigger_batch(app_id: str) -> Response:
 @blueprint.get("/apps/<app_id>/channels")
 def channels(app_id: str) -> Response:
     """Occupied channels, optionally filtered by prefix, with optional user counts."""
-    app = _app(app_id)
+    app, _ = _app(app_id)
     state = _state()
     prefix = request.args.get("filter_by_prefix", "")
     attrs = _info(request.args.get("info"), CHANNELS_INFO)
@@ -237,7 +265,7 @@ def channels(app_id: str) -> Response:
 @blueprint.get("/apps/<app_id>/channels/<channel>")
 def channel(app_id: str, channel: str) -> Response:
     """One channel's state: occupied, and the requested counts and cache."""
-    app = _app(app_id)
+    app, _ = _app(app_id)
     state = _state()
     channel = _channel(channel, app.limits)
     attrs = _info(request.args.get("info"), CHANNEL_INFO)
@@ -260,7 +288,7 @@ def channel(app_id: str, channel: str) -> Response:
 @blueprint.get("/apps/<app_id>/channels/<channel>/users")
 def users(app_id: str, channel: str) -> Response:
     """The distinct user ids of a presence channel."""
-    app = _app(app_id)
+    app, _ = _app(app_id)
     channel = _channel(channel, app.limits)
     if not protocol.is_presence(channel):
         raise ApiError(400, "Users are only available for presence channels")
@@ -281,14 +309,18 @@ def _terminate(app: AppConfig, user_id: str) -> Response:
 @blueprint.post("/apps/<app_id>/users/<user_id>/terminate_connections")
 def terminate(app_id: str, user_id: str) -> Response:
     """Close every connection signed in as `user_id`."""
-    return _terminate(_app(app_id), user_id)
+    app, _ = _app(app_id)
+    return _terminate(app, user_id)
 
 
 @blueprint.post("/users/<user_id>/terminate_connections")
 def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
-    key = request.args.get("auth_key", "")
-    return _terminate(_authenticate(_state().config.app_by_key(key)), user_id)
+    app = _state().config.app_by_key(request.args.get("auth_key", ""))
+    if app is None:
+        raise ApiError(404, "Unknown app")
+    _authenticate(app, _read_body(app.limits))
+    return _terminate(app, user_id)
 
 
 # --- errors and logging -------------------------------------------------------------------------
