@@ -318,7 +318,8 @@ def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
     app = _state().config.app_by_key(request.args.get("auth_key", ""))
     if app is None:
-        raise ApiError(404, "Unknown app")
+        # No app id in the path: an unknown key is a credentials problem (401), not a 404.
+        raise ApiError(401, "Unknown or missing auth_key")
     _authenticate(app, _read_body(app.limits))
     return _terminate(app, user_id)
 
