@@ -151,6 +151,7 @@ class _Event:
     __slots__ = ("name", "data", "channels", "socket_id", "info")
 
     def __init__(self, raw: Any, limits: Limits, batch: bool) -> None:
+        """Validate `raw`; a batch item names one `channel`, a trigger `channels` or `channel`."""
         if not isinstance(raw, dict):
             raise ApiError(400, "Each event must be a JSON object")
         name = raw.get("name")
@@ -165,17 +166,25 @@ class _Event:
             data = protocol.dumps(data)
         if len(data.encode()) > limits.max_message_size:
             raise ApiError(413, f"Event data larger than {limits.max_message_size} bytes")
-        channels = raw.get("channels")
-        if channels is None:
+        if batch:
             channel = raw.get("channel")
             if channel is None:
-                raise ApiError(400, "Missing channel or channels")
+                raise ApiError(400, "Missing channel")
             channels = [channel]
-        if not isinstance(channels, list) or not channels:
-            raise ApiError(400, "channels must be a non-empty list")
-        if len(channels) > limits.max_channels_per_event:
-            raise ApiError(400, f"More than {limits.max_channels_per_event} channels")
+        else:
+            channels = raw.get("channels")
+            if channels is None:
+                channel = raw.get("channel")
+                if channel is None:
+                    raise ApiError(400, "Missing channel or channels")
+                channels = [channel]
+            if not isinstance(channels, list) or not channels:
+                raise ApiError(400, "channels must be a non-empty list")
+            if len(channels) > limits.max_channels_per_event:
+                raise ApiError(400, f"More than {limits.max_channels_per_event} channels")
         socket_id = raw.get("socket_id")
+        if socket_id == "":
+            socket_id = None  # pusher-http-go before 5.0 always sends "socket_id": ""
         if socket_id is not None and not protocol.valid_socket_id(socket_id):
             raise ApiError(400, f"Invalid socket_id: {str(socket_id)[:64]!r}")
         self.name = name
