@@ -159,12 +159,22 @@ class _Event:
             raise ApiError(400, "Missing event name")
         if len(name) > limits.max_event_name_length:
             raise ApiError(400, f"Event name longer than {limits.max_event_name_length} characters")
+        if not name.isascii() and not _encodable(name):
+            raise ApiError(400, "Event name is not valid Unicode")
         if "data" not in raw:
             raise ApiError(400, "Missing event data")
         data = raw["data"]
         if not isinstance(data, str):
             data = protocol.dumps(data)
-        if len(data.encode()) > limits.max_message_size:
+        # Measured in UTF-8 bytes, as Pusher does; ASCII data (the usual case) needs no copy.
+        if data.isascii():
+            size = len(data)
+        else:
+            try:
+                size = len(data.encode())
+            except UnicodeEncodeError:
+                raise ApiError(400, "Event data is not valid Unicode") from None
+        if size > limits.max_message_size:
             raise ApiError(413, f"Event data larger than {limits.max_message_size} bytes")
         if batch:
             channel = raw.get("channel")
@@ -200,6 +210,15 @@ class _Event:
             if protocol.is_cache(channel):
                 state.cache.put(app.app_id, channel, self.name, self.data, app.limits.cache_ttl)
             state.broker.publish(app.app_id, EVENT, channel, payload, self.socket_id)
+
+
+def _encodable(text: str) -> bool:
+    """False for strings with lone surrogates (JSON "\\ud800"), which UTF-8 cannot carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict[str, int]:
