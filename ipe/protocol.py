@@ -150,6 +150,16 @@ def encode_event(
     return _compact(message).encode()
 
 
+def encode_events(event: str, channels: list[str], data: str) -> list[bytes]:
+    """`encode_event(event, channel, data)` for each channel, escaping name and data only once.
+
+    A REST publish to 100 channels would otherwise re-escape up to 10 KB of data 100 times.
+    """
+    head = b'{"event":' + _compact(event).encode() + b',"channel":'
+    tail = b',"data":' + _compact(data).encode() + b"}"
+    return [head + _compact(channel).encode() + tail for channel in channels]
+
+
 def encode_error(code: int | None, message: str, channel: str | None = None) -> bytes:
     """A `pusher:error` frame payload; `code` is a number or null, as Java clients require."""
     return encode_event(ERROR, channel, {"code": code, "message": message})

@@ -205,11 +205,12 @@ class _Event:
 
     def publish(self, state: State, app: AppConfig) -> None:
         """Encode once per channel and hand each to the broker (and the cache)."""
-        for channel in self.channels:
-            payload = protocol.encode_event(self.name, channel, self.data)
+        app_id = app.app_id
+        payloads = protocol.encode_events(self.name, self.channels, self.data)
+        for channel, payload in zip(self.channels, payloads, strict=True):
             if protocol.is_cache(channel):
-                state.cache.put(app.app_id, channel, self.name, self.data, app.limits.cache_ttl)
-            state.broker.publish(app.app_id, EVENT, channel, payload, self.socket_id)
+                state.cache.put(app_id, channel, self.name, self.data, app.limits.cache_ttl)
+            state.broker.publish(app_id, EVENT, channel, payload, self.socket_id)
 
 
 def _encodable(text: str) -> bool:
