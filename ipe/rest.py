@@ -232,7 +232,7 @@ def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict
     return counts
 
 
-@blueprint.post("/apps/<app_id>/events")
+@blueprint.post("/apps/<app_id>/events", provide_automatic_options=False)
 def trigger(app_id: str) -> Response:
     """Publish one event to up to 100 channels."""
     app, body = _app(app_id)
@@ -246,7 +246,7 @@ def trigger(app_id: str) -> Response:
     return jsonify({})
 
 
-@blueprint.post("/apps/<app_id>/batch_events")
+@blueprint.post("/apps/<app_id>/batch_events", provide_automatic_options=False)
 def trigger_batch(app_id: str) -> Response:
     """Publish up to 10 events; one invalid event rejects the whole batch."""
     app, body = _app(app_id)
@@ -267,7 +267,7 @@ def trigger_batch(app_id: str) -> Response:
 # --- channels -----------------------------------------------------------------------------------
 
 
-@blueprint.get("/apps/<app_id>/channels")
+@blueprint.get("/apps/<app_id>/channels", provide_automatic_options=False)
 def channels(app_id: str) -> Response:
     """Occupied channels, optionally filtered by prefix, with optional user counts."""
     app, _ = _app(app_id)
@@ -291,7 +291,7 @@ def channels(app_id: str) -> Response:
     return jsonify({"channels": result})
 
 
-@blueprint.get("/apps/<app_id>/channels/<channel>")
+@blueprint.get("/apps/<app_id>/channels/<channel>", provide_automatic_options=False)
 def channel(app_id: str, channel: str) -> Response:
     """One channel's state: occupied, and the requested counts and cache."""
     app, _ = _app(app_id)
@@ -314,7 +314,7 @@ def channel(app_id: str, channel: str) -> Response:
     return jsonify(result)
 
 
-@blueprint.get("/apps/<app_id>/channels/<channel>/users")
+@blueprint.get("/apps/<app_id>/channels/<channel>/users", provide_automatic_options=False)
 def users(app_id: str, channel: str) -> Response:
     """The distinct user ids of a presence channel."""
     app, _ = _app(app_id)
@@ -335,14 +335,16 @@ def _terminate(app: AppConfig, user_id: str) -> Response:
     return jsonify({})
 
 
-@blueprint.post("/apps/<app_id>/users/<user_id>/terminate_connections")
+@blueprint.post(
+    "/apps/<app_id>/users/<user_id>/terminate_connections", provide_automatic_options=False
+)
 def terminate(app_id: str, user_id: str) -> Response:
     """Close every connection signed in as `user_id`."""
     app, _ = _app(app_id)
     return _terminate(app, user_id)
 
 
-@blueprint.post("/users/<user_id>/terminate_connections")
+@blueprint.post("/users/<user_id>/terminate_connections", provide_automatic_options=False)
 def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
     app = _state().config.app_by_key(request.args.get("auth_key", ""))
@@ -362,10 +364,16 @@ def _api_error(exc: ApiError) -> tuple[Response, int]:
 
 
 @blueprint.app_errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> tuple[Response, int]:
+def _http_error(exc: HTTPException) -> Response:
+    """Routing and body-size errors of werkzeug, with ipe's JSON body (and `Allow` on 405)."""
     status = exc.code or 500
     messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-    return jsonify({"error": messages.get(status, exc.description or exc.name)}), status
+    response = jsonify({"error": messages.get(status, exc.name)})
+    response.status_code = status
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 @blueprint.app_errorhandler(Exception)
