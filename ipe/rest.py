@@ -112,9 +112,15 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every request (json.loads with options builds a new one per call).
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        parsed = json.loads(body, parse_constant=_reject_constant)
+        # Strict UTF-8: json.loads(bytes) would also take UTF-16/32 and decode UTF-8-encoded
+        # surrogates ("surrogatepass").
+        parsed = _decode_json(body.decode())
     except (ValueError, RecursionError):
         # RecursionError: a body of 100 000 nested brackets is within the size cap.
         raise ApiError(400, "Request body is not valid JSON") from None
