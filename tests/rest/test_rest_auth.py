@@ -193,7 +193,7 @@ def test_malformed_timestamp(api, timestamp):
     assert "auth_timestamp" in reply.error
 
 
-@pytest.mark.parametrize("skew", [-601, 601, -100000])
+@pytest.mark.parametrize("skew", [-601, 610, -100000])  # +610: the timestamp is truncated
 def test_timestamp_outside_the_600s_window(api, skew):
     reply = api.post("/apps/1001/events", EVENT, timestamp=int(time.time()) + skew)
     assert reply.status == 401
