@@ -59,6 +59,21 @@ class WebhookTarget:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """How every app's webhooks are batched, delayed and retried (top-level `webhooks:`)."""
+
+    batch_window: float = 0.25  # seconds a request waits for more events (Pusher: 250 ms)
+    max_batch_size: int = 20  # events in one request (Pusher: 20)
+    grace_period: float = 3.0  # seconds member_removed/channel_vacated wait for a return
+    retry_for: float = 300.0  # seconds after its creation a request is still retried
+    retry_backoff: float = 1.0  # first delay between attempts; doubles each time
+    retry_backoff_max: float = 60.0  # cap of that delay
+    timeout: float = 4.0  # seconds one attempt may take (Pusher asks for an answer in 4 s)
+    queue_size: int = 10000  # events that may wait in one process; more are dropped
+    flush_timeout: float = 3.0  # seconds spent at shutdown sending what still waits
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """One Pusher application served by this instance."""
 
@@ -114,6 +129,7 @@ class Config:
     redis: RedisConfig | None = None
     instance_id: str = ""
     log_level: str = "info"
+    webhooks: WebhookSettings = WebhookSettings()
 
     def app_by_key(self, key: str) -> AppConfig | None:
         """The app whose public key is `key`."""
@@ -213,6 +229,19 @@ class _Section:
             raise ConfigError(f"{self._path(key)}: must be at least {minimum}")
         return value
 
+    def float(self, key: str, default: Any = _REQUIRED, minimum: float = 0.0) -> Any:
+        value = self.get(key, default)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{self._path(key)}: must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self._path(key)}: must be a number")
+        if not value >= minimum:  # also rejects NaN
+            raise ConfigError(f"{self._path(key)}: must be at least {minimum:g}")
+        return float(value)
+
     def section(self, key: str) -> _Section:
         return _Section(self.get(key, None), self._path(key))
 
@@ -242,6 +271,23 @@ def _limits(section: _Section, base: Limits) -> Limits:
         values[name] = section.int(name, getattr(base, name), minimum=1)
     section.done()
     return Limits(**values)
+
+
+def _webhook_settings(section: _Section) -> WebhookSettings:
+    base = WebhookSettings()
+    settings = WebhookSettings(
+        batch_window=section.float("batch_window", base.batch_window),
+        max_batch_size=section.int("max_batch_size", base.max_batch_size, minimum=1),
+        grace_period=section.float("grace_period", base.grace_period),
+        retry_for=section.float("retry_for", base.retry_for),
+        retry_backoff=section.float("retry_backoff", base.retry_backoff, minimum=0.01),
+        retry_backoff_max=section.float("retry_backoff_max", base.retry_backoff_max, minimum=0.01),
+        timeout=section.float("timeout", base.timeout, minimum=0.1),
+        queue_size=section.int("queue_size", base.queue_size, minimum=1),
+        flush_timeout=section.float("flush_timeout", base.flush_timeout),
+    )
+    section.done()
+    return settings
 
 
 def _webhook_target(raw: Any, where: str) -> WebhookTarget:
@@ -444,6 +490,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         redis=_redis(top.get("redis", None), env),
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
+        webhooks=_webhook_settings(top.section("webhooks")),
     )
     top.done()
     return config
