@@ -49,9 +49,16 @@ def post_worker_init(worker):
 
     def handle_exit(sig, frame):
         stop_serving(sig, frame)
-        gevent.spawn(state.shutdown)
+        worker.ipe_shutdown = gevent.spawn(state.shutdown)
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server, worker):
+    """Let shutdown finish (webhooks still being flushed) after the last socket has gone."""
+    shutdown = getattr(worker, "ipe_shutdown", None)
+    if shutdown is not None:
+        shutdown.join(timeout=graceful_timeout)
 
 
 def child_exit(server, worker):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from ipe import protocol, websocket
 from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
+from ipe.connection import CLOSE_WAIT
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
@@ -46,6 +48,11 @@ class State:
         """Tell every client to reconnect elsewhere (4200), then stop background work."""
         self.draining = True
         self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
+        # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.
+        deadline = time.monotonic() + CLOSE_WAIT + 0.5
+        while self.hub.count() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
         self.webhooks.stop()
         self.broker.stop()
         self.hub.stop()
@@ -62,14 +69,15 @@ def config_path() -> str:
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
     hub = Hub(config.activity_timeout, config.pong_timeout)
+    metrics = Metrics()
     return State(
         config=config,
         hub=hub,
         broker=LocalBroker(hub),
         presence=InMemoryPresence(),
         cache=InMemoryCache(),
-        webhooks=Webhooks(),
-        metrics=Metrics(),
+        webhooks=Webhooks(config.webhooks, config.apps, metrics),
+        metrics=metrics,
     )
 
 

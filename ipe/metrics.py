@@ -66,6 +66,11 @@ class Metrics:
         self.webhooks_failed = Counter(
             "ipe_webhooks_failed_total", "Webhook batches given up after retries", registry=r
         )
+        self.webhooks_dropped = Counter(
+            "ipe_webhooks_dropped_total",
+            "Webhook events dropped because the webhook queue was full",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition, summed over workers in multiprocess mode."""

@@ -1,55 +1,314 @@
-"""Webhooks: channel and member events POSTed, signed, to each app's receivers.
+"""Webhooks with Pusher's semantics: batched, delayed for a grace period, signed, retried.
 
-This first version sends each event on its own, once, from a greenlet, so that the WebSocket
-side never waits for a receiver.
+`emit()` runs in a connection's greenlet and only appends to a bounded in-process inbox, so a
+receiver that is slow, failing or gone never delays the WebSocket side. One scheduler greenlet
+moves the inbox into the store (holding `member_removed`/`channel_vacated` for the grace
+period, cancelling them together with the matching return), fans released events out to each
+target whose filters match, and starts a sender greenlet per target (a *lane*) when a batch is
+due. A lane delivers its batches in order, one at a time, and retries a failed one with
+exponential back-off until `retry_for` seconds after its creation; a hanging receiver delays
+only its own lane. What waits lives behind `ipe.webhook_store`, so a Redis store can take over.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import random
 import time
+import urllib.error
 import urllib.request
-from typing import Any
+from collections import deque
+from http.client import HTTPException
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import gevent
+import gevent.event
+from gevent import Greenlet
 
+from ipe import __version__, protocol
 from ipe.auth import webhook_signature
-from ipe.config import AppConfig
+from ipe.config import AppConfig, WebhookSettings, WebhookTarget
+from ipe.webhook_store import Batch, Event, InMemoryWebhookStore, WebhookStore
+
+if TYPE_CHECKING:
+    from ipe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# A held event (first) is cancelled by its return (second) within the grace period.
+_HELD = {"member_removed", "channel_vacated"}
+_RETURNS = {"member_added", "channel_occupied"}
+_DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about a full queue
+
+
+class _AttemptTimeout(Exception):
+    """One delivery attempt outlived `timeout` (a receiver that never answers)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failure: urllib would turn the POST into a GET and lose the body."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def grace_key(event: Event) -> str | None:
+    """The key pairing a held event with the return that cancels it; None for the others."""
+    name = event["name"]
+    if name in ("member_removed", "member_added"):
+        return f"member\0{event['channel']}\0{event['user_id']}"
+    if name in ("channel_vacated", "channel_occupied"):
+        return f"channel\0{event['channel']}"
+    return None
+
+
+def encode_body(batch: Batch) -> bytes:
+    """The request body of a batch; the same bytes on every attempt, so retries sign alike."""
+    return protocol.dumps({"time_ms": batch.created_ms, "events": list(batch.events)}).encode()
+
+
+def target_wants(target: WebhookTarget, event: Event) -> bool:
+    """True if the target's event-type and channel-prefix filters let `event` through."""
+    return event["name"] in target.event_types and event.get("channel", "").startswith(
+        target.channel_prefix
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without credentials or query string, for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
 
 class Webhooks:
-    """Queues webhook events per app and delivers them in the background."""
+    """Queues webhook events of every app and delivers them in the background."""
 
-    def emit(self, app: AppConfig, event: dict[str, Any]) -> None:
-        """Queue one webhook event (`name`, `channel`, ...) for the app's matching targets."""
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        apps: tuple[AppConfig, ...],
+        metrics: Metrics | None = None,
+        store: WebhookStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store: WebhookStore = store if store is not None else InMemoryWebhookStore()
+        # Lanes come from the config, so every node names the same target alike.
+        self._lanes: dict[str, tuple[AppConfig, WebhookTarget]] = {}
+        self._app_lanes: dict[str, list[tuple[str, WebhookTarget]]] = {}
+        for app in apps:
+            for index, target in enumerate(app.webhooks):
+                lane = f"{app.app_id}/{index}"
+                self._lanes[lane] = (app, target)
+                self._app_lanes.setdefault(app.app_id, []).append((lane, target))
+        self._inbox: deque[tuple[str, Event, float]] = deque()
+        self._wake = gevent.event.Event()
+        self._stopping = gevent.event.Event()
+        self._drained = gevent.event.Event()
+        self._scheduler: Greenlet | None = None
+        self._senders: dict[str, Greenlet] = {}
+        self._closed = False
+        self._dropped_unlogged = 0
+        self._drop_logged_at = -_DROP_LOG_INTERVAL
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    # --- the WebSocket side -------------------------------------------------------------------
+
+    def emit(self, app: AppConfig, event: Event) -> None:
+        """Queue one webhook event (`name`, `channel`, ...) for the app's targets; never blocks."""
         if not app.webhooks:
             return
-        gevent.spawn(self._send, app, event)
+        if self._closed or len(self._inbox) + self.store.size() >= self.settings.queue_size:
+            self._drop(app, event)
+            return
+        self._inbox.append((app.app_id, event, time.time()))
+        self._wake.set()
 
-    def _send(self, app: AppConfig, event: dict[str, Any]) -> None:
-        body = json.dumps({"time_ms": int(time.time() * 1000), "events": [event]}).encode()
-        for target in app.webhooks:
-            if event["name"] not in target.event_types:
-                continue
-            if not event.get("channel", "").startswith(target.channel_prefix):
-                continue
-            request = urllib.request.Request(target.url, data=body, method="POST")
-            request.add_header("Content-Type", "application/json")
-            request.add_header("X-Pusher-Key", app.key)
-            request.add_header("X-Pusher-Signature", webhook_signature(app.secret, body))
-            for name, value in target.headers:
-                request.add_header(name, value)
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    response.read()
-            except OSError as exc:
-                log.warning("webhook to %s failed: %s", target.url, exc)
+    def _drop(self, app: AppConfig, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.webhooks_dropped.inc()
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= _DROP_LOG_INTERVAL:
+            log.warning(
+                "webhook queue %s: dropped %d event(s), latest %s for app %s",
+                "closed" if self._closed else f"full ({self.settings.queue_size} events)",
+                self._dropped_unlogged,
+                event["name"],
+                app.app_id,
+            )
+            self._dropped_unlogged = 0
+            self._drop_logged_at = now
+
+    # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start background delivery (once per process, after fork)."""
+        """Start the scheduler (once per process, after fork) and resume unfinished batches."""
+        if self._scheduler is not None or not self._lanes:
+            return
+        for batch in self.store.unfinished():
+            if batch.lane in self._lanes and batch.lane not in self._senders:
+                self._senders[batch.lane] = gevent.spawn(self._deliver, batch)
+        self._scheduler = gevent.spawn(self._schedule_forever)
 
     def stop(self) -> None:
-        """Stop background delivery."""
+        """Send what waits, grace periods cut short, for up to `flush_timeout`; then stop."""
+        if self._scheduler is None:
+            self._closed = True
+            return
+        self._stopping.set()
+        self._wake.set()
+        self._drained.wait(self.settings.flush_timeout)
+        self._closed = True
+        gevent.killall([self._scheduler, *self._senders.values()], timeout=1)
+        self._scheduler = None
+        left = len(self._inbox) + self.store.size()
+        if left and not self.store.durable:
+            log.warning("shutdown: %d webhook event(s) could not be delivered in time", left)
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _schedule_forever(self) -> None:
+        while True:
+            try:
+                timeout = self._schedule()
+            except Exception:
+                # The store may be remote (Redis): never let the scheduler die of one error.
+                log.exception("webhook scheduler failed; retrying")
+                timeout = 1.0
+            self._wake.wait(timeout)
+
+    def _schedule(self) -> float | None:
+        """One pass: take in, release, dispatch; returns seconds until the next pass is due."""
+        self._wake.clear()
+        flushing = self._stopping.is_set()
+        now = time.time()
+        store = self.store
+        grace = self.settings.grace_period
+        while self._inbox:
+            app_id, event, emitted = self._inbox.popleft()
+            key = grace_key(event) if grace > 0 else None
+            if key is not None and event["name"] in _HELD:
+                store.hold(app_id, key, event, emitted + grace)
+            elif key is not None and store.cancel(app_id, key):
+                log.debug("webhook %s cancelled its held return: app %s", event["name"], app_id)
+            else:
+                self._fan_out(app_id, event, now)
+        # At shutdown nobody is left to come back: a store that dies with us releases now.
+        release_at = float("inf") if flushing and not store.durable else now
+        for app_id, event in store.release(release_at):
+            self._fan_out(app_id, event, now)
+
+        window = self.settings.batch_window
+        next_due = store.next_release()
+        for lane, (count, oldest) in store.waiting().items():
+            if lane in self._senders:
+                continue
+            if flushing or count >= self.settings.max_batch_size or now >= oldest + window:
+                batch = store.take(lane, self.settings.max_batch_size, now)
+                self._senders[lane] = gevent.spawn(self._deliver, batch)
+            elif next_due is None or oldest + window < next_due:
+                next_due = oldest + window
+        idle = not self._inbox and not self._senders
+        if flushing and idle and (store.durable or not store.size()):
+            self._drained.set()
+        return None if next_due is None else max(0.0, next_due - now)
+
+    def _fan_out(self, app_id: str, event: Event, now: float) -> None:
+        dedupe = None
+        if event["name"] == "cache_miss":
+            # Pusher de-duplicates cache_miss: one per channel among those waiting to be sent.
+            dedupe = f"cache_miss\0{event['channel']}"
+        for lane, target in self._app_lanes.get(app_id, ()):
+            if target_wants(target, event):
+                self.store.enqueue(lane, event, now, dedupe)
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def _deliver(self, batch: Batch) -> None:
+        """Send one batch to its target until a 2xx answer or `retry_for` runs out."""
+        app, target = self._lanes[batch.lane]
+        body = encode_body(batch)
+        headers = {
+            "User-Agent": f"ipe/{__version__} webhooks",
+            **dict(target.headers),
+            # Last, so nothing overrides them (the config refuses such headers anyway).
+            "Content-Type": "application/json",
+            "X-Pusher-Key": app.key,
+            "X-Pusher-Signature": webhook_signature(app.secret, body),
+        }
+        settings = self.settings
+        delay = settings.retry_backoff
+        attempts = 0
+        try:
+            while True:
+                attempts += 1
+                error = self._post(target.url, body, headers)
+                if error is None:
+                    if self.metrics is not None:
+                        self.metrics.webhooks_sent.inc()
+                    log.debug(
+                        "webhook delivered: app %s, %d event(s), %s",
+                        app.app_id,
+                        len(batch.events),
+                        safe_url(target.url),
+                    )
+                    break
+                wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
+                if self._stopping.is_set():
+                    if self.store.durable:
+                        return  # left in flight in the store: another node takes it over
+                    give_up = True  # the attempt after shutdown began was the last one
+                else:
+                    give_up = time.time() + wait > batch.created_ms / 1000 + settings.retry_for
+                if give_up:
+                    if self.metrics is not None:
+                        self.metrics.webhooks_failed.inc()
+                    log.warning(
+                        "webhook given up: app %s, %d event(s) to %s after %d attempt(s) "
+                        "in %.1fs; last error: %s",
+                        app.app_id,
+                        len(batch.events),
+                        safe_url(target.url),
+                        attempts,
+                        time.time() - batch.created_ms / 1000,
+                        error,
+                    )
+                    break
+                log.info(
+                    "webhook to %s failed (%s); attempt %d, next in %.1fs",
+                    safe_url(target.url),
+                    error,
+                    attempts,
+                    wait,
+                )
+                # Shutdown cuts the wait short for one last attempt.
+                self._stopping.wait(wait)
+                delay = min(delay * 2, settings.retry_backoff_max)
+            self.store.finish(batch)
+        finally:
+            self._senders.pop(batch.lane, None)
+            self._wake.set()
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
+        """POST once; None on a 2xx answer, else why not."""
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        timeout = self.settings.timeout
+        try:
+            # The socket timeout bounds each read; this bounds the whole attempt.
+            with gevent.Timeout(timeout, _AttemptTimeout):
+                with self._opener.open(request, timeout=timeout) as response:
+                    response.read(65536)
+            return None
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return f"HTTP {exc.code}"
+        except _AttemptTimeout:
+            return f"no answer within {timeout:g}s"
+        except urllib.error.URLError as exc:
+            return str(exc.reason)
+        except (OSError, HTTPException, ValueError) as exc:
+            return str(exc) or type(exc).__name__
