@@ -8,6 +8,11 @@ target whose filters match, and starts a sender greenlet per target (a *lane*) w
 due. A lane delivers its batches in order, one at a time, and retries a failed one with
 exponential back-off until `retry_for` seconds after its creation; a hanging receiver delays
 only its own lane. What waits lives behind `ipe.webhook_store`, so a Redis store can take over.
+
+A batch's `time_ms` is its creation time (Pusher's meaning) and a retry resends the same bytes.
+pusher-http-python's `validate_webhook` rejects a `time_ms` older than 300 s, which is why the
+retry deadline counts from creation too: with the default `retry_for` (300 s) every attempt
+starts within 300 s of its `time_ms` (clocks in sync).
 """
 
 from __future__ import annotations
