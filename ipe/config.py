@@ -383,6 +383,21 @@ def _parse_addrs(value: str, where: str) -> tuple[tuple[str, int], ...]:
     return tuple(addrs)
 
 
+_REDIS_VARIABLES = frozenset(
+    {
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_PASSWORD",
+        "REDIS_DB",
+        "REDIS_CLUSTER_MODE",
+        "REDIS_TLS_ENABLED",
+        "REDIS_TLS_SKIP_VERIFY",
+        "REDIS_PREFIX",
+        "REDIS_ADDRS",
+    }
+)
+
+
 def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
     """The `redis:` section, then IPÊ's REDIS_* variables and REDIS_URL on top of it."""
     section = _Section(raw, "redis")
@@ -423,10 +438,9 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
             db=from_url.db,
             tls=from_url.tls,
         )
-    overrides = _Section(
-        {k: v for k, v in env.items() if k.startswith("REDIS_") and k != "REDIS_URL" and v},
-        "",
-    )
+    # Only IPÊ's own variables count: other REDIS_* variables belong to other programs (the
+    # redis image exports REDIS_VERSION, Heroku REDIS_TLS_URL) and must not turn Redis on.
+    overrides = _Section({k: v for k, v in env.items() if k in _REDIS_VARIABLES and v}, "")
     if overrides.raw:
         configured = True
         redis = replace(
@@ -443,7 +457,6 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
             if "REDIS_ADDRS" in overrides.raw
             else redis.addrs,
         )
-        # Other REDIS_* variables belong to other programs; they are not ours to reject.
     if redis.cluster and not redis.addrs:
         redis = replace(redis, addrs=((redis.host, redis.port),))
     return redis if configured else None
