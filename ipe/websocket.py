@@ -428,7 +428,8 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
     version = query.get("protocol")
     if version is None or version == "":
         return app, protocol.NO_PROTOCOL, "No protocol version supplied"
-    if not version.isdigit():
+    # isdigit() alone admits "²" (which int() refuses) and "٧" (which int() reads as 7).
+    if not (version.isascii() and version.isdigit()):
         return app, protocol.INVALID_VERSION, "Invalid version string format"
     if int(version) not in protocol.SUPPORTED_PROTOCOLS:
         return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"

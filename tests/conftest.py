@@ -164,6 +164,14 @@ class IpeServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def metric(self, name: str) -> float:
+        """The value of one unlabelled metric on /metrics (0 when not exported yet)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.split(" ")[0] == name:
+                    return float(line.split(" ")[1])
+        return 0.0
+
     def sdk(
         self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
     ) -> pusher.Pusher:
@@ -202,9 +210,10 @@ class WsClient:
         header: list[str] | None = None,
         timeout: float = 5.0,
         handshake: bool = True,
+        sockopt: tuple[tuple[int, int, int], ...] = (),
     ) -> None:
         self.ws = websocket.create_connection(
-            url, timeout=timeout, header=header or [], enable_multithread=True
+            url, timeout=timeout, header=header or [], enable_multithread=True, sockopt=sockopt
         )
         self.timeout = timeout
         self.socket_id: str | None = None
@@ -275,6 +284,23 @@ class WsClient:
         self.send("pusher:ping", {})
         message = self.recv()
         assert message["event"] == "pusher:pong", f"expected nothing before the pong: {message}"
+
+    def subscribe_signed(
+        self, sdk: pusher.Pusher, channel: str, custom_data: Any = None
+    ) -> dict[str, Any]:
+        """Subscribe with a token from the SDK's `authenticate` (channel_data for presence)."""
+        token = sdk.authenticate(channel, self.socket_id, custom_data)
+        return self.subscribe(channel, token["auth"], token.get("channel_data"))
+
+    def sign_in(self, sdk: pusher.Pusher, user_data: dict[str, Any]) -> dict[str, Any]:
+        """Send pusher:signin with the SDK's `authenticate_user` token; returns the reply."""
+        token = sdk.authenticate_user(self.socket_id, user_data)
+        self.send("pusher:signin", {"auth": token["auth"], "user_data": token["user_data"]})
+        return self.recv()
+
+    def send_wire(self, data: bytes) -> None:
+        """Write raw bytes to the TCP socket (hand-made frames, broken framing)."""
+        self.ws.sock.sendall(data)
 
     def expect_close(self, timeout: float | None = None) -> tuple[int | None, str]:
         """Read until the server's close frame; returns (code, reason)."""
