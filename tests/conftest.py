@@ -292,6 +292,15 @@ class WsClient:
         token = sdk.authenticate(channel, self.socket_id, custom_data)
         return self.subscribe(channel, token["auth"], token.get("channel_data"))
 
+    def expect_refusal(self, channel: str) -> dict[str, Any]:
+        """A refused subscription: `pusher:subscription_error` on the channel (what Echo's
+        `.error()` gets), then Pusher's own `pusher:error` with code null; returns the former's
+        data ({type, error, status})."""
+        refusal = self.expect("pusher:subscription_error", channel)
+        error = self.expect("pusher:error")
+        assert error["data"] == {"code": None, "message": refusal["data"]["error"]}, error
+        return refusal["data"]  # type: ignore[no-any-return]
+
     def sign_in(self, sdk: pusher.Pusher, user_data: dict[str, Any]) -> dict[str, Any]:
         """Send pusher:signin with the SDK's `authenticate_user` token; returns the reply."""
         token = sdk.authenticate_user(self.socket_id, user_data)
@@ -301,6 +310,31 @@ class WsClient:
     def send_wire(self, data: bytes) -> None:
         """Write raw bytes to the TCP socket (hand-made frames, broken framing)."""
         self.ws.sock.sendall(data)
+
+    def send_frame(
+        self,
+        opcode: int,
+        payload: bytes = b"",
+        fin: bool = True,
+        rsv: int = 0,
+        mask: bool = True,
+        length: int | None = None,
+    ) -> None:
+        """One hand-made frame: any opcode, reserved bits, unmasked, or a false `length`."""
+        n = len(payload) if length is None else length
+        head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode])
+        bit = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([bit | n])
+        elif n < 65536:
+            head += bytes([bit | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([bit | 127]) + n.to_bytes(8, "big")
+        if mask:
+            key = os.urandom(4)
+            head += key
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        self.send_wire(head + payload)
 
     def expect_close(self, timeout: float | None = None) -> tuple[int | None, str]:
         """Read until the server's close frame; returns (code, reason)."""
@@ -376,3 +410,30 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., IpeServer]]:
 def server(make_server: Callable[..., IpeServer]) -> IpeServer:
     """One ipe process with BASE_CONFIG."""
     return make_server()
+
+
+@pytest.fixture(scope="module")
+def _module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpeServer]:
+    server = IpeServer(config_with(), tmp_path_factory.mktemp("shared"), "shared").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_server(_module_server: IpeServer) -> Iterator[IpeServer]:
+    """One BASE_CONFIG process for every test of a module (saves a start per test).
+
+    For tests whose outcome does not depend on what earlier tests left behind (channels,
+    members, signed-in users): the test's clients are closed afterwards, and a traceback
+    logged during the test fails that test.
+    """
+    server = _module_server
+    if server.proc is None or server.proc.poll() is not None:
+        pytest.fail(f"the shared ipe process has exited:\n{server.log()}")
+    offset = len(server.log())
+    yield server
+    for client in server.clients:
+        client.close()
+    server.clients.clear()
+    log = server.log()[offset:]
+    assert "Traceback" not in log, f"{server.log_path}:\n{log}"

@@ -10,6 +10,12 @@ import pytest
 OK_QUERY = "protocol=7&client=js&version=8.6.0&flash=false"
 
 
+@pytest.fixture
+def server(shared_server):
+    """These tests leave nothing behind that matters to the next, so they share one process."""
+    return shared_server
+
+
 def refused(client, code: int) -> str:
     """The first frame is pusher:error with `code`, then a close frame with the same code."""
     first = getattr(client, "first", None)
@@ -22,8 +28,7 @@ def refused(client, code: int) -> str:
     return reason
 
 
-def test_connection_established_data_is_a_json_string_with_socket_id_and_timeout(make_server):
-    server = make_server()
+def test_connection_established_data_is_a_json_string_with_socket_id_and_timeout(server):
     client = server.ws(handshake=False)
     opcode, raw = client.ws.recv_data()
     message = json.loads(raw)
