@@ -232,36 +232,87 @@ class Connection:
             raise Closed
         return data
 
+    def _skip(self, n: int) -> None:
+        """Read and drop `n` bytes in small pieces (an oversize payload is never held)."""
+        while n > 0:
+            n -= len(self._read_exact(min(n, 65536)))
+
     def _fail(self, code: int, reason: str) -> None:
+        """Start the closing handshake for a client error; the reader goes on until it ends.
+
+        Dropping the connection at once would reset it while the client's bytes are still
+        unread, and a reset destroys our close frame in flight: the client would never learn
+        the code. So whatever the client still sends is read and dropped until its close
+        frame arrives, or CLOSE_WAIT passes.
+        """
         log.info("closing %r: %s", self, reason)
         self.close(code, reason)
-        raise Closed
+
+    def _frame_error(
+        self, b0: int, masked: int, opcode: int, length: int, size: int, started: int | None
+    ) -> tuple[int, str] | None:
+        """The close code and reason a frame header earns, or None when it is acceptable."""
+        if b0 & 0x70:
+            return protocol.WS_PROTOCOL_ERROR, "Reserved bits set"
+        if not masked:
+            return protocol.WS_PROTOCOL_ERROR, "Client frames must be masked"
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG:
+                return protocol.WS_PROTOCOL_ERROR, f"Unknown opcode {opcode}"
+            if length > 125 or not b0 & 0x80:
+                return protocol.WS_PROTOCOL_ERROR, "Invalid control frame"
+            return None
+        if opcode > OP_BINARY:
+            return protocol.WS_PROTOCOL_ERROR, f"Unknown opcode {opcode}"
+        if opcode == OP_CONTINUATION and started is None:
+            return protocol.WS_PROTOCOL_ERROR, "Unexpected continuation frame"
+        if opcode != OP_CONTINUATION and started is not None:
+            return protocol.WS_PROTOCOL_ERROR, "Expected a continuation frame"
+        if size + length > self._max_frame:
+            return protocol.WS_MESSAGE_TOO_BIG, "Message too big"
+        return None
 
     def _receive(self) -> str:
+        """Read frames until a whole text message arrives; raises Closed when the socket ends."""
+        while True:
+            opcode, data = self._read_message()
+            if opcode == OP_BINARY:
+                self._fail(protocol.WS_UNSUPPORTED_DATA, "Binary frames are not supported")
+                continue
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(protocol.WS_INVALID_PAYLOAD, "Invalid UTF-8")
+
+    def _read_message(self) -> tuple[int, bytes]:
+        """The opcode and payload of the next data message; answers control frames on the way.
+
+        Once the connection is closing, every frame but the peer's close is read and dropped.
+        """
         parts: list[bytes] = []
         size = 0
-        message_opcode = None
+        started: int | None = None
         read = self._read_exact
         while True:
             b0, b1 = read(2)
             opcode = b0 & 0x0F
+            masked = b1 & 0x80
             length = b1 & 0x7F
-            if b0 & 0x70:
-                self._fail(protocol.WS_PROTOCOL_ERROR, "Reserved bits set")
-            if not b1 & 0x80:
-                self._fail(protocol.WS_PROTOCOL_ERROR, "Client frames must be masked")
             if length == 126:
                 (length,) = _unpack_h(read(2))
             elif length == 127:
                 (length,) = _unpack_q(read(8))
-            if opcode >= OP_CLOSE and (length > 125 or not b0 & 0x80):
-                self._fail(protocol.WS_PROTOCOL_ERROR, "Invalid control frame")
-            if size + length > self._max_frame:
-                self._fail(protocol.WS_MESSAGE_TOO_BIG, "Message too big")
-            mask = read(4)
-            payload = _unmask(read(length), mask) if length else b""
-            if self.closing and opcode != OP_CLOSE:
-                continue  # after our close frame only the peer's close matters
+            mask = read(4) if masked else b""
+            if not self.closing:
+                error = self._frame_error(b0, masked, opcode, length, size, started)
+                if error is not None:
+                    self._fail(*error)
+            if self.closing and (opcode != OP_CLOSE or length > 125):
+                self._skip(length)  # after our close frame only the peer's close matters
+                continue
+            payload = read(length) if length else b""
+            if mask:
+                payload = _unmask(payload, mask)
             self.last_seen = time.monotonic()
             self.ping_sent = 0.0
             if opcode == OP_PING:
@@ -272,26 +323,12 @@ class Connection:
             if opcode == OP_CLOSE:
                 self._peer_closed(payload)
                 raise Closed
-            if opcode == OP_CONTINUATION:
-                if message_opcode is None:
-                    self._fail(protocol.WS_PROTOCOL_ERROR, "Unexpected continuation frame")
-            elif opcode in (OP_TEXT, OP_BINARY):
-                if message_opcode is not None:
-                    self._fail(protocol.WS_PROTOCOL_ERROR, "Expected a continuation frame")
-                message_opcode = opcode
-            else:
-                self._fail(protocol.WS_PROTOCOL_ERROR, f"Unknown opcode {opcode}")
+            if started is None:
+                started = opcode
             parts.append(payload)
             size += length
             if b0 & 0x80:
-                break
-        if message_opcode == OP_BINARY:
-            self._fail(protocol.WS_UNSUPPORTED_DATA, "Binary frames are not supported")
-        try:
-            return b"".join(parts).decode("utf-8")
-        except UnicodeDecodeError:
-            self._fail(protocol.WS_INVALID_PAYLOAD, "Invalid UTF-8")
-            raise  # unreachable: _fail raises
+                return started, b"".join(parts)
 
     def _peer_closed(self, payload: bytes) -> None:
         """Answer the peer's close frame (echoing its code) unless we started the close."""
