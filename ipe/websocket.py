@@ -71,8 +71,8 @@ class Session:
             handler(channel, data)
         elif event.startswith(protocol.CLIENT_EVENT_PREFIX):
             self.on_client_event(event, channel, data)
-        else:
-            raise protocol.PusherError(None, f"Unsupported event: {event[:64]}")
+        # Anything else is ignored, as Pusher does (PROTOCOL.md §1.7, §9.7): a pusher:error
+        # would surface in every pusher-js app as a connection error.
 
     def cleanup(self) -> None:
         """Undo every subscription and sign-in of the connection."""
@@ -100,10 +100,14 @@ class Session:
     def _subscribe_data(self, data: Any) -> tuple[str, dict[str, Any]]:
         payload = protocol.event_data_object(data)
         if payload is None:
-            raise protocol.PusherError(None, "Invalid subscribe data: expected an object")
+            raise protocol.PusherError(
+                protocol.GENERIC_RECONNECT, "Invalid subscribe data: expected an object"
+            )
         channel = payload.get("channel")
         if not isinstance(channel, str) or not channel:
-            raise protocol.PusherError(None, "Invalid subscribe data: missing 'channel'")
+            raise protocol.PusherError(
+                protocol.GENERIC_RECONNECT, "Invalid subscribe data: missing 'channel'"
+            )
         return channel, payload
 
     def _refuse(self, channel: str, kind: str, error: str, status: int) -> None:
