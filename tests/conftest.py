@@ -292,11 +292,13 @@ class WsClient:
         token = sdk.authenticate(channel, self.socket_id, custom_data)
         return self.subscribe(channel, token["auth"], token.get("channel_data"))
 
-    def expect_refusal(self, channel: str) -> dict[str, Any]:
+    def expect_refusal(self, channel: str, reply: dict[str, Any] | None = None) -> dict[str, Any]:
         """A refused subscription: `pusher:subscription_error` on the channel (what Echo's
-        `.error()` gets), then Pusher's own `pusher:error` with code null; returns the former's
-        data ({type, error, status})."""
-        refusal = self.expect("pusher:subscription_error", channel)
+        `.error()` gets; pass it as `reply` if already read, e.g. from `subscribe`), then
+        Pusher's own `pusher:error` with code null. Returns the former's data."""
+        refusal = reply or self.expect("pusher:subscription_error", channel)
+        assert refusal["event"] == "pusher:subscription_error", refusal
+        assert refusal["channel"] == channel, refusal
         error = self.expect("pusher:error")
         assert error["data"] == {"code": None, "message": refusal["data"]["error"]}, error
         return refusal["data"]  # type: ignore[no-any-return]
