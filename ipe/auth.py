@@ -6,6 +6,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
+from ipe.protocol import is_presence
+
 REST_TIMESTAMP_WINDOW = 600  # seconds either side of now (PROTOCOL.md §6.2)
 EMPTY_BODY_MD5 = hashlib.md5(b"").hexdigest()
 
@@ -30,9 +32,12 @@ def channel_auth_valid(
 ) -> bool:
     """Check a private/presence channel token over `socket_id:channel[:channel_data]`."""
     if channel_data is not None:
-        # A private channel may be signed with or without its channel_data (php signs it).
         if _token_valid(key, secret, token, f"{socket_id}:{channel}:{channel_data}"):
             return True
+        # channel_data names a presence member: unsigned, anyone could claim any user id.
+        # A private channel may be signed with or without it (php signs it).
+        if is_presence(channel):
+            return False
     return _token_valid(key, secret, token, f"{socket_id}:{channel}")
 
 

@@ -85,6 +85,16 @@ def test_python_sdk_tokens_pass_for_every_channel_kind():
     assert auth.signin_valid(KEY, SECRET, SOCKET, user["user_data"], user["auth"])
 
 
+def test_presence_token_without_channel_data_does_not_vouch_for_added_channel_data():
+    # The token a signed-in socket gets for presence (over socket:channel) must not let it
+    # join as whatever user it writes into channel_data.
+    token = f"demo-key:{auth.sign(SECRET, '123.456:presence-room')}"
+    assert channel_ok("presence-room", token, None)
+    assert not channel_ok("presence-room", token, PRESENCE_DATA)
+    cache_token = f"demo-key:{auth.sign(SECRET, '123.456:presence-cache-room')}"
+    assert not channel_ok("presence-cache-room", cache_token, PRESENCE_DATA)
+
+
 def test_private_channel_signed_with_or_without_channel_data():
     data = '{"user_id":"1"}'
     with_data = f"demo-key:{auth.sign(SECRET, f'123.456:private-orders:{data}')}"
