@@ -396,18 +396,21 @@ class Session:
             raise protocol.PusherError(
                 protocol.CLIENT_EVENT_REJECTED, "Client event rejected due to rate limit"
             )
-        user_id = conn.channels[channel]
-        payload = protocol.encode_event(event, channel, data, user_id)
-        if len(payload) > limits.max_message_size + len(event) + len(channel) + 200:
+        # The data limit is measured as REST measures it: the UTF-8 bytes of the data string
+        # (JSON text for an object), so that the same payload passes or fails both ways.
+        text = data if isinstance(data, str) else protocol.dumps(data)
+        if len(text.encode()) > limits.max_message_size:
             raise protocol.PusherError(
                 protocol.CLIENT_EVENT_REJECTED, "Client event payload too large"
             )
+        user_id = conn.channels[channel]
+        payload = protocol.encode_event(event, channel, data, user_id)
         self.state.broker.publish(app.app_id, EVENT, channel, payload, conn.socket_id)
         webhook: dict[str, Any] = {
             "name": "client_event",
             "channel": channel,
             "event": event,
-            "data": data if isinstance(data, str) else protocol.dumps(data),
+            "data": text,
             "socket_id": conn.socket_id,
         }
         if user_id is not None:
@@ -470,8 +473,9 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         app,
         protocol.new_socket_id(),
         max_outbox=config.max_outbox_bytes,
-        # Room for the largest legitimate message: event data plus names and JSON around it.
-        max_frame=max(limits.max_message_size * 2, limits.max_message_size + 16384),
+        # Room for the largest legitimate message: data within the limit, which a client's JSON
+        # may have escaped to six bytes per byte ("\u00e9"), plus names and JSON around it.
+        max_frame=limits.max_message_size * 6 + 16384,
         on_overflow=state.metrics.slow_consumer_closes.inc,
     )
     # gevent-websocket must not write its own close frame after ours (it drops the code).

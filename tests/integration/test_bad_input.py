@@ -218,7 +218,7 @@ def closed_with(client, code: int) -> None:
 
 def test_oversize_frame_closes_with_1009(server, bystander):
     client = server.ws()
-    client.send_raw("x" * 30000)  # over the 26 KiB frame cap of the default limits
+    client.send_raw("x" * 80000)  # over the 76 KiB frame cap of the default limits
     closed_with(client, 1009)
     unaffected(server, bystander)
 
@@ -239,8 +239,8 @@ def test_frame_announcing_a_gigabyte_closes_with_1009_before_the_payload(server,
 
 def test_oversize_message_in_fragments_closes_with_1009(server, bystander):
     client = server.ws()
-    for _ in range(3):
-        client.send_frame(TEXT if _ == 0 else CONTINUATION, b"x" * 10000, fin=False)
+    for n in range(8):
+        client.send_frame(TEXT if n == 0 else CONTINUATION, b"x" * 10000, fin=False)
     client.send_frame(CONTINUATION, b"x" * 10000)
     closed_with(client, 1009)
     unaffected(server, bystander)
@@ -323,7 +323,7 @@ def test_bad_frames_from_many_clients_at_once_leave_the_server_serving(server, b
     clients = [server.ws() for _ in range(10)]
     for i, client in enumerate(clients):
         if i % 3 == 0:
-            client.send_raw("x" * 30000)
+            client.send_raw("x" * 80000)
         elif i % 3 == 1:
             client.send_frame(TEXT, b"\xff")
         else:
