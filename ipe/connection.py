@@ -166,19 +166,24 @@ class Connection:
                 return False
             if sent == len(data):
                 return True
-        self._outbox = deque((data[sent:],))
-        self._outbox_bytes = len(data) - sent
-        gevent.spawn(self._drain)
+        # The unsent tail of this frame goes to the writer directly, never into the outbox:
+        # the outbox holds whole frames only, so that dropping it on overflow cannot cut a
+        # frame in half (the client would read our close frame as the rest of its payload).
+        self._outbox = deque()
+        self._outbox_bytes = 0
+        gevent.spawn(self._drain, data[sent:])
         return True
 
-    def _drain(self) -> None:
-        """Write the backlog with cooperative blocking; the only writer while one exists."""
+    def _drain(self, rest: bytes) -> None:
+        """Finish the partly written frame `rest`, then the backlog, with cooperative blocking;
+        the only writer while one exists. `_outbox_bytes` counts what still waits."""
         outbox = self._outbox
         try:
+            self._sock.sendall(rest)
             while outbox:
                 data = outbox.popleft()
-                self._sock.sendall(data)
                 self._outbox_bytes -= len(data)
+                self._sock.sendall(data)
         except OSError:
             self._abort()
         finally:
