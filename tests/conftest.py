@@ -192,11 +192,13 @@ class IpeServer:
         key: str = KEY,
         query: str = "protocol=7&client=js&version=8.6.0&flash=false",
         path: str | None = None,
+        origin: str | None = None,
         **kwargs: Any,
     ) -> WsClient:
-        """A raw WebSocket client connected to this server."""
+        """A raw WebSocket client connected to this server (or to `origin`, e.g. a wss:// one)."""
         path = path if path is not None else f"/app/{key}"
-        url = f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+        origin = origin or f"ws://127.0.0.1:{self.port}"
+        url = f"{origin}{path}" + (f"?{query}" if query else "")
         client = WsClient(url, **kwargs)
         self.clients.append(client)
         return client
@@ -211,17 +213,18 @@ class WsClient:
         header: list[str] | None = None,
         timeout: float = 5.0,
         handshake: bool = True,
-        sockopt: tuple[tuple[int, int, int], ...] = (),
+        **options: Any,
     ) -> None:
         # websocket-client validates UTF-8 in pure Python (~2 ms per 10 KB frame); recv()'s
-        # json.loads decodes the bytes as strict UTF-8 anyway.
+        # json.loads decodes the bytes as strict UTF-8 anyway. `options` go to
+        # websocket.create_connection (sockopt, sslopt, ...).
         self.ws = websocket.create_connection(
             url,
             timeout=timeout,
             header=header or [],
             enable_multithread=True,
-            sockopt=sockopt,
             skip_utf8_validation=True,
+            **options,
         )
         self.timeout = timeout
         self.socket_id: str | None = None

@@ -1,0 +1,84 @@
+"""The TLS listener (IPÊ's `ssl:` section): wss:// for only_ssl apps, same protocol, same codes."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+
+import pytest
+from conftest import config_with, free_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1; returns (key_file, cert_file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(key_file), str(cert_file)
+
+
+@pytest.fixture
+def tls(make_server, tmp_path):
+    """A server with its TLS listener on; returns (server, wss origin)."""
+    key_file, cert_file = self_signed(tmp_path)
+    port = free_port()
+    ssl_section = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    server = make_server(config_with(ssl=ssl_section))
+    return server, f"wss://127.0.0.1:{port}"
+
+
+def test_only_ssl_app_connects_over_wss_and_receives_events(tls):
+    server, origin = tls
+    client = server.ws(key="tls-key", origin=origin, **NO_VERIFY)
+    assert client.subscribe("orders")["event"] == "pusher_internal:subscription_succeeded"
+    server.sdk("1004", "tls-key", "tls-secret").trigger("orders", "hello", {"n": 1})
+    assert json.loads(client.expect("hello", "orders")["data"]) == {"n": 1}
+
+
+def test_large_events_and_close_codes_cross_tls(tls):
+    server, origin = tls
+    client = server.ws(origin=origin, **NO_VERIFY)
+    client.subscribe("orders")
+    server.sdk().trigger_batch([{"channel": "orders", "name": "big", "data": "x" * 10000}] * 10)
+    for _ in range(10):
+        assert client.expect("big", "orders")["data"] == "x" * 10000
+    client.send_raw("x" * 100000)
+    assert client.expect_close()[0] == 1009
+
+
+def test_refusals_reach_tls_clients_too(tls):
+    server, origin = tls
+    client = server.ws(key="nope", origin=origin, **NO_VERIFY)
+    assert client.first["data"]["code"] == 4001
+    assert client.expect_close()[0] == 4001
