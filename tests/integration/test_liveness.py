@@ -84,3 +84,17 @@ def test_silent_presence_member_is_removed_for_the_others(server):
                 assert json.loads(message["data"]) == {"user_id": "2"}
                 break
         assert closed.result()[0] == 4201
+
+
+def test_shutdown_tells_every_client_to_reconnect_at_once_with_4200(server):
+    clients = [server.ws() for _ in range(3)]
+    clients[0].subscribe("orders")
+    with ThreadPoolExecutor(1) as pool:
+        stopped = pool.submit(server.stop)  # SIGTERM; returns once the process has exited
+        for client in clients:
+            assert client.recv(timeout=10) == {
+                "event": "pusher:error",
+                "data": {"code": 4200, "message": "Server is shutting down"},
+            }
+            assert client.expect_close(timeout=10) == (4200, "Server is shutting down")
+        assert stopped.result() == 0
