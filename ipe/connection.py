@@ -3,7 +3,7 @@
 gevent-websocket performs the HTTP upgrade; after that this module reads and writes frames on
 the raw socket itself. That fixes three gevent-websocket 0.10.1 problems in one place
 (../shared/DESIGN.md §5): close codes are really sent, pre-encoded UTF-8 goes out as a *text*
-frame, and an oversize frame is refused from its header, before its payload is read.
+frame, and an oversize frame is refused from its header, its payload never held in memory.
 
 Writes never block the caller: a frame is written straight to the socket when nothing is
 pending; whatever the kernel does not take goes to a bounded outbox drained by one greenlet
