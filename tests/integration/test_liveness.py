@@ -12,8 +12,8 @@ from conftest import config_with
 
 @pytest.fixture
 def server(make_server):
-    """A server that pings after 1 s of silence and gives up 1 s later."""
-    return make_server(config_with(activity_timeout=1, pong_timeout=1))
+    """A server that pings after 1 s of silence and gives up 2 s later."""
+    return make_server(config_with(activity_timeout=1, pong_timeout=2))
 
 
 def test_pusher_ping_gets_pusher_pong(server):
