@@ -37,10 +37,16 @@ class State:
     webhooks: Webhooks
     metrics: Metrics
     draining: bool = False
+    redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
+    janitor: Any = None  # ipe.janitor.Janitor, with it
 
     def start(self) -> None:
-        """Start background work: liveness checks, broker listener, webhook sender."""
+        """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        if self.janitor is not None:
+            self.janitor.start()
+        if self.redis is not None:
+            self.redis.start()
         self.broker.start()
         self.webhooks.start()
 
@@ -55,6 +61,8 @@ class State:
             gevent.sleep(0.05)
         self.webhooks.stop()
         self.broker.stop()
+        if self.janitor is not None:
+            self.janitor.stop()
         self.hub.stop()
 
 
@@ -70,15 +78,37 @@ def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
-    return State(
+    webhooks = Webhooks(config.webhooks, config.apps, metrics)
+    if config.redis is None:
+        return State(
+            config=config,
+            hub=hub,
+            broker=LocalBroker(hub),
+            presence=InMemoryPresence(),
+            cache=InMemoryCache(),
+            webhooks=webhooks,
+            metrics=metrics,
+        )
+    # Imported here: a single process never loads the Redis modules.
+    from ipe.broker import RedisBroker
+    from ipe.cache import RedisCache
+    from ipe.janitor import Janitor
+    from ipe.presence_redis import RedisPresence
+    from ipe.redisconn import RedisLink, node_id
+
+    link = RedisLink(config.redis, node_id(config.instance_id))
+    state = State(
         config=config,
         hub=hub,
-        broker=LocalBroker(hub),
-        presence=InMemoryPresence(),
-        cache=InMemoryCache(),
-        webhooks=Webhooks(config.webhooks, config.apps, metrics),
+        broker=RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics),
+        presence=RedisPresence(link),
+        cache=RedisCache(link),
+        webhooks=webhooks,
         metrics=metrics,
+        redis=link,
     )
+    state.janitor = Janitor(config, link, state.presence, state.broker, state.webhooks)
+    return state
 
 
 class _WebSocketRouter:

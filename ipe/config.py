@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
@@ -109,9 +109,20 @@ class RedisConfig:
     db: int = 0
     tls: bool = False
     tls_verify: bool = True
+    tls_ca_file: str = ""
     cluster: bool = False
     addrs: tuple[tuple[str, int], ...] = ()
     prefix: str = "ipe"
+    # "auto": SPUBLISH/SSUBSCRIBE on a Redis Cluster whose servers have them (Redis 7+).
+    sharded_pubsub: str = "auto"
+    timeout: float = 2.0  # seconds for one command or connection attempt
+    # Seconds of silence after which an idle connection is PINGed (half-open TCP detection),
+    # and how often an unreachable Redis is probed.
+    health_check_interval: float = 5.0
+    # Each node refreshes its heartbeat key this often; a node whose key is older than
+    # node_timeout is dead, and a janitor removes its members and subscriptions.
+    heartbeat_interval: float = 5.0
+    node_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -364,13 +375,21 @@ def _redis_from_url(url: str, where: str) -> RedisConfig:
             db = int(parts.path.strip("/"))
         except ValueError:
             raise ConfigError(f"{where}: database in the URL must be a number") from None
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(f"{where}: invalid port in the URL") from None
+    query = dict(parse_qsl(parts.query))
+    # redis-py's spelling, as Heroku's docs give it for their unverifiable certificates.
+    verify = query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional")
     return RedisConfig(
         host=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
+        port=port,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         db=db,
         tls=parts.scheme == "rediss",
+        tls_verify=verify,
     )
 
 
@@ -383,6 +402,8 @@ def _parse_addrs(value: str, where: str) -> tuple[tuple[str, int], ...]:
     return tuple(addrs)
 
 
+_FROM_URL = ("host", "port", "username", "password", "db", "tls", "tls_verify")
+
 _REDIS_VARIABLES = frozenset(
     {
         "REDIS_HOST",
@@ -392,6 +413,7 @@ _REDIS_VARIABLES = frozenset(
         "REDIS_CLUSTER_MODE",
         "REDIS_TLS_ENABLED",
         "REDIS_TLS_SKIP_VERIFY",
+        "REDIS_TLS_CA_FILE",
         "REDIS_PREFIX",
         "REDIS_ADDRS",
     }
@@ -399,7 +421,7 @@ _REDIS_VARIABLES = frozenset(
 
 
 def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
-    """The `redis:` section, then IPÊ's REDIS_* variables and REDIS_URL on top of it."""
+    """The `redis:` section, then REDIS_URL, then IPÊ's REDIS_* variables on top of it."""
     section = _Section(raw, "redis")
     configured = bool(section.raw)
     url = section.str("url", "")
@@ -411,6 +433,9 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
         addrs = _parse_addrs(",".join(str(a) for a in addrs), "redis.addrs")
     else:
         raise ConfigError("redis.addrs: must be a list of HOST:PORT")
+    sharded = section.get("sharded_pubsub", "auto")
+    if isinstance(sharded, bool):
+        sharded = "true" if sharded else "false"
     redis = replace(
         redis,
         host=section.str("host", redis.host),
@@ -420,26 +445,28 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
         db=section.int("db", redis.db),
         tls=section.bool("tls", redis.tls),
         tls_verify=section.bool("tls_verify", redis.tls_verify),
+        tls_ca_file=section.str("tls_ca_file", ""),
         cluster=section.bool("cluster", redis.cluster),
         addrs=addrs,
         prefix=section.str("prefix", redis.prefix),
+        sharded_pubsub=str(sharded).lower(),
+        timeout=section.float("timeout", redis.timeout, minimum=0.1),
+        health_check_interval=section.float(
+            "health_check_interval", redis.health_check_interval, minimum=0.1
+        ),
+        heartbeat_interval=section.float(
+            "heartbeat_interval", redis.heartbeat_interval, minimum=0.1
+        ),
+        node_timeout=section.float("node_timeout", redis.node_timeout, minimum=1),
     )
     section.done()
 
     if env.get("REDIS_URL"):
         configured = True
         from_url = _redis_from_url(env["REDIS_URL"], "REDIS_URL")
-        redis = replace(
-            redis,
-            host=from_url.host,
-            port=from_url.port,
-            username=from_url.username,
-            password=from_url.password,
-            db=from_url.db,
-            tls=from_url.tls,
-        )
-    # Only IPÊ's own variables count: other REDIS_* variables belong to other programs (the
-    # redis image exports REDIS_VERSION, Heroku REDIS_TLS_URL) and must not turn Redis on.
+        redis = replace(redis, **{name: getattr(from_url, name) for name in _FROM_URL})
+    # Only the variables ipe reads count: other REDIS_* variables belong to other programs
+    # (the redis image exports REDIS_VERSION, Heroku REDIS_TLS_URL) and must not turn Redis on.
     overrides = _Section({k: v for k, v in env.items() if k in _REDIS_VARIABLES and v}, "")
     if overrides.raw:
         configured = True
@@ -452,14 +479,27 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
             cluster=overrides.bool("REDIS_CLUSTER_MODE", redis.cluster),
             tls=overrides.bool("REDIS_TLS_ENABLED", redis.tls),
             tls_verify=not overrides.bool("REDIS_TLS_SKIP_VERIFY", not redis.tls_verify),
+            tls_ca_file=overrides.str("REDIS_TLS_CA_FILE", redis.tls_ca_file),
             prefix=overrides.str("REDIS_PREFIX", redis.prefix),
             addrs=_parse_addrs(overrides.str("REDIS_ADDRS"), "REDIS_ADDRS")
             if "REDIS_ADDRS" in overrides.raw
             else redis.addrs,
         )
+    if not configured:
+        return None
     if redis.cluster and not redis.addrs:
         redis = replace(redis, addrs=((redis.host, redis.port),))
-    return redis if configured else None
+    if redis.tls_ca_file:
+        redis = replace(redis, tls=True)
+    if not redis.prefix or any(c in redis.prefix for c in "{}\n "):
+        raise ConfigError("redis.prefix: must be non-empty, without braces or spaces")
+    if redis.sharded_pubsub not in ("auto", "true", "false"):
+        raise ConfigError("redis.sharded_pubsub: must be auto, true or false")
+    if redis.cluster and redis.db:
+        raise ConfigError("redis.db: a Redis Cluster has only database 0")
+    if redis.node_timeout < 2 * redis.heartbeat_interval:
+        raise ConfigError("redis.node_timeout: must be at least twice redis.heartbeat_interval")
+    return redis
 
 
 def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:

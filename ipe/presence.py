@@ -8,7 +8,7 @@ each one fires once per cluster.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Presence(Protocol):
@@ -132,3 +132,22 @@ class InMemoryPresence:
 
     def online(self, app_id: str, user_ids: tuple[str, ...]) -> set[str]:
         return {uid for uid in user_ids if (app_id, uid) in self._users}
+
+    def share(self, app_id: str) -> Share:
+        """Everything counted for one app, to re-register elsewhere (a Redis store's restore)."""
+        members = [
+            (channel, user_id, entry[0], entry[1])
+            for (app, channel), by_user in self._members.items()
+            if app == app_id
+            for user_id, entry in by_user.items()
+        ]
+        online = {uid: n for (app, uid), n in self._users.items() if app == app_id}
+        return Share(dict(self._subs.get(app_id, {})), members, online)
+
+
+class Share(NamedTuple):
+    """One app's counts: subscriptions per channel, (channel, user, sockets, info), users."""
+
+    subscriptions: dict[str, int]
+    members: list[tuple[str, str, int, Any]]
+    online: dict[str, int]

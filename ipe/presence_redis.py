@@ -1,0 +1,420 @@
+"""Who is in each channel across every node, kept in Redis: the `Presence` store of a cluster.
+
+Layout (one app's keys share the hash tag `{prefix:app_id}`, so that every transition is one
+atomic Lua script on one Redis Cluster slot; the app's Pub/Sub channel is on its shard too):
+
+  {P:A}:subs               hash  channel -> subscriptions on every node
+  {P:A}:sockets:<channel>  hash  user_id -> member sockets on every node
+  {P:A}:members:<channel>  hash  user_id -> user_info (JSON)
+  {P:A}:online             hash  user_id -> signed-in sockets on every node
+  {P:A}:node:<N>:subs      hash  channel -> node N's share of `subs`
+  {P:A}:node:<N>:members   hash  "<channel>\\n<user_id>" -> node N's share of `sockets`
+  {P:A}:node:<N>:online    hash  user_id -> node N's share of `online`
+  {P:A}:node:<N>:reg       string: N registered its share since Redis last lost it
+  {P:A}:nodes              set   nodes that hold a share (where janitors look)
+  {P:A}:reaped:<N>         string: N was declared dead and its share removed (expires)
+
+Node N's share is what N alone may change while it lives, and what a janitor removes at once
+(`reap`) when N's heartbeat (`ipe.janitor`) has expired. Every count that drives an event
+is cluster-wide, so `member_added`, `channel_vacated` and the rest fire once per cluster.
+
+This process also keeps its own share in memory (`local`, an `InMemoryPresence`): it answers
+when Redis cannot, and `restore` writes it back after Redis restarted or was unreachable.
+Writes go through one lock so that Redis sees them in the order `local` did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import gevent.lock
+
+from ipe import protocol
+from ipe.presence import InMemoryPresence
+from ipe.redisconn import REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from ipe.redisconn import RedisLink
+
+log = logging.getLogger(__name__)
+
+# Helpers shared by the scripts that move a whole share (restore, reap).
+_PRELUDE = r"""
+local k, node = ARGV[1], ARGV[2]
+local mine = k .. ':node:' .. node
+local function split(f)
+  local p = string.find(f, '\n', 1, true)
+  return string.sub(f, 1, p - 1), string.sub(f, p + 1)
+end
+local function at_subs(f) return k .. ':subs', f end
+local function at_members(f) local ch, u = split(f) return k .. ':sockets:' .. ch, u end
+local function at_online(f) return k .. ':online', f end
+-- Replace node N's counts in `mine_key` by `new` (field -> n), keeping the cluster totals
+-- right; return the fields whose total went from 0 to more (up) and from more to 0 (down).
+local function replace(mine_key, new, locate)
+  local before, up, down = {}, {}, {}
+  local old = redis.call('HGETALL', mine_key)
+  for i = 1, #old, 2 do
+    local key, field = locate(old[i])
+    local total = tonumber(redis.call('HGET', key, field) or '0')
+    before[old[i]] = total
+    local left = total - tonumber(old[i + 1])
+    if left > 0 then redis.call('HSET', key, field, left) else redis.call('HDEL', key, field) end
+  end
+  redis.call('DEL', mine_key)
+  for f, n in pairs(new) do
+    local key, field = locate(f)
+    local total = redis.call('HINCRBY', key, field, n)
+    if before[f] == nil then before[f] = total - n end
+    redis.call('HSET', mine_key, f, n)
+  end
+  for f, b in pairs(before) do
+    local key, field = locate(f)
+    local after = tonumber(redis.call('HGET', key, field) or '0')
+    if b <= 0 and after > 0 then up[#up + 1] = f
+    elseif b > 0 and after <= 0 then down[#down + 1] = f end
+  end
+  return up, down
+end
+local function forget_members(removed)
+  for _, f in ipairs(removed) do
+    local ch, u = split(f)
+    redis.call('HDEL', k .. ':members:' .. ch, u)
+  end
+end
+"""
+
+# KEYS[1] nodes; ARGV: node, total key, total field, node key, node field. -> new total
+_COUNT_UP = r"""
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
+return redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
+"""
+
+# ARGV: total key, total field, node key, node field[, members key]. -> new total, -1 when
+# this node had nothing counted (Redis lost it and the restore has not run yet).
+_COUNT_DOWN = r"""
+local mine = redis.call('HINCRBY', ARGV[3], ARGV[4], -1)
+if mine <= 0 then redis.call('HDEL', ARGV[3], ARGV[4]) end
+if mine < 0 then return -1 end
+local total = redis.call('HINCRBY', ARGV[1], ARGV[2], -1)
+if total <= 0 then
+  redis.call('HDEL', ARGV[1], ARGV[2])
+  if ARGV[5] then redis.call('HDEL', ARGV[5], ARGV[2]) end
+end
+return total
+"""
+
+# ARGV: node, sockets key, user, node members key, node field, members key, info
+# -> {sockets of the user, the roster as a flat list}
+_JOIN = r"""
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
+local n = redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
+redis.call('HSET', ARGV[6], ARGV[3], ARGV[7])
+return {n, redis.call('HGETALL', ARGV[6])}
+"""
+
+# ARGV: k, node, snapshot JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info},
+# o: {user: n}}. -> {announce?, occupied, vacated, added, removed, online, offline}
+_RESTORE = (
+    _PRELUDE
+    + r"""
+local snap = cjson.decode(ARGV[3])
+local announce = redis.call('EXISTS', mine .. ':reg')
+  + redis.call('EXISTS', k .. ':reaped:' .. node)
+local occupied, vacated = replace(mine .. ':subs', snap.s, at_subs)
+local added, removed = replace(mine .. ':members', snap.m, at_members)
+for f, info in pairs(snap.i) do
+  local ch, u = split(f)
+  redis.call('HSET', k .. ':members:' .. ch, u, info)
+end
+forget_members(removed)
+local online, offline = replace(mine .. ':online', snap.o, at_online)
+redis.call('SET', mine .. ':reg', 1)
+redis.call('DEL', k .. ':reaped:' .. node)
+redis.call('SADD', KEYS[1], node)
+return {announce, occupied, vacated, added, removed, online, offline}
+"""
+)
+
+# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline}; empty when another
+# janitor reaped the node first (SREM is the claim: exactly one script sees it succeed).
+_REAP = (
+    _PRELUDE
+    + r"""
+if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}} end
+local _, vacated = replace(mine .. ':subs', {}, at_subs)
+local _, removed = replace(mine .. ':members', {}, at_members)
+forget_members(removed)
+local _, offline = replace(mine .. ':online', {}, at_online)
+redis.call('DEL', mine .. ':reg')
+redis.call('SET', k .. ':reaped:' .. node, 1, 'EX', ARGV[3])
+return {vacated, removed, offline}
+"""
+)
+
+
+class Changes(NamedTuple):
+    """Cluster-wide transitions of one app caused by moving a node's whole share."""
+
+    occupied: list[str]
+    vacated: list[str]
+    added: list[tuple[str, str, Any]]  # channel, user_id, user_info
+    removed: list[tuple[str, str]]  # channel, user_id
+    online: list[str]
+    offline: list[str]
+
+
+def _text(values: list[bytes]) -> list[str]:
+    return [v.decode() for v in values]
+
+
+def _member(field: str) -> tuple[str, str]:
+    channel, _, user_id = field.partition("\n")
+    return channel, user_id
+
+
+class RedisPresence:
+    """The Presence store for many nodes: counts and rosters in Redis, this node's share here."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.node = link.node
+        self.local = InMemoryPresence()
+        self._lock = gevent.lock.RLock()
+        client = link.client
+        self._up = client.register_script(_COUNT_UP)
+        self._down = client.register_script(_COUNT_DOWN)
+        self._join = client.register_script(_JOIN)
+        self._restore = client.register_script(_RESTORE)
+        self._reap = client.register_script(_REAP)
+
+    def _k(self, app_id: str) -> str:
+        return f"{{{self.link.prefix}:{app_id}}}"
+
+    def _mine(self, app_id: str) -> str:
+        return f"{self._k(app_id)}:node:{self.node}"
+
+    def _failed(self, exc: BaseException) -> None:
+        self.link.mark_down(exc)
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        with self._lock:
+            first_here = self.local.subscribe(app_id, channel, socket_id)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    total = self._up(
+                        keys=[k + ":nodes"],
+                        args=[
+                            self.node,
+                            k + ":subs",
+                            channel,
+                            self._mine(app_id) + ":subs",
+                            channel,
+                        ],
+                    )
+                    return bool(total == 1)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return first_here
+
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+        with self._lock:
+            last_here = self.local.unsubscribe(app_id, channel, socket_id)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    total = self._down(
+                        keys=[k + ":nodes"],
+                        args=[k + ":subs", channel, self._mine(app_id) + ":subs", channel],
+                    )
+                    return bool(total == 0)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return last_here
+
+    def join(
+        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+    ) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            local = self.local.join(app_id, channel, socket_id, user_id, user_info)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    count, flat = self._join(
+                        keys=[k + ":nodes"],
+                        args=[
+                            self.node,
+                            f"{k}:sockets:{channel}",
+                            user_id,
+                            self._mine(app_id) + ":members",
+                            f"{channel}\n{user_id}",
+                            f"{k}:members:{channel}",
+                            protocol.dumps(user_info),
+                        ],
+                    )
+                    return count == 1, _roster(flat)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return local
+
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
+        with self._lock:
+            last_here = self.local.leave(app_id, channel, socket_id, user_id)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    total = self._down(
+                        keys=[k + ":nodes"],
+                        args=[
+                            f"{k}:sockets:{channel}",
+                            user_id,
+                            self._mine(app_id) + ":members",
+                            f"{channel}\n{user_id}",
+                            f"{k}:members:{channel}",
+                        ],
+                    )
+                    return bool(total == 0)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return last_here
+
+    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        with self._lock:
+            first_here = self.local.user_online(app_id, user_id, socket_id)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    total = self._up(
+                        keys=[k + ":nodes"],
+                        args=[
+                            self.node,
+                            k + ":online",
+                            user_id,
+                            self._mine(app_id) + ":online",
+                            user_id,
+                        ],
+                    )
+                    return bool(total == 1)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return first_here
+
+    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+        with self._lock:
+            last_here = self.local.user_offline(app_id, user_id, socket_id)
+            if self.link.up:
+                k = self._k(app_id)
+                try:
+                    total = self._down(
+                        keys=[k + ":nodes"],
+                        args=[k + ":online", user_id, self._mine(app_id) + ":online", user_id],
+                    )
+                    return bool(total == 0)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+            return last_here
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def members(self, app_id: str, channel: str) -> dict[str, Any]:
+        if self.link.up:
+            try:
+                return _roster(self.link.client.hgetall(f"{self._k(app_id)}:members:{channel}"))
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+        return self.local.members(app_id, channel)
+
+    def subscription_count(self, app_id: str, channel: str) -> int:
+        if self.link.up:
+            try:
+                return int(self.link.client.hget(self._k(app_id) + ":subs", channel) or 0)
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+        return self.local.subscription_count(app_id, channel)
+
+    def channels(self, app_id: str) -> dict[str, int]:
+        if self.link.up:
+            try:
+                flat = self.link.client.hgetall(self._k(app_id) + ":subs")
+                return {ch.decode(): int(n) for ch, n in flat.items() if int(n) > 0}
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+        return self.local.channels(app_id)
+
+    def online(self, app_id: str, user_ids: tuple[str, ...]) -> set[str]:
+        if not user_ids:
+            return set()
+        if self.link.up:
+            try:
+                counts = self.link.client.hmget(self._k(app_id) + ":online", list(user_ids))
+                return {uid for uid, n in zip(user_ids, counts, strict=True) if n and int(n) > 0}
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+        return self.local.online(app_id, user_ids)
+
+    # --- whole shares (ipe.janitor) -----------------------------------------------------------
+
+    def nodes(self, app_id: str) -> set[str]:
+        """Every other node holding a share of the app (Redis errors propagate)."""
+        members = self.link.client.smembers(self._k(app_id) + ":nodes")
+        return {n.decode() for n in members} - {self.node}
+
+    def restore(self, app_id: str) -> tuple[bool, Changes]:
+        """Write this node's share of an app to Redis in place of what Redis holds for it.
+
+        Returns (announce, changes): announce is True when other nodes had seen the old share
+        (Redis kept it, or a janitor reaped it and told everyone), so the changes are news
+        to them; False when Redis had lost it and nobody's view changed.
+        """
+        with self._lock:
+            share = self.local.share(app_id)
+            infos = {}
+            counts = {}
+            for channel, user_id, n, info in share.members:
+                field = f"{channel}\n{user_id}"
+                counts[field] = n
+                infos[field] = protocol.dumps(info)
+            snapshot = json.dumps(
+                {"s": share.subscriptions, "m": counts, "i": infos, "o": share.online},
+                separators=(",", ":"),
+            )
+            k = self._k(app_id)
+            result = self._restore(keys=[k + ":nodes"], args=[k, self.node, snapshot])
+        announce, occupied, vacated, added, removed, online, offline = result
+        added_members = []
+        for field in _text(added):
+            channel, user_id = _member(field)
+            added_members.append((channel, user_id, json.loads(infos[field])))
+        changes = Changes(
+            _text(occupied),
+            _text(vacated),
+            added_members,
+            [_member(f) for f in _text(removed)],
+            _text(online),
+            _text(offline),
+        )
+        return bool(announce), changes
+
+    def reap(self, app_id: str, node: str, tombstone: int) -> Changes:
+        """Remove a dead node's share of an app; empty when another janitor did it first."""
+        k = self._k(app_id)
+        vacated, removed, offline = self._reap(keys=[k + ":nodes"], args=[k, node, tombstone])
+        return Changes(
+            [], _text(vacated), [], [_member(f) for f in _text(removed)], [], _text(offline)
+        )
+
+
+def _roster(flat: Any) -> dict[str, Any]:
+    """user_id -> user_info from HGETALL (a dict from redis-py, a flat list from Lua)."""
+    if isinstance(flat, dict):
+        pairs = flat.items()
+    else:
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+    return {user.decode(): json.loads(info) for user, info in pairs}

@@ -1,0 +1,202 @@
+"""The connection to Redis that broker, presence and cache share, and whether Redis answers.
+
+One `RedisLink` per process: it builds the redis-py client (one server or a Redis Cluster,
+TLS or not) from `RedisConfig`, and a probe greenlet keeps `up` true while Redis answers
+PING. Whoever meets a Redis error calls `mark_down()`, so that the others stop waiting on a
+dead server and serve from local knowledge; the probe retries with a capped back-off and
+tells the `on_up` callbacks when Redis is back (the presence store then re-registers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.retry import Retry
+
+from ipe.config import RedisConfig
+
+log = logging.getLogger(__name__)
+
+# Everything a Redis call may raise when the server is away, slow or reshaping its cluster.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+BACKOFF_START = 0.5
+BACKOFF_CAP = 5.0
+
+
+def node_id(instance_id: str) -> str:
+    """This process's id in Redis: IPE_INSTANCE_ID plus the pid (gunicorn workers differ)."""
+    return f"{instance_id or uuid.uuid4().hex[:12]}.{os.getpid()}"
+
+
+def where(config: RedisConfig) -> str:
+    """A human description of the configured Redis, for logs (no password)."""
+    scheme = "rediss" if config.tls else "redis"
+    if config.cluster:
+        return f"Redis Cluster at {','.join(f'{h}:{p}' for h, p in config.addrs)}"
+    return f"Redis at {scheme}://{config.host}:{config.port}/{config.db}"
+
+
+def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
+    """The redis-py connection options shared by every client ipe makes."""
+    kwargs: dict[str, Any] = {
+        "username": config.username,
+        "password": config.password,
+        "socket_timeout": config.timeout,
+        "socket_connect_timeout": config.timeout,
+        "socket_keepalive": True,
+        # Pooled connections idle longer than this are PINGed before use, so a connection
+        # silently dropped by a NAT or firewall is replaced instead of hanging a request.
+        "health_check_interval": config.health_check_interval,
+        # One immediate retry replaces a pooled connection the server closed (a restart);
+        # redis-py's default (10 retries with back-off) would hold a request for many seconds
+        # while ipe should serve local clients at once.
+        "retry": Retry(NoBackoff(), 1),
+        # Redis Enterprise's maintenance push messages: unknown to redis-server, and each
+        # new connection would pay a failing round trip asking for them.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+    if config.tls:
+        kwargs["ssl"] = True
+        kwargs["ssl_cert_reqs"] = "required" if config.tls_verify else "none"
+        kwargs["ssl_check_hostname"] = config.tls_verify
+        if config.tls_ca_file:
+            kwargs["ssl_ca_certs"] = config.tls_ca_file
+    return kwargs
+
+
+class RedisLink:
+    """The shared Redis client of one process, with its reachability state."""
+
+    def __init__(self, config: RedisConfig, node: str) -> None:
+        self.config = config
+        self.node = node
+        self.prefix = config.prefix
+        self.kwargs = connection_kwargs(config)
+        self.client: Any
+        if config.cluster:
+            self.client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
+                **self.kwargs,
+            )
+        else:
+            self.client = redis.Redis(
+                host=config.host, port=config.port, db=config.db, **self.kwargs
+            )
+        self.up = False
+        self._down_since = time.monotonic()
+        self._callbacks: list[Callable[[], None]] = []
+        self._probe: gevent.Greenlet | None = None
+        self._wake = gevent.event.Event()
+        self._sharded: bool | None = None
+
+    # --- state --------------------------------------------------------------------------------
+
+    def on_up(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the probe greenlet) each time Redis becomes reachable."""
+        self._callbacks.append(callback)
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Record that a Redis call failed; the probe takes over until Redis answers."""
+        if self.up:
+            self.up = False
+            self._down_since = time.monotonic()
+            log.warning(
+                "%s unreachable (%s); serving this process's clients only until it is back",
+                where(self.config),
+                exc,
+            )
+        self._wake.set()
+
+    def sharded(self) -> bool:
+        """True when Pub/Sub should be sharded (SPUBLISH): a Redis Cluster of Redis 7+."""
+        if self._sharded is None:
+            setting = self.config.sharded_pubsub
+            if not self.config.cluster or setting == "false":
+                self._sharded = False
+            elif setting == "true":
+                self._sharded = True
+            else:
+                info = self.client.info("server", target_nodes=RedisCluster.RANDOM)
+                if "redis_version" not in info:  # one answer per node
+                    info = next(iter(info.values()))
+                self._sharded = int(str(info["redis_version"]).split(".")[0]) >= 7
+        return self._sharded
+
+    # --- probing ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start probing (once per process, after fork)."""
+        if self._probe is None:
+            self._probe = gevent.spawn(self._probe_forever)
+
+    def stop(self) -> None:
+        """Stop probing and close pooled connections."""
+        if self._probe is not None:
+            self._probe.kill(block=False)
+            self._probe = None
+        try:
+            self.client.close()
+        except REDIS_ERRORS:
+            pass
+
+    def _probe_forever(self) -> None:
+        backoff = BACKOFF_START
+        attempts = 0
+        while True:
+            try:
+                self.client.ping()
+                if self.config.cluster:
+                    self.sharded()
+            except REDIS_ERRORS as exc:
+                self.mark_down(exc)
+                attempts += 1
+                if attempts == 1 or attempts % 10 == 0:
+                    log.warning(
+                        "%s unreachable for %.0fs (%s); retrying in %.1fs",
+                        where(self.config),
+                        time.monotonic() - self._down_since,
+                        exc,
+                        backoff,
+                    )
+                self._wake.clear()
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                continue
+            except Exception:  # never let the probe die: /ready and recovery depend on it
+                log.exception("Redis probe failed")
+                gevent.sleep(BACKOFF_CAP)
+                continue
+            if not self.up:
+                self.up = True
+                attempts = 0
+                backoff = BACKOFF_START
+                log.info(
+                    "%s reachable (node %s, after %.1fs)",
+                    where(self.config),
+                    self.node,
+                    time.monotonic() - self._down_since,
+                )
+                for callback in self._callbacks:
+                    try:
+                        callback()
+                    except REDIS_ERRORS as exc:
+                        self.mark_down(exc)
+                    except Exception:
+                        log.exception("error running a Redis recovery step")
+                if not self.up:
+                    continue
+            self._wake.clear()
+            self._wake.wait(self.config.health_check_interval)
