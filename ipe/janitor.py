@@ -90,13 +90,26 @@ class Janitor:
     def restore(self) -> None:
         """Re-register every app's share; announce what other nodes had not seen."""
         for app in self.config.apps:
-            announce, changes = self.presence.restore(app.app_id)
-            if announce and any(changes):
-                log.info(
-                    "re-registered app %s on node %s: %s", app.app_id, self.link.node, _n(changes)
-                )
-                # This node's clients were served while Redis was away; tell the others.
-                self._announce(app, changes, here=False)
+            seen, changes = self.presence.restore(app.app_id)
+            if not seen or not any(changes):
+                continue
+            log.info(
+                "re-registered app %s: %s (%s had seen the old state)",
+                app.app_id,
+                _n(changes),
+                seen,
+            )
+            if seen == "others":
+                # Everyone lost Redis at once; our clients were told locally meanwhile. Other
+                # nodes resubscribe on the same back-off as ours: wait for ours, so that
+                # they are likely listening when the news goes out (Pub/Sub keeps nothing).
+                self._wait_listening()
+            self._announce(app, changes, here=seen == "everyone")
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.broker.ready() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -134,8 +147,9 @@ class Janitor:
                 if alive[node]:
                     continue
                 changes = self.presence.reap(app.app_id, node, TOMBSTONE_SECONDS)
-                log.info("reaped dead node %s of app %s: %s", node, app.app_id, _n(changes))
-                self._announce(app, changes, here=True)
+                if any(changes):  # empty too when another janitor got there first
+                    log.info("reaped dead node %s of app %s: %s", node, app.app_id, _n(changes))
+                    self._announce(app, changes, here=True)
 
     # --- telling everyone ---------------------------------------------------------------------
 

@@ -118,13 +118,13 @@ return {n, redis.call('HGETALL', ARGV[6])}
 """
 
 # ARGV: k, node, snapshot JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info},
-# o: {user: n}}. -> {announce?, occupied, vacated, added, removed, online, offline}
+# o: {user: n}}. -> {kept, reaped, occupied, vacated, added, removed, online, offline}
 _RESTORE = (
     _PRELUDE
     + r"""
 local snap = cjson.decode(ARGV[3])
-local announce = redis.call('EXISTS', mine .. ':reg')
-  + redis.call('EXISTS', k .. ':reaped:' .. node)
+local kept = redis.call('EXISTS', mine .. ':reg')
+local reaped = redis.call('EXISTS', k .. ':reaped:' .. node)
 local occupied, vacated = replace(mine .. ':subs', snap.s, at_subs)
 local added, removed = replace(mine .. ':members', snap.m, at_members)
 for f, info in pairs(snap.i) do
@@ -136,7 +136,7 @@ local online, offline = replace(mine .. ':online', snap.o, at_online)
 redis.call('SET', mine .. ':reg', 1)
 redis.call('DEL', k .. ':reaped:' .. node)
 redis.call('SADD', KEYS[1], node)
-return {announce, occupied, vacated, added, removed, online, offline}
+return {kept, reaped, occupied, vacated, added, removed, online, offline}
 """
 )
 
@@ -366,12 +366,13 @@ class RedisPresence:
         members = self.link.client.smembers(self._k(app_id) + ":nodes")
         return {n.decode() for n in members} - {self.node}
 
-    def restore(self, app_id: str) -> tuple[bool, Changes]:
+    def restore(self, app_id: str) -> tuple[str, Changes]:
         """Write this node's share of an app to Redis in place of what Redis holds for it.
 
-        Returns (announce, changes): announce is True when other nodes had seen the old share
-        (Redis kept it, or a janitor reaped it and told everyone), so the changes are news
-        to them; False when Redis had lost it and nobody's view changed.
+        Returns (seen, changes). `seen` says who had seen the old share: "others" when Redis
+        had kept it (the changes happened while messages could not cross), "everyone" when a
+        janitor had reaped it and told every node, this one included, that its members left;
+        "" when Redis had lost it and nobody's view changed.
         """
         with self._lock:
             share = self.local.share(app_id)
@@ -387,7 +388,7 @@ class RedisPresence:
             )
             k = self._k(app_id)
             result = self._restore(keys=[k + ":nodes"], args=[k, self.node, snapshot])
-        announce, occupied, vacated, added, removed, online, offline = result
+        kept, reaped, occupied, vacated, added, removed, online, offline = result
         added_members = []
         for field in _text(added):
             channel, user_id = _member(field)
@@ -400,7 +401,7 @@ class RedisPresence:
             _text(online),
             _text(offline),
         )
-        return bool(announce), changes
+        return ("everyone" if reaped else "others" if kept else ""), changes
 
     def reap(self, app_id: str, node: str, tombstone: int) -> Changes:
         """Remove a dead node's share of an app; empty when another janitor did it first."""

@@ -174,8 +174,7 @@ def nodes(
 
     def start(n: int = 2, **redis: Any) -> list[IpeServer]:
         servers = [
-            make_server(redis_config(redis_server.url, **redis), name=f"node{i}")
-            for i in range(n)
+            make_server(redis_config(redis_server.url, **redis), name=f"node{i}") for i in range(n)
         ]
         for server in servers:
             wait_ready(server)

@@ -1,0 +1,75 @@
+"""Presence and occupancy are cluster-wide: rosters, member events once per user, REST counts."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cluster.conftest import join, occupied, rest_users, roster
+from tests.conftest import wait_until
+
+ROOM = "presence-room"
+
+
+def test_roster_lists_members_of_every_node_and_member_events_cross(nodes):
+    a, b = nodes(2)
+    ann = join(a, ROOM, "ann", {"name": "Ann"})
+    bob = b.ws()
+    assert bob.socket_id is not None
+    from tests.cluster.conftest import presence_auth
+
+    auth, data = presence_auth(bob.socket_id, ROOM, "bob", {"name": "Bob"})
+    reply = bob.subscribe(ROOM, auth, data)
+    assert roster(reply)["hash"] == {"ann": {"name": "Ann"}, "bob": {"name": "Bob"}}
+    assert roster(reply)["count"] == 2
+    added = ann.expect("pusher_internal:member_added", ROOM)
+    assert json.loads(added["data"]) == {"user_id": "bob", "user_info": {"name": "Bob"}}
+
+    bob.close()
+    removed = ann.expect("pusher_internal:member_removed", ROOM)
+    assert json.loads(removed["data"]) == {"user_id": "bob"}
+    ann.sync()
+
+
+def test_one_user_on_two_nodes_counts_once(nodes):
+    a, b = nodes(2)
+    watcher = join(a, ROOM, "watcher")
+    first = join(a, ROOM, "ann")
+    watcher.expect("pusher_internal:member_added", ROOM)
+    second = join(b, ROOM, "ann")
+    for server in (a, b):
+        assert rest_users(server, ROOM) == {"watcher", "ann"}
+        info = server.sdk().channel_info(ROOM, ["user_count", "subscription_count"])
+        assert info == {"occupied": True, "user_count": 2, "subscription_count": 3}
+        listing = server.sdk().channels_info("presence-", ["user_count"])
+        assert listing == {"channels": {ROOM: {"user_count": 2}}}
+
+    # Ann's second socket brought no member_added; closing one of two brings no removal.
+    first.close()
+    wait_until(
+        lambda: a.sdk().channel_info(ROOM, ["subscription_count"])["subscription_count"] == 2
+    )
+    watcher.sync()
+    assert rest_users(b, ROOM) == {"watcher", "ann"}
+
+    second.close()
+    removed = watcher.expect("pusher_internal:member_removed", ROOM)
+    assert json.loads(removed["data"]) == {"user_id": "ann"}
+    assert rest_users(b, ROOM) == {"watcher"}
+    watcher.sync()
+
+
+def test_channels_are_occupied_cluster_wide(nodes):
+    a, b = nodes(2)
+    client = a.ws()
+    client.subscribe("orders")
+    assert b.sdk().channels_info() == {"channels": {"orders": {}}}
+    assert occupied(b, "orders")
+    assert b.sdk().channel_info("orders", ["subscription_count"])["subscription_count"] == 1
+    other = b.ws()
+    other.subscribe("orders")
+    assert a.sdk().channel_info("orders", ["subscription_count"])["subscription_count"] == 2
+    client.close()
+    other.send("pusher:unsubscribe", {"channel": "orders"})
+    other.sync()
+    wait_until(lambda: not occupied(a, "orders"), message="orders to be vacated")
+    assert a.sdk().channels_info() == {"channels": {}}
