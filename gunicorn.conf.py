@@ -22,6 +22,17 @@ max_requests = 0  # recycling a worker would drop every socket it holds
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Two gunicorns on one host would otherwise fight over one control socket path.
 control_socket_disable = True
+# ipe logs through `logging` (one line per connection, REST call and Redis state change):
+# give the root logger gunicorn's handler and format, which shows each worker's pid, and
+# keep gunicorn's own lines from reaching it twice.
+_level = os.environ.get("IPE_LOG_LEVEL", "info").upper()
+logconfig_dict = {
+    "root": {"level": _level, "handlers": ["error_console"]},
+    "loggers": {
+        name: {"level": "INFO", "handlers": ["error_console"], "propagate": False}
+        for name in ("gunicorn.error", "gunicorn.access")
+    },
+}
 
 
 def on_starting(server):

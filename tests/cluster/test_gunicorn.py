@@ -1,0 +1,115 @@
+"""gunicorn with several workers: Redis makes them one server; without Redis they refuse."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import RedisServer, ready_status, redis_config
+from tests.conftest import BASE_CONFIG, ROOT, IpeServer, free_port, wait_until
+
+
+class Gunicorn(IpeServer):
+    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        env = {
+            **self.env,
+            "IPE_CONFIG": str(self.config_path),
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+        }
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if wait:
+            self.wait_healthy()
+        return self
+
+
+@pytest.fixture
+def gunicorns(tmp_path: Path) -> Iterator[list[Gunicorn]]:
+    servers: list[Gunicorn] = []
+    yield servers
+    for server in servers:
+        for client in server.clients:
+            client.close()
+        server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log(), server.log()
+
+
+def _workers_with(redis_server: RedisServer, channel: str) -> set[str]:
+    """Nodes (workers) holding at least one subscription to `channel`, as Redis counts them."""
+    client = redis_server.client()
+    nodes = {n.decode() for n in client.smembers("{ipe:1001}:nodes")}
+    return {n for n in nodes if int(client.hget(f"{{ipe:1001}}:node:{n}:subs", channel) or 0)}
+
+
+def test_two_workers_with_redis_are_one_server(gunicorns, redis_server, tmp_path):
+    server = Gunicorn(
+        redis_config(redis_server.url), tmp_path, "gunicorn", {"WEB_CONCURRENCY": "2"}
+    )
+    gunicorns.append(server)
+    server.start()
+    wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
+
+    # Connect until both workers hold clients: the kernel hands each accept to either one.
+    clients = []
+    for _ in range(60):
+        client = server.ws()
+        client.subscribe("orders")
+        clients.append(client)
+        if len(_workers_with(redis_server, "orders")) == 2:
+            break
+    assert len(_workers_with(redis_server, "orders")) == 2, "every client landed on one worker"
+
+    # Trigger on fresh connections until both workers have served one; each trigger reaches
+    # every client of both workers exactly once.
+    def served() -> set[str]:
+        return set(re.findall(r"\[(\d+)\] \[INFO\] POST /apps/1001/events 200", server.log()))
+
+    for i in range(60):
+        sdk = server.sdk()  # a new HTTP connection: either worker may accept it
+        try:
+            assert sdk.trigger("orders", "update", str(i)) == {}
+        finally:
+            # An idle keep-alive connection would hold gunicorn's shutdown for its
+            # graceful_timeout.
+            sdk._pusher_client.http.session.close()
+        for client in clients:
+            assert client.expect("update", "orders")["data"] == str(i)
+        if len(served()) == 2:
+            break
+    assert len(served()) == 2, "every REST call landed on one worker"
+    for client in clients:
+        client.sync()
+
+
+def test_two_workers_without_redis_refuse_to_start(tmp_path):
+    config = tmp_path / "one.yml"
+    config.write_text(yaml.safe_dump(BASE_CONFIG))
+    env = {**os.environ, "IPE_CONFIG": str(config), "WEB_CONCURRENCY": "2"}
+    env["GUNICORN_BIND"] = f"127.0.0.1:{free_port()}"
+    for name in [k for k in env if k.startswith("REDIS_")]:
+        del env[name]
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert b"2 workers need Redis" in done.stdout + done.stderr
