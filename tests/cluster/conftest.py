@@ -69,7 +69,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
         assert REDIS_SERVER is not None
@@ -95,6 +95,22 @@ class RedisServer:
         wait_until(self._answers, 10, 0.05, f"redis-server on port {self.port}")
         return self
 
+    def use_tls(self) -> Path:
+        """Serve TLS only, with a throwaway self-signed certificate; returns the cert path."""
+        cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+            + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+            + ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True,
+            capture_output=True,
+        )
+        self.args += ("--port", "0", "--tls-port", str(self.port))
+        self.args += ("--tls-cert-file", str(cert), "--tls-key-file", str(key))
+        self.args += ("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+        self.tls = {"ssl": True, "ssl_ca_certs": str(cert)}
+        return cert
+
     def _answers(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
@@ -105,7 +121,7 @@ class RedisServer:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, **self.tls)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **self.tls)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM); nothing is saved, so a restart starts empty."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.cluster.conftest import join, occupied, rest_users, roster
+from tests.cluster.conftest import join, occupied, presence_auth, rest_users, roster
 from tests.conftest import wait_until
 
 ROOM = "presence-room"
@@ -15,8 +15,6 @@ def test_roster_lists_members_of_every_node_and_member_events_cross(nodes):
     ann = join(a, ROOM, "ann", {"name": "Ann"})
     bob = b.ws()
     assert bob.socket_id is not None
-    from tests.cluster.conftest import presence_auth
-
     auth, data = presence_auth(bob.socket_id, ROOM, "bob", {"name": "Bob"})
     reply = bob.subscribe(ROOM, auth, data)
     assert roster(reply)["hash"] == {"ann": {"name": "Ann"}, "bob": {"name": "Bob"}}

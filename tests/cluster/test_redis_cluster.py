@@ -1,0 +1,99 @@
+"""A Redis Cluster of three masters: delivery and presence across nodes, sharded Pub/Sub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from tests.cluster.conftest import (
+    REDIS_CLI,
+    RedisServer,
+    join,
+    presence_auth,
+    redis_config,
+    rest_users,
+    roster,
+    wait_ready,
+)
+from tests.conftest import IpeServer, wait_until
+
+ROOM = "presence-room"
+
+
+@pytest.fixture
+def redis_cluster(make_redis: Callable[..., RedisServer]) -> list[RedisServer]:
+    """Three masters, every slot covered, created with `redis-cli --cluster create`."""
+    servers = [
+        make_redis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        for _ in range(3)
+    ]
+    subprocess.run(
+        [REDIS_CLI, "--cluster", "create"]
+        + [f"127.0.0.1:{s.port}" for s in servers]
+        + ["--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+    def ok() -> bool:
+        for server in servers:
+            if server.client().cluster("info").get("cluster_state") != "ok":
+                return False
+        return True
+
+    wait_until(ok, 30, 0.1, "the cluster to be ok")
+    return servers
+
+
+def test_delivery_and_presence_on_a_redis_cluster(
+    make_server: Callable[..., IpeServer], redis_cluster: list[RedisServer]
+):
+    addrs = ",".join(f"127.0.0.1:{s.port}" for s in redis_cluster)
+    # IPÊ's variables; the file only shortens the intervals.
+    env = {"REDIS_CLUSTER_MODE": "true", "REDIS_ADDRS": addrs}
+    a, b = (make_server(redis_config(), name=f"node{i}", env=env) for i in range(2))
+    for server in (a, b):
+        wait_ready(server)
+
+    client = a.ws()
+    client.subscribe("orders")
+    excluded = b.ws()
+    excluded.subscribe("orders")
+    b.sdk().trigger("orders", "update", "1", socket_id=excluded.socket_id)
+    assert client.expect("update", "orders")["data"] == "1"
+    a.sdk().trigger("orders", "update", "2")
+    assert client.expect("update", "orders")["data"] == "2"
+    assert excluded.expect("update", "orders")["data"] == "2"
+
+    ann = join(a, ROOM, "ann", {"name": "Ann"})
+    bob = b.ws()
+    auth, data = presence_auth(bob.socket_id, ROOM, "bob")
+    assert roster(bob.subscribe(ROOM, auth, data))["hash"] == {"ann": {"name": "Ann"}, "bob": None}
+    added = ann.expect("pusher_internal:member_added", ROOM)
+    assert json.loads(added["data"]) == {"user_id": "bob"}
+    for server in (a, b):
+        assert rest_users(server, ROOM) == {"ann", "bob"}
+        assert server.sdk().channel_info("orders", ["subscription_count"]) == {
+            "occupied": True,
+            "subscription_count": 2,
+        }
+    bob.close()
+    removed = ann.expect("pusher_internal:member_removed", ROOM)
+    assert json.loads(removed["data"]) == {"user_id": "bob"}
+    for c in (client, excluded, ann):
+        c.sync()
+
+    # Sharded Pub/Sub: the app's channel is a shard channel on the master owning its slot.
+    cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    try:
+        owner = cluster.get_node_from_key("ipe:app:1001")
+        shard = redis.Redis(host=owner.host, port=owner.port)
+        assert b"ipe:app:1001" in shard.execute_command("PUBSUB SHARDCHANNELS")
+        assert shard.pubsub_shardnumsub("ipe:app:1001") == [(b"ipe:app:1001", 2)]
+    finally:
+        cluster.close()
