@@ -185,12 +185,29 @@ class RedisPresence:
         self.node = link.node
         self.local = InMemoryPresence()
         self._lock = gevent.lock.RLock()
-        client = link.client
-        self._up = client.register_script(_COUNT_UP)
-        self._down = client.register_script(_COUNT_DOWN)
-        self._join = client.register_script(_JOIN)
-        self._restore = client.register_script(_RESTORE)
-        self._reap = client.register_script(_REAP)
+        self._scripts: dict[str, Any] = {}
+
+    def _script(self, source: str) -> Any:
+        """The registered script for `source` (EVALSHA, loading it again after a restart)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.link.client.register_script(source)
+        return script
+
+    def _up(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_COUNT_UP)(keys=keys, args=args)
+
+    def _down(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_COUNT_DOWN)(keys=keys, args=args)
+
+    def _join(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_JOIN)(keys=keys, args=args)
+
+    def _restore(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_RESTORE)(keys=keys, args=args)
+
+    def _reap(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_REAP)(keys=keys, args=args)
 
     def _k(self, app_id: str) -> str:
         return f"{{{self.link.prefix}:{app_id}}}"

@@ -85,22 +85,28 @@ class RedisLink:
         self.node = node
         self.prefix = config.prefix
         self.kwargs = connection_kwargs(config)
-        self.client: Any
-        if config.cluster:
-            self.client = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
-                **self.kwargs,
-            )
-        else:
-            self.client = redis.Redis(
-                host=config.host, port=config.port, db=config.db, **self.kwargs
-            )
+        self._client: Any = None
         self.up = False
         self._down_since = time.monotonic()
         self._callbacks: list[Callable[[], None]] = []
         self._probe: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         self._sharded: bool | None = None
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (made on first use: a Redis Cluster client connects at once)."""
+        if self._client is None:
+            config = self.config
+            if config.cluster:
+                self._client = RedisCluster(
+                    startup_nodes=[ClusterNode(h, p) for h, p in config.addrs], **self.kwargs
+                )
+            else:
+                self._client = redis.Redis(
+                    host=config.host, port=config.port, db=config.db, **self.kwargs
+                )
+        return self._client
 
     # --- state --------------------------------------------------------------------------------
 
@@ -147,10 +153,11 @@ class RedisLink:
         if self._probe is not None:
             self._probe.kill(block=False)
             self._probe = None
-        try:
-            self.client.close()
-        except REDIS_ERRORS:
-            pass
+        if self._client is not None:
+            try:
+                self._client.close()
+            except REDIS_ERRORS:
+                pass
 
     def _probe_forever(self) -> None:
         backoff = BACKOFF_START

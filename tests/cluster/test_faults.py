@@ -7,6 +7,7 @@ import signal
 
 from tests.cluster.conftest import (
     RedisServer,
+    free_low_port,
     join,
     occupied,
     ready_status,
@@ -178,3 +179,17 @@ def test_start_without_redis_then_redis_appears(make_server, make_redis):
     b.sdk().trigger("orders", "update", "across")
     assert local.expect("update", "orders")["data"] == "across"
     local.sync()
+
+
+def test_start_without_a_redis_cluster_serves_locally(make_server):
+    nowhere = f"127.0.0.1:{free_low_port()}"
+    a = make_server(
+        redis_config(), env={"REDIS_CLUSTER_MODE": "true", "REDIS_ADDRS": nowhere}, name="alone"
+    )
+    wait_until(lambda: "unreachable" in a.log(), message="a log line about Redis")
+    assert ready_status(a) == 503
+    client = a.ws()
+    client.subscribe("orders")
+    a.sdk().trigger("orders", "update", "local")
+    assert client.expect("update", "orders")["data"] == "local"
+    assert a.sdk().channel_info("orders")["occupied"]
