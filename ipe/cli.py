@@ -55,9 +55,7 @@ def _summary(cfg: config_module.Config, host: str, port: int) -> str:
         lines.append(f"  TLS listener on {cfg.ssl.host} (cert {cfg.ssl.cert_file})")
     engine = "in-process broker (one process)"
     if cfg.redis is not None:
-        engine = f"Redis at {cfg.redis.host}:{cfg.redis.port}" + (
-            " (cluster)" if cfg.redis.cluster else ""
-        )
+        engine = cfg.redis.describe()
     lines.append(f"  engine: {engine}")
     for app in cfg.apps:
         state = "enabled" if app.enabled else "disabled"

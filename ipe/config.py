@@ -124,6 +124,14 @@ class RedisConfig:
     heartbeat_interval: float = 5.0
     node_timeout: float = 15.0
 
+    def describe(self) -> str:
+        """Where Redis is, for logs and --check-config (never the password)."""
+        if self.cluster:
+            where = ",".join(f"{h}:{p}" for h, p in self.addrs)
+            return f"Redis Cluster at {where}{' (TLS)' if self.tls else ''}, prefix {self.prefix}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"Redis at {scheme}://{self.host}:{self.port}/{self.db}, prefix {self.prefix}"
+
 
 @dataclass(frozen=True)
 class Config:

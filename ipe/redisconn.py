@@ -41,14 +41,6 @@ def node_id(instance_id: str) -> str:
     return f"{instance_id or uuid.uuid4().hex[:12]}.{os.getpid()}"
 
 
-def where(config: RedisConfig) -> str:
-    """A human description of the configured Redis, for logs (no password)."""
-    scheme = "rediss" if config.tls else "redis"
-    if config.cluster:
-        return f"Redis Cluster at {','.join(f'{h}:{p}' for h, p in config.addrs)}"
-    return f"Redis at {scheme}://{config.host}:{config.port}/{config.db}"
-
-
 def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
     """The redis-py connection options shared by every client ipe makes."""
     kwargs: dict[str, Any] = {
@@ -121,7 +113,7 @@ class RedisLink:
             self._down_since = time.monotonic()
             log.warning(
                 "%s unreachable (%s); serving this process's clients only until it is back",
-                where(self.config),
+                self.config.describe(),
                 exc,
             )
         self._wake.set()
@@ -173,7 +165,7 @@ class RedisLink:
                 if attempts == 1 or attempts % 10 == 0:
                     log.warning(
                         "%s unreachable for %.0fs (%s); retrying in %.1fs",
-                        where(self.config),
+                        self.config.describe(),
                         time.monotonic() - self._down_since,
                         exc,
                         backoff,
@@ -192,7 +184,7 @@ class RedisLink:
                 backoff = BACKOFF_START
                 log.info(
                     "%s reachable (node %s, after %.1fs)",
-                    where(self.config),
+                    self.config.describe(),
                     self.node,
                     time.monotonic() - self._down_since,
                 )
