@@ -137,7 +137,7 @@ class RedisBroker:
             return
         message = json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
         try:
-            if self._sharded:
+            if self.link.sharded():  # known whenever Redis is up (the probe asks)
                 self.link.client.spublish(self.channels[app_id], message)
             else:
                 self.link.client.publish(self.channels[app_id], message)

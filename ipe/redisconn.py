@@ -195,7 +195,9 @@ class RedisLink:
                         self.mark_down(exc)
                     except Exception:
                         log.exception("error running a Redis recovery step")
-                if not self.up:
+                if not self.up:  # recovery failed half-way: it runs again on the next success
+                    gevent.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_CAP)
                     continue
             self._wake.clear()
             self._wake.wait(self.config.health_check_interval)
