@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.cluster.conftest import private_auth, signin
+from cluster_support import FIXTURES, private_auth, signin
+
+make_redis, redis_server, nodes = FIXTURES
 
 
 def test_client_on_node_a_receives_trigger_sent_to_node_b(nodes):

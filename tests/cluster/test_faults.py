@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.cluster.conftest import (
+from cluster_support import (
+    FIXTURES,
     RedisServer,
     free_low_port,
     join,
@@ -13,28 +14,37 @@ from tests.cluster.conftest import (
     ready_status,
     redis_config,
     rest_users,
+    settle,
     signin,
     wait_ready,
 )
-from tests.conftest import wait_until
+from conftest import wait_until
+
+make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 
 
 def test_killed_node_is_reaped_once_by_the_survivors(nodes):
     a, b, c = nodes(3)
-    watchers = [join(a, ROOM, "watcher-a"), join(c, ROOM, "watcher-c")]
-    watcher_a, watcher_c = watchers
-    watcher_a.expect("pusher_internal:member_added", ROOM)
+    watcher_a = join(a, ROOM, "watcher-a")
     signin(watcher_a, "watcher-a", watchlist=["ann"])
     watcher_a.expect("pusher_internal:watchlist_events")
+    settle(a, b, c)
+    watcher_c = join(c, ROOM, "watcher-c")
+    watchers = [watcher_a, watcher_c]
+    watcher_a.expect("pusher_internal:member_added", ROOM)
+    settle(a, b, c)
     ann = join(b, ROOM, "ann", {"name": "Ann"})
     signin(ann, "ann")
     only_on_b = b.ws()
     only_on_b.subscribe("orders")
     for watcher in watchers:
-        watcher.wait_for("pusher_internal:member_added", ROOM)
-    watcher_a.wait_for("pusher_internal:watchlist_events")
+        added = watcher.expect("pusher_internal:member_added", ROOM)
+        assert json.loads(added["data"])["user_id"] == "ann"
+    assert watcher_a.expect("pusher_internal:watchlist_events")["data"] == {
+        "events": [{"name": "online", "user_ids": ["ann"]}]
+    }
     assert occupied(a, "orders")
 
     b.kill()  # SIGKILL: no cleanup, its heartbeat just stops
@@ -63,6 +73,7 @@ def _tick(server, clients, text):
 def test_redis_restart_loses_nothing_but_in_flight_messages(nodes, redis_server: RedisServer):
     a, b = nodes(2)
     watcher = join(a, ROOM, "watcher")
+    settle(a, b)
     ann = join(b, ROOM, "ann")
     watcher.expect("pusher_internal:member_added", ROOM)
     on_a, on_b = a.ws(), b.ws()
@@ -139,6 +150,7 @@ def test_redis_paused_then_resumed(nodes, redis_server: RedisServer):
 def test_frozen_node_is_reaped_then_comes_back(nodes):
     a, b = nodes(2)
     watcher = join(a, ROOM, "watcher")
+    settle(a, b)
     ann = join(b, ROOM, "ann", {"name": "Ann"})
     watcher.expect("pusher_internal:member_added", ROOM)
 

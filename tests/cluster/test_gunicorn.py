@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_support import FIXTURES, RedisServer, ready_status, redis_config
+from conftest import BASE_CONFIG, ROOT, IpeServer, free_port, wait_until
 
-from tests.cluster.conftest import RedisServer, ready_status, redis_config
-from tests.conftest import BASE_CONFIG, ROOT, IpeServer, free_port, wait_until
+make_redis, redis_server, nodes = FIXTURES
 
 
 class Gunicorn(IpeServer):

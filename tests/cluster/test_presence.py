@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tests.cluster.conftest import join, occupied, presence_auth, rest_users, roster
-from tests.conftest import wait_until
+from cluster_support import FIXTURES, join, occupied, presence_auth, rest_users, roster, settle
+from conftest import wait_until
+
+make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 
@@ -13,6 +15,7 @@ ROOM = "presence-room"
 def test_roster_lists_members_of_every_node_and_member_events_cross(nodes):
     a, b = nodes(2)
     ann = join(a, ROOM, "ann", {"name": "Ann"})
+    settle(a, b)
     bob = b.ws()
     assert bob.socket_id is not None
     auth, data = presence_auth(bob.socket_id, ROOM, "bob", {"name": "Bob"})
@@ -33,6 +36,7 @@ def test_one_user_on_two_nodes_counts_once(nodes):
     watcher = join(a, ROOM, "watcher")
     first = join(a, ROOM, "ann")
     watcher.expect("pusher_internal:member_added", ROOM)
+    settle(a, b)
     second = join(b, ROOM, "ann")
     for server in (a, b):
         assert rest_users(server, ROOM) == {"watcher", "ann"}

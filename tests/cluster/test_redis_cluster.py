@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
-
-from tests.cluster.conftest import (
+from cluster_support import (
+    FIXTURES,
     REDIS_CLI,
     RedisServer,
     join,
@@ -17,9 +17,12 @@ from tests.cluster.conftest import (
     redis_config,
     rest_users,
     roster,
+    settle,
     wait_ready,
 )
-from tests.conftest import IpeServer, wait_until
+from conftest import IpeServer, wait_until
+
+make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 
@@ -71,6 +74,7 @@ def test_delivery_and_presence_on_a_redis_cluster(
     assert excluded.expect("update", "orders")["data"] == "2"
 
     ann = join(a, ROOM, "ann", {"name": "Ann"})
+    settle(a, b)
     bob = b.ws()
     auth, data = presence_auth(bob.socket_id, ROOM, "bob")
     assert roster(bob.subscribe(ROOM, auth, data))["hash"] == {"ann": {"name": "Ann"}, "bob": None}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import BASE_CONFIG
 
 from ipe.config import ConfigError, parse
-from tests.conftest import BASE_CONFIG
 
 
 def redis_of(section=None, env=None):

@@ -1,7 +1,10 @@
-"""Fixtures for many ipe nodes sharing Redis: real `redis-server` processes on free ports.
+"""Helpers for many ipe nodes sharing Redis: real `redis-server` processes on free ports.
 
 Each test gets its own Redis (or Redis Cluster), so nothing leaks between tests. The
 heartbeat and janitor intervals are shortened so that a dead node is noticed in seconds.
+The fixtures are plain functions here; a test module declares those it uses with
+`FIXTURES`, e.g. `make_redis, redis_server, nodes = FIXTURES` (a conftest.py here would
+shadow tests/conftest.py for every `from conftest import`).
 """
 
 from __future__ import annotations
@@ -12,15 +15,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-
-from tests.conftest import APP_ID, KEY, SECRET, IpeServer, WsClient, config_with, wait_until
+from conftest import KEY, SECRET, IpeServer, WsClient, config_with, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
@@ -151,7 +152,6 @@ class RedisServer:
             self.proc.wait(10)
 
 
-@pytest.fixture
 def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-server processes (skips the test when redis-server is not installed)."""
     if REDIS_SERVER is None:
@@ -168,7 +168,6 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.kill()
 
 
-@pytest.fixture
 def redis_server(make_redis: Callable[..., RedisServer]) -> RedisServer:
     """One redis-server."""
     return make_redis()
@@ -182,7 +181,6 @@ def redis_config(url: str | None = None, **redis: Any) -> dict[str, Any]:
     return config_with(redis=section)
 
 
-@pytest.fixture
 def nodes(
     make_server: Callable[..., IpeServer], redis_server: RedisServer
 ) -> Callable[..., list[IpeServer]]:
@@ -261,7 +259,26 @@ def join(server: IpeServer, channel: str, user_id: str, info: Any = None) -> WsC
     auth, data = presence_auth(client.socket_id, channel, user_id, info)
     reply = client.subscribe(channel, auth, data)
     assert reply["event"] == "pusher_internal:subscription_succeeded", reply
+    client.sync()  # the node has handled the whole subscribe, member_added published included
     return client
+
+
+def settle(*servers: IpeServer) -> None:
+    """Return once every node has handled every message published before (a barrier).
+
+    A member_added still in flight to a node when a new member subscribes there reaches the
+    newcomer too, although its roster lists that member (pusher-js ignores it). Tests that
+    count frames settle between joins on different nodes.
+    """
+    clients = []
+    for server in servers:
+        client = server.ws()
+        client.subscribe("settle")
+        clients.append(client)
+    servers[0].sdk().trigger("settle", "done", "")
+    for client in clients:
+        client.expect("done", "settle")
+        client.close()
 
 
 def roster(message: dict[str, Any]) -> dict[str, Any]:
@@ -283,4 +300,4 @@ def no_more_frames(client: WsClient) -> None:
     client.sync()
 
 
-__all__ = ["APP_ID", "time"]
+FIXTURES = tuple(pytest.fixture(f) for f in (make_redis, redis_server, nodes))
