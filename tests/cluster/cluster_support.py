@@ -31,7 +31,7 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 # Fast failure detection for tests; the defaults (5 s, 15 s) are for production.
 FAST = {
     "heartbeat_interval": 0.5,
-    "node_timeout": 2,
+    "node_timeout": 3,
     "health_check_interval": 1,
     "timeout": 1,
 }
