@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 
 from cluster_support import (
     FIXTURES,
@@ -64,6 +65,14 @@ def test_killed_node_is_reaped_once_by_the_survivors(nodes):
     assert (a.log() + c.log()).count("of app 1001: 1 vacated, 1 removed, 1 offline") == 1
 
 
+def _metric(server, name):
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def _tick(server, clients, text):
     server.sdk().trigger("ticks", "tick", text)
     for client in clients:
@@ -88,6 +97,8 @@ def test_redis_restart_loses_nothing_but_in_flight_messages(nodes, redis_server:
     # Each node keeps serving its own clients; other nodes cannot be reached.
     _tick(a, [on_a], "during-a")
     _tick(b, [on_b], "during-b")
+    assert _metric(a, "ipe_broker_publish_failures_total") >= 1  # counted (and logged)
+    assert "delivered on this node only" in a.log()
 
     redis_server.start()  # same port, empty: everything must be registered again
     for server in (a, b):
