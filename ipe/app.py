@@ -107,7 +107,7 @@ def build_state(config: Config) -> State:
         metrics=metrics,
         redis=link,
     )
-    state.janitor = Janitor(config, link, state.presence, state.broker, state.webhooks)
+    state.janitor = Janitor(config, link, state.presence, state.broker, webhooks, metrics)
     return state
 
 

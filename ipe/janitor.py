@@ -28,6 +28,7 @@ from ipe.redisconn import REDIS_ERRORS
 if TYPE_CHECKING:
     from ipe.broker import Broker
     from ipe.config import AppConfig, Config
+    from ipe.metrics import Metrics
     from ipe.presence_redis import Changes, RedisPresence
     from ipe.redisconn import RedisLink
     from ipe.webhooks import Webhooks
@@ -47,6 +48,7 @@ class Janitor:
         presence: RedisPresence,
         broker: Broker,
         webhooks: Webhooks,
+        metrics: Metrics,
     ) -> None:
         assert config.redis is not None
         self.config = config
@@ -54,6 +56,7 @@ class Janitor:
         self.presence = presence
         self.broker = broker
         self.webhooks = webhooks
+        self.metrics = metrics
         self.interval = config.redis.heartbeat_interval
         self.timeout = config.redis.node_timeout
         self.key = f"{link.prefix}:node:{link.node}"
@@ -149,7 +152,9 @@ class Janitor:
                 changes = self.presence.reap(app.app_id, node, TOMBSTONE_SECONDS)
                 if any(changes):  # empty too when another janitor got there first
                     log.info("reaped dead node %s of app %s: %s", node, app.app_id, _n(changes))
+                    self.metrics.nodes_reaped.inc()
                     self._announce(app, changes, here=True)
+        self.metrics.janitor_sweeps.inc()
 
     # --- telling everyone ---------------------------------------------------------------------
 

@@ -60,6 +60,14 @@ class Metrics:
         self.redis_reconnects = Counter(
             "ipe_redis_reconnects_total", "Reconnections of the Redis listener", registry=r
         )
+        self.janitor_sweeps = Counter(
+            "ipe_janitor_sweeps_total", "Janitor passes looking for dead nodes", registry=r
+        )
+        self.nodes_reaped = Counter(
+            "ipe_nodes_reaped_total",
+            "Shares (one app of one dead node) removed by this process's janitor",
+            registry=r,
+        )
         self.webhooks_sent = Counter(
             "ipe_webhooks_sent_total", "Webhook requests acknowledged by receivers", registry=r
         )

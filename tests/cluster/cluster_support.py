@@ -295,9 +295,22 @@ def occupied(server: IpeServer, channel: str) -> bool:
     return bool(server.sdk().channel_info(channel)["occupied"])
 
 
-def no_more_frames(client: WsClient) -> None:
-    """Assert nothing else was queued for `client` (a ping round trip comes back first)."""
-    client.sync()
+def metric(server: IpeServer, name: str) -> float:
+    """The value of an unlabelled counter in the server's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def after_sweeps(*servers: IpeServer) -> None:
+    """Return once every server's janitor has completed one more pass (a barrier)."""
+    before = [metric(s, "ipe_janitor_sweeps_total") for s in servers]
+    for server, count in zip(servers, before, strict=True):
+        wait_until(lambda s=server, c=count: metric(s, "ipe_janitor_sweeps_total") > c, 15)
 
 
 FIXTURES = tuple(pytest.fixture(f) for f in (make_redis, redis_server, nodes))

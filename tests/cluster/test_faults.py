@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.request
 
 from cluster_support import (
     FIXTURES,
     RedisServer,
+    after_sweeps,
     free_low_port,
     join,
+    metric,
     occupied,
     ready_status,
     redis_config,
@@ -60,17 +61,11 @@ def test_killed_node_is_reaped_once_by_the_survivors(nodes):
         assert not occupied(server, "orders")
         assert server.sdk().channel_info(ROOM, ["subscription_count"])["subscription_count"] == 2
     # Exactly once: two janitors raced, one of them reaped, nothing else was sent.
+    after_sweeps(a, c)
     for watcher in watchers:
         watcher.sync()
+    assert metric(a, "ipe_nodes_reaped_total") + metric(c, "ipe_nodes_reaped_total") == 1
     assert (a.log() + c.log()).count("of app 1001: 1 vacated, 1 removed, 1 offline") == 1
-
-
-def _metric(server, name):
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
 
 
 def _tick(server, clients, text):
@@ -97,7 +92,7 @@ def test_redis_restart_loses_nothing_but_in_flight_messages(nodes, redis_server:
     # Each node keeps serving its own clients; other nodes cannot be reached.
     _tick(a, [on_a], "during-a")
     _tick(b, [on_b], "during-b")
-    assert _metric(a, "ipe_broker_publish_failures_total") >= 1  # counted (and logged)
+    assert metric(a, "ipe_broker_publish_failures_total") >= 1  # counted (and logged)
     assert "delivered on this node only" in a.log()
 
     redis_server.start()  # same port, empty: everything must be registered again
