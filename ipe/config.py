@@ -411,6 +411,20 @@ def _parse_addrs(value: str, where: str) -> tuple[tuple[str, int], ...]:
 
 
 _FROM_URL = ("host", "port", "username", "password", "db", "tls", "tls_verify")
+_REDIS_VARIABLES = frozenset(
+    {
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_PASSWORD",
+        "REDIS_DB",
+        "REDIS_CLUSTER_MODE",
+        "REDIS_TLS_ENABLED",
+        "REDIS_TLS_SKIP_VERIFY",
+        "REDIS_TLS_CA_FILE",
+        "REDIS_PREFIX",
+        "REDIS_ADDRS",
+    }
+)
 
 _REDIS_VARIABLES = frozenset(
     {

@@ -65,3 +65,8 @@ def test_intervals_and_prefix_from_the_file():
 def test_bad_settings_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message.replace("{", r"\{")):
         redis_of(section)
+
+
+def test_other_programs_redis_variables_do_not_turn_redis_on():
+    # The official redis image exports REDIS_VERSION; Heroku adds REDIS_TLS_URL.
+    assert redis_of(env={"REDIS_VERSION": "7.2.4", "REDIS_TLS_URL": "rediss://x:1"}) is None
