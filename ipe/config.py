@@ -426,21 +426,6 @@ _REDIS_VARIABLES = frozenset(
     }
 )
 
-_REDIS_VARIABLES = frozenset(
-    {
-        "REDIS_HOST",
-        "REDIS_PORT",
-        "REDIS_PASSWORD",
-        "REDIS_DB",
-        "REDIS_CLUSTER_MODE",
-        "REDIS_TLS_ENABLED",
-        "REDIS_TLS_SKIP_VERIFY",
-        "REDIS_TLS_CA_FILE",
-        "REDIS_PREFIX",
-        "REDIS_ADDRS",
-    }
-)
-
 
 def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
     """The `redis:` section, then REDIS_URL, then IPÊ's REDIS_* variables on top of it."""
