@@ -1,8 +1,8 @@
-"""The WebSocket side of the Pusher protocol: handshake, then one loop per connection.
+"""The WebSocket side of the Pusher protocol: handshake, then a Session per connection.
 
 Upgraded requests are routed here by `ipe.app` before Flask sees them, so a connection that
-lives for hours holds no Flask request context. Everything a connection changed is undone in
-one `finally`, whatever ended it.
+lives for hours holds no Flask request context. Messages reach `Session.on_message` in order,
+one at a time; when the connection ends, `Session.cleanup` undoes everything it changed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _APP_PATH = re.compile(r"(?:/.*)?/app/([^/]+)/?")
 
 
 class Session:
-    """The protocol state machine of one connection; all of it runs in the reader greenlet."""
+    """The protocol state machine of one connection; its messages are handled one at a time."""
 
     def __init__(self, state: State, conn: Connection, app: AppConfig) -> None:
         self.state = state
@@ -44,24 +44,18 @@ class Session:
             protocol.SIGNIN: self.on_signin,
         }
 
-    # --- the loop -----------------------------------------------------------------------------
+    # --- messages -----------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Read and handle messages until the connection ends."""
-        conn = self.conn
-        metrics = self.state.metrics
-        while True:
-            raw = conn.receive()
-            if raw is None:
-                return
-            metrics.messages_received.inc()
-            try:
-                self.handle(raw)
-            except protocol.PusherError as exc:
-                conn.send_event(protocol.encode_error(exc.code, exc.message))
-            except Exception:
-                log.exception("error handling a message on %r", conn)
-                conn.send_event(protocol.encode_error(None, "Internal server error"))
+    def on_message(self, raw: str) -> None:
+        """Handle one client message; errors become a pusher:error, never a dropped socket."""
+        self.state.metrics.messages_received.inc()
+        try:
+            self.handle(raw)
+        except protocol.PusherError as exc:
+            self.conn.send_event(protocol.encode_error(exc.code, exc.message))
+        except Exception:
+            log.exception("error handling a message on %r", self.conn)
+            self.conn.send_event(protocol.encode_error(None, "Internal server error"))
 
     def handle(self, raw: str) -> None:
         """Dispatch one client message."""
@@ -461,15 +455,16 @@ def _is_secure(environ: dict[str, Any]) -> bool:
 
 
 def serve(state: State, environ: dict[str, Any]) -> None:
-    """Run one upgraded WebSocket request from handshake to cleanup."""
-    ws = environ["wsgi.websocket"]
-    handler = ws.handler
+    """Take over one upgraded WebSocket request: handshake, then event-driven handling.
+
+    Returns at once for a plain socket (the connection lives on without this greenlet); a TLS
+    connection is read in this greenlet until it ends.
+    """
     config = state.config
     app, code, message = _handshake_error(environ, state)
     limits = app.limits if app is not None else config.apps[0].limits
     conn = Connection(
-        handler.socket,
-        handler.rfile,
+        environ["wsgi.websocket"],
         app,
         protocol.new_socket_id(),
         max_outbox=config.max_outbox_bytes,
@@ -478,36 +473,33 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         max_frame=limits.max_message_size * 6 + 16384,
         on_overflow=state.metrics.slow_consumer_closes.inc,
     )
-    # gevent-websocket must not write its own close frame after ours (it drops the code).
-    ws.closed = True
-    try:
-        if code is not None:
-            log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
-            conn.close(code, message, error=True)
-            while conn.receive() is not None:
-                pass
-            return
-        _run(state, conn, app)
-    finally:
-        conn.finish()
+    if code is not None:
+        log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
+        conn.close(code, message, error=True)
+    else:
+        _open(state, conn, app)
+    conn.start()
 
 
-def _run(state: State, conn: Connection, app: AppConfig) -> None:
+def _open(state: State, conn: Connection, app: AppConfig) -> None:
+    """Register a new connection, greet it, and wire its messages to a Session."""
     metrics = state.metrics
     session = Session(state, conn, app)
     state.hub.register(conn)
     metrics.connections.inc()
     metrics.connections_total.inc()
     log.debug("connected %s app=%s", conn.socket_id, app.app_id)
-    try:
-        conn.send_event(
-            protocol.connection_established(conn.socket_id, state.config.activity_timeout)
-        )
-        session.run()
-    finally:
-        session.cleanup()
-        state.hub.unregister(conn)
-        metrics.connections.dec()
-        code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
-        metrics.disconnections.labels(code=str(code)).inc()
-        log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, code)
+
+    def on_end() -> None:
+        try:
+            session.cleanup()
+        finally:
+            state.hub.unregister(conn)
+            metrics.connections.dec()
+            code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
+            metrics.disconnections.labels(code=str(code)).inc()
+            log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, code)
+
+    conn.on_message = session.on_message
+    conn.on_end = on_end
+    conn.send_event(protocol.connection_established(conn.socket_id, state.config.activity_timeout))
