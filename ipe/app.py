@@ -38,11 +38,18 @@ class State:
     metrics: Metrics
     draining: bool = False
     redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
+
+    @property
+    def handlers_never_block(self) -> bool:
+        """True when message handlers touch only this process's memory (no Redis round trips),
+        so that they may run inside the event loop's I/O callbacks."""
+        return self.redis is None
     janitor: Any = None  # ipe.janitor.Janitor, with it
 
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        gevent.spawn(self._export_forever)
         if self.janitor is not None:
             self.janitor.start()
         if self.redis is not None:
@@ -64,6 +71,17 @@ class State:
         if self.janitor is not None:
             self.janitor.stop()
         self.hub.stop()
+
+    def export_metrics(self) -> None:
+        """Fold the hub's tallies into the Prometheus metrics."""
+        self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
+
+    def _export_forever(self) -> None:
+        # Under gunicorn each worker writes its own multiprocess files, so each must export
+        # by itself; once a second keeps a scrape at most a second behind.
+        while True:
+            gevent.sleep(1.0)
+            self.export_metrics()
 
 
 def config_path() -> str:
@@ -169,6 +187,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        state.export_metrics()
         return Response(state.metrics.render(), content_type=CONTENT_TYPE)
 
     # Started inside the serving process (after any fork), never at import time.

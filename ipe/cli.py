@@ -19,6 +19,9 @@ from ipe import __version__  # noqa: E402
 from ipe import config as config_module  # noqa: E402
 
 log = logging.getLogger("ipe")
+# gevent listens with a backlog of 128: a burst of reconnecting clients (a deploy, a network
+# blip) overflows it and their SYNs are retried a second later. gunicorn's default is 2048.
+BACKLOG = 2048
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(cfg)
     state = app.extensions["ipe"]
     servers = [
-        WSGIServer((host, port), app, handler_class=WebSocketHandler, log=None, error_log=log)
+        WSGIServer(
+            (host, port),
+            app,
+            handler_class=WebSocketHandler,
+            log=None,
+            error_log=log,
+            backlog=BACKLOG,
+        )
     ]
     if cfg.ssl.enabled:
         ssl_host, ssl_port = config_module.parse_listen(cfg.ssl.host, "ssl.host")
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                 handler_class=WebSocketHandler,
                 log=None,
                 error_log=log,
+                backlog=BACKLOG,
                 keyfile=cfg.ssl.key_file,
                 certfile=cfg.ssl.cert_file,
             )

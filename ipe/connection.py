@@ -8,8 +8,9 @@ frame, and an oversize frame is refused from its header, its payload never held 
 An idle connection costs no greenlet. The socket is taken from pywsgi after the upgrade (its
 handler greenlet, environ and 8 KB read buffer are then freed), and a libev watcher calls back
 when bytes arrive; frames are parsed in that callback, and complete messages are handled by a
-greenlet that exists only while there are messages to handle. A blocked greenlet costs about
-8 KB, a watcher a few hundred bytes: that is most of what a connection weighs. TLS sockets
+greenlet that exists only while there are messages to handle (or, when no handler can block,
+right in the callback). A blocked greenlet costs about 8 KB, a watcher a few hundred bytes:
+that is most of what a connection weighs. TLS sockets
 cannot be read beside their SSL object, so they keep a reader greenlet.
 
 Writes never block the caller: a frame is written straight to the socket when nothing is
@@ -31,6 +32,7 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.socket
+from geventwebsocket.websocket import WebSocket
 
 from ipe import protocol
 
@@ -80,6 +82,22 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
+class _Released(WebSocket):  # type: ignore[misc]
+    """gevent-websocket's object once ipe owns the socket: closing it does nothing.
+
+    Its own close() writes a frame without our code, and on an already closed socket it
+    builds a new class (MockApp) on every call, twice per connection, through __del__.
+    """
+
+    __slots__ = ()
+
+    def close(self, code: int = 1000, message: bytes = b"") -> None:
+        self.closed = True
+
+    def __del__(self) -> None:
+        pass
+
+
 def _take_socket(ws: Any) -> tuple[Any, bytes, bool]:
     """(socket, bytes already read past the HTTP request, whether pywsgi let go of it).
 
@@ -99,12 +117,15 @@ def _take_socket(ws: Any) -> tuple[Any, bytes, bool]:
     finally:
         sock.settimeout(None)
     # gevent-websocket must not write its own close frame after ours (it drops the code).
+    ws.__class__ = _Released
     ws.closed = True
     if hasattr(sock, "_sslobj"):
         return sock, pending, False
     rfile.close()
     own = gevent.socket.socket(fileno=sock.detach())
     handler.socket = None  # pywsgi's cleanup then neither reads from nor closes it
+    if own.family in (socket.AF_INET, socket.AF_INET6):
+        own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return own, pending, True
 
 
@@ -137,6 +158,7 @@ class Connection:
         "_size",
         "_started",
         "_inbox",
+        "_inline",
         "_worker",
         "_ended",
         "_finished",
@@ -158,6 +180,7 @@ class Connection:
         max_outbox: int,
         max_frame: int,
         on_overflow: Callable[[], Any] | None = None,
+        inline: bool = False,
     ) -> None:
         self.socket_id = socket_id
         self.app = app
@@ -186,6 +209,7 @@ class Connection:
         self._size = 0
         self._started: int | None = None
         self._inbox: deque[str] = deque()
+        self._inline = inline
         self._worker: Any = None
         self._ended = False
         self._finished: Any = None
@@ -526,6 +550,14 @@ class Connection:
             text = (parts[0] if len(parts) == 1 else b"".join(parts)).decode("utf-8")
         except UnicodeDecodeError:
             self._fail(protocol.WS_INVALID_PAYLOAD, "Invalid UTF-8")
+            return
+        if self._inline and self._worker is None:
+            # Handlers that never block (one process, no Redis) run right here, even in the
+            # watcher callback: no greenlet to create and switch to for every message.
+            try:
+                self.on_message(text)
+            except Exception:
+                log.exception("error handling a message on %r", self)
             return
         self._inbox.append(text)
         if self._worker is None:

@@ -36,19 +36,34 @@ class Hub:
         self._users: dict[str, dict[str, set[Connection]]] = {}
         self._watchers: dict[str, dict[str, set[Connection]]] = {}
         self._reaper: gevent.Greenlet | None = None
+        # Tallies for metrics: plain ints on the hot path, exported by `take_tallies`.
+        self.opened = 0
+        self.received = 0
+        self.delivered = 0
+        self.closes: dict[int, int] = {}
 
     # --- connections --------------------------------------------------------------------------
 
     def register(self, conn: Connection) -> None:
         """Track a new connection (for pings, terminate and socket-id lookups)."""
         self.connections[conn.socket_id] = conn
+        self.opened += 1
 
     def unregister(self, conn: Connection) -> None:
         """Forget a connection that has ended; its channels must already be removed."""
         self.connections.pop(conn.socket_id, None)
+        code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
+        self.closes[code] = self.closes.get(code, 0) + 1
         if conn.user_id is not None:
             self._discard(self._users, conn.app.app_id, conn.user_id, conn)
         self.unwatch(conn)
+
+    def take_tallies(self) -> tuple[int, int, int, dict[int, int]]:
+        """(opened, received, delivered, closes by code) since the last call."""
+        tallies = (self.opened, self.received, self.delivered, self.closes)
+        self.opened = self.received = self.delivered = 0
+        self.closes = {}
+        return tallies
 
     def count(self, app_id: str | None = None) -> int:
         """Local connections, of one app or all."""
@@ -146,6 +161,7 @@ class Hub:
         for conn in tuple(conns):
             if conn is not skip and conn.send(data):
                 sent += 1
+        self.delivered += sent
         return sent
 
     def terminate_user(self, app_id: str, user_id: str) -> int:

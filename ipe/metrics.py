@@ -80,6 +80,21 @@ class Metrics:
             registry=r,
         )
 
+    def add_tallies(
+        self, open_now: int, opened: int, received: int, delivered: int, closes: dict[int, int]
+    ) -> None:
+        """Fold the hub's plain-int tallies in (counting per message in prometheus_client
+        would cost a lock and several calls on the hottest paths)."""
+        self.connections.set(open_now)
+        if opened:
+            self.connections_total.inc(opened)
+        if received:
+            self.messages_received.inc(received)
+        if delivered:
+            self.messages_sent.inc(delivered)
+        for code, n in closes.items():
+            self.disconnections.labels(code=str(code)).inc(n)
+
     def render(self) -> bytes:
         """The Prometheus text exposition, summed over workers in multiprocess mode."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

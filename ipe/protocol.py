@@ -58,6 +58,7 @@ CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
 SOCKET_ID_RE = re.compile(r"[0-9]+\.[0-9]+")
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_string = json.encoder.encode_basestring  # a str as a JSON string literal (the C version)
 
 
 class PusherError(Exception):
@@ -148,6 +149,13 @@ def encode_event(
     if user_id is not None:
         message["user_id"] = user_id
     return _compact(message).encode()
+
+
+def encode_client_event(event: str, channel: str, data_json: str, user_id: str | None) -> bytes:
+    """A forwarded client event; `data_json` is the data already serialized to JSON."""
+    tail = "}" if user_id is None else f',"user_id":{_string(user_id)}}}'
+    head = f'{{"event":{_string(event)},"channel":{_string(channel)},"data":'
+    return f"{head}{data_json}{tail}".encode()
 
 
 def encode_events(event: str, channels: list[str], data: str) -> list[bytes]:

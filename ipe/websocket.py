@@ -48,7 +48,7 @@ class Session:
 
     def on_message(self, raw: str) -> None:
         """Handle one client message; errors become a pusher:error, never a dropped socket."""
-        self.state.metrics.messages_received.inc()
+        self.state.hub.received += 1
         try:
             self.handle(raw)
         except protocol.PusherError as exc:
@@ -392,24 +392,31 @@ class Session:
             )
         # The data limit is measured as REST measures it: the UTF-8 bytes of the data string
         # (JSON text for an object), so that the same payload passes or fails both ways.
+        if data is None:
+            data = {}  # as encode_event sends it: clients that read `data` get an object
         text = data if isinstance(data, str) else protocol.dumps(data)
-        if len(text.encode()) > limits.max_message_size:
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > limits.max_message_size:
             raise protocol.PusherError(
                 protocol.CLIENT_EVENT_REJECTED, "Client event payload too large"
             )
         user_id = conn.channels[channel]
-        payload = protocol.encode_event(event, channel, data, user_id)
+        # The object's JSON text is reused for the frame: data is serialized once.
+        payload = protocol.encode_client_event(
+            event, channel, protocol.dumps(data) if text is data else text, user_id
+        )
         self.state.broker.publish(app.app_id, EVENT, channel, payload, conn.socket_id)
-        webhook: dict[str, Any] = {
-            "name": "client_event",
-            "channel": channel,
-            "event": event,
-            "data": text,
-            "socket_id": conn.socket_id,
-        }
-        if user_id is not None:
-            webhook["user_id"] = user_id
-        self.state.webhooks.emit(app, webhook)
+        if app.webhooks:
+            webhook: dict[str, Any] = {
+                "name": "client_event",
+                "channel": channel,
+                "event": event,
+                "data": text,
+                "socket_id": conn.socket_id,
+            }
+            if user_id is not None:
+                webhook["user_id"] = user_id
+            self.state.webhooks.emit(app, webhook)
 
 
 # --- handshake ----------------------------------------------------------------------------------
@@ -472,6 +479,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         # may have escaped to six bytes per byte ("\u00e9"), plus names and JSON around it.
         max_frame=limits.max_message_size * 6 + 16384,
         on_overflow=state.metrics.slow_consumer_closes.inc,
+        inline=state.handlers_never_block,
     )
     if code is not None:
         log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
@@ -483,11 +491,8 @@ def serve(state: State, environ: dict[str, Any]) -> None:
 
 def _open(state: State, conn: Connection, app: AppConfig) -> None:
     """Register a new connection, greet it, and wire its messages to a Session."""
-    metrics = state.metrics
     session = Session(state, conn, app)
     state.hub.register(conn)
-    metrics.connections.inc()
-    metrics.connections_total.inc()
     log.debug("connected %s app=%s", conn.socket_id, app.app_id)
 
     def on_end() -> None:
@@ -495,10 +500,7 @@ def _open(state: State, conn: Connection, app: AppConfig) -> None:
             session.cleanup()
         finally:
             state.hub.unregister(conn)
-            metrics.connections.dec()
-            code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
-            metrics.disconnections.labels(code=str(code)).inc()
-            log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, code)
+            log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, conn.close_code)
 
     conn.on_message = session.on_message
     conn.on_end = on_end

@@ -219,3 +219,16 @@ def test_close_codes_match_the_protocol_table():
     assert (protocol.UNAUTHORIZED, protocol.OVER_CAPACITY) == (4009, 4100)
     assert (protocol.PONG_NOT_RECEIVED, protocol.CLIENT_EVENT_REJECTED) == (4201, 4301)
     assert protocol.WATCHLIST_LIMIT == 4302
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"on": True, "é": '"quoted"'}, 'a "string" with é and \\', [1, 2.5, None], 7, {}],
+)
+@pytest.mark.parametrize("user_id", [None, "42", 'odd "id"'])
+def test_encode_client_event_matches_encode_event(data, user_id):
+    """The client-event fast path reuses the data's JSON text; the bytes must not change."""
+    data_json = protocol.dumps(data)
+    assert protocol.encode_client_event(
+        "client-typing", "presence-é", data_json, user_id
+    ) == protocol.encode_event("client-typing", "presence-é", data, user_id)
