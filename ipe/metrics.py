@@ -74,6 +74,20 @@ class Metrics:
         self.webhooks_failed = Counter(
             "ipe_webhooks_failed_total", "Webhook batches given up after retries", registry=r
         )
+        self.webhooks_waiting = Gauge(
+            "ipe_webhooks_waiting",
+            "Webhook events waiting to be sent: held, queued or in flight (with Redis: in the "
+            "whole cluster, as this process last saw it)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.webhooks_unsaved = Gauge(
+            "ipe_webhooks_unsaved",
+            "Webhook events only this process holds (with Redis: not yet written to it, e.g. "
+            "while it is unreachable)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.webhooks_dropped = Counter(
             "ipe_webhooks_dropped_total",
             "Webhook events dropped because the webhook queue was full",

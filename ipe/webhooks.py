@@ -1,13 +1,15 @@
 """Webhooks with Pusher's semantics: batched, delayed for a grace period, signed, retried.
 
 `emit()` runs in a connection's greenlet and only appends to a bounded in-process inbox, so a
-receiver that is slow, failing or gone never delays the WebSocket side. One scheduler greenlet
-moves the inbox into the store (holding `member_removed`/`channel_vacated` for the grace
-period, cancelling them together with the matching return), fans released events out to each
-target whose filters match, and starts a sender greenlet per target (a *lane*) when a batch is
-due. A lane delivers its batches in order, one at a time, and retries a failed one with
+receiver that is slow, failing or gone (or a Redis that is) never delays the WebSocket side.
+One scheduler greenlet moves the inbox into the store, routed to each target whose filters
+match (`member_removed`/`channel_vacated` held for the grace period, cancelled together with
+the matching return), and starts a sender greenlet per target (a *lane*) when a batch is due.
+A lane delivers its batches in order, one at a time, and retries a failed one with
 exponential back-off until `retry_for` seconds after its creation; a hanging receiver delays
-only its own lane. What waits lives behind `ipe.webhook_store`, so a Redis store can take over.
+only its own lane. What waits lives behind `ipe.webhook_store`: in this process, or in Redis
+(`ipe.webhook_store_redis`), where holds, queues and batches in flight are shared by every
+node, so that each webhook is sent once per cluster and a restarted node loses none.
 
 A batch's `time_ms` is its creation time (Pusher's meaning) and a retry resends the same bytes.
 pusher-http-python's `validate_webhook` rejects a `time_ms` older than 300 s, which is why the
@@ -34,7 +36,14 @@ from gevent import Greenlet
 from ipe import __version__, protocol
 from ipe.auth import webhook_signature
 from ipe.config import AppConfig, WebhookSettings, WebhookTarget
-from ipe.webhook_store import Batch, Event, InMemoryWebhookStore, WebhookStore
+from ipe.webhook_store import (
+    Arrival,
+    Batch,
+    Event,
+    InMemoryWebhookStore,
+    WebhookStore,
+    lane_name,
+)
 
 if TYPE_CHECKING:
     from ipe.metrics import Metrics
@@ -106,7 +115,7 @@ class Webhooks:
         self._app_lanes: dict[str, list[tuple[str, WebhookTarget]]] = {}
         for app in apps:
             for index, target in enumerate(app.webhooks):
-                lane = f"{app.app_id}/{index}"
+                lane = lane_name(app.app_id, index)
                 self._lanes[lane] = (app, target)
                 self._app_lanes.setdefault(app.app_id, []).append((lane, target))
         self._inbox: deque[tuple[str, Event, float]] = deque()
@@ -151,16 +160,20 @@ class Webhooks:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduler (once per process, after fork) and resume unfinished batches."""
+        """Start the scheduler (once per process, after fork)."""
         if self._scheduler is not None or not self._lanes:
             return
-        for batch in self.store.unfinished():
-            if batch.lane in self._lanes and batch.lane not in self._senders:
-                self._senders[batch.lane] = gevent.spawn(self._deliver, batch)
         self._scheduler = gevent.spawn(self._schedule_forever)
 
+    def wake(self) -> None:
+        """Run a scheduler pass now (e.g. Redis is reachable again: write what waits)."""
+        self._wake.set()
+
     def stop(self) -> None:
-        """Send what waits, grace periods cut short, for up to `flush_timeout`; then stop."""
+        """Send what waits, grace periods cut short, for up to `flush_timeout`; then stop.
+
+        With a durable store, what waits is written to it and left to the other nodes (or
+        to this one restarted): held events stay held, a failing batch is given back."""
         if self._scheduler is None:
             self._closed = True
             return
@@ -170,9 +183,14 @@ class Webhooks:
         self._closed = True
         gevent.killall([self._scheduler, *self._senders.values()], timeout=1)
         self._scheduler = None
-        left = len(self._inbox) + self.store.size()
-        if left and not self.store.durable:
-            log.warning("shutdown: %d webhook event(s) could not be delivered in time", left)
+        self.store.close()
+        left = len(self._inbox) + self.store.unsaved()
+        if left:
+            log.warning(
+                "shutdown: %d webhook event(s) could not be %s in time",
+                left,
+                "written to Redis" if self.store.durable else "delivered",
+            )
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -181,7 +199,7 @@ class Webhooks:
             try:
                 timeout = self._schedule()
             except Exception:
-                # The store may be remote (Redis): never let the scheduler die of one error.
+                # Never let the scheduler die of one error (the store handles Redis's own).
                 log.exception("webhook scheduler failed; retrying")
                 timeout = 1.0
             self._wake.wait(timeout)
@@ -192,46 +210,62 @@ class Webhooks:
         flushing = self._stopping.is_set()
         now = time.time()
         store = self.store
-        grace = self.settings.grace_period
+        arrivals: dict[str, list[Arrival]] = {}
         while self._inbox:
             app_id, event, emitted = self._inbox.popleft()
-            key = grace_key(event) if grace > 0 else None
-            if key is not None and event["name"] in _HELD:
-                store.hold(app_id, key, event, emitted + grace)
-            elif key is not None and store.cancel(app_id, key):
-                log.debug("webhook %s cancelled its held return: app %s", event["name"], app_id)
-            else:
-                self._fan_out(app_id, event, now)
+            arrival = self._arrival(app_id, event, emitted)
+            if arrival is not None:
+                arrivals.setdefault(app_id, []).append(arrival)
+        for app_id, items in arrivals.items():
+            store.accept(app_id, items)
         # At shutdown nobody is left to come back: a store that dies with us releases now.
-        release_at = float("inf") if flushing and not store.durable else now
-        for app_id, event in store.release(release_at):
-            self._fan_out(app_id, event, now)
+        store.release(float("inf") if flushing and not store.durable else now)
 
         window = self.settings.batch_window
         next_due = store.next_release()
+        for batch in store.unfinished():
+            self._send(batch)
         for lane, (count, oldest) in store.waiting().items():
             if lane in self._senders:
                 continue
             if flushing or count >= self.settings.max_batch_size or now >= oldest + window:
                 batch = store.take(lane, self.settings.max_batch_size, now)
-                self._senders[lane] = gevent.spawn(self._deliver, batch)
+                if batch is not None:
+                    self._send(batch)
             elif next_due is None or oldest + window < next_due:
                 next_due = oldest + window
+        if self.metrics is not None:
+            self.metrics.webhooks_waiting.set(store.size())
+            self.metrics.webhooks_unsaved.set(store.unsaved() + len(self._inbox))
         idle = not self._inbox and not self._senders
-        if flushing and idle and (store.durable or not store.size()):
+        if flushing and idle and not store.unsaved():
             self._drained.set()
         return None if next_due is None else max(0.0, next_due - now)
 
-    def _fan_out(self, app_id: str, event: Event, now: float) -> None:
-        dedupe = None
-        if event["name"] == "cache_miss":
-            # Pusher de-duplicates cache_miss: one per channel among those waiting to be sent.
-            dedupe = f"cache_miss\0{event['channel']}"
-        for lane, target in self._app_lanes.get(app_id, ()):
-            if target_wants(target, event):
-                self.store.enqueue(lane, event, now, dedupe)
+    def _arrival(self, app_id: str, event: Event, emitted: float) -> Arrival | None:
+        """Route one emitted event to the lanes that want it; None if nothing needs it."""
+        lanes = tuple(
+            lane for lane, target in self._app_lanes.get(app_id, ()) if target_wants(target, event)
+        )
+        grace = self.settings.grace_period
+        key = grace_key(event) if grace > 0 else None
+        if key is None:
+            if not lanes:
+                return None
+            dedupe = None
+            if event["name"] == "cache_miss":
+                # Pusher de-duplicates cache_miss: one per channel among those waiting.
+                dedupe = f"cache_miss\0{event['channel']}"
+            return Arrival(event, lanes, emitted, dedupe=dedupe)
+        # Held and returning events go in even without a lane: the pair cancels as a pair.
+        return Arrival(event, lanes, emitted, key, event["name"] in _HELD, emitted + grace)
 
     # --- delivery -----------------------------------------------------------------------------
+
+    def _send(self, batch: Batch) -> None:
+        """Start the sender of a batch, unless its lane has one (it cannot: one batch a lane)."""
+        if batch.lane in self._lanes and batch.lane not in self._senders:
+            self._senders[batch.lane] = gevent.spawn(self._deliver, batch)
 
     def _deliver(self, batch: Batch) -> None:
         """Send one batch to its target until a 2xx answer or `retry_for` runs out."""
@@ -246,6 +280,7 @@ class Webhooks:
             "X-Pusher-Signature": webhook_signature(app.secret, body),
         }
         settings = self.settings
+        store = self.store
         delay = settings.retry_backoff
         attempts = 0
         try:
@@ -264,8 +299,9 @@ class Webhooks:
                     break
                 wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
                 if self._stopping.is_set():
-                    if self.store.durable:
-                        return  # left in flight in the store: another node takes it over
+                    if store.durable:
+                        store.abandon(batch)  # another node (or this one restarted) resumes it
+                        return
                     give_up = True  # the attempt after shutdown began was the last one
                 else:
                     give_up = time.time() + wait > batch.created_ms / 1000 + settings.retry_for
@@ -292,8 +328,13 @@ class Webhooks:
                 )
                 # Shutdown cuts the wait short for one last attempt.
                 self._stopping.wait(wait)
-                delay = min(delay * 2, settings.retry_backoff_max)
-            self.store.finish(batch)
+                if not store.owns(batch):
+                    log.info(
+                        "webhook batch of lane %s taken over by another node; leaving it",
+                        batch.lane,
+                    )
+                    return
+            store.finish(batch)
         finally:
             self._senders.pop(batch.lane, None)
             self._wake.set()
