@@ -96,7 +96,6 @@ def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
-    webhooks = Webhooks(config.webhooks, config.apps, metrics)
     if config.redis is None:
         return State(
             config=config,
@@ -104,7 +103,7 @@ def build_state(config: Config) -> State:
             broker=LocalBroker(hub),
             presence=InMemoryPresence(),
             cache=InMemoryCache(),
-            webhooks=webhooks,
+            webhooks=Webhooks(config.webhooks, config.apps, metrics),
             metrics=metrics,
         )
     # Imported here: a single process never loads the Redis modules.
@@ -113,8 +112,11 @@ def build_state(config: Config) -> State:
     from ipe.janitor import Janitor
     from ipe.presence_redis import RedisPresence
     from ipe.redisconn import RedisLink, node_id
+    from ipe.webhook_store_redis import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
+    webhooks = Webhooks(config.webhooks, config.apps, metrics, RedisWebhookStore(link, config.apps))
+    link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
     state = State(
         config=config,
         hub=hub,
