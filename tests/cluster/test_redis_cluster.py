@@ -1,4 +1,5 @@
-"""A Redis Cluster of three masters: delivery and presence across nodes, sharded Pub/Sub."""
+"""A Redis Cluster of three masters: delivery, presence and webhooks across nodes, sharded
+Pub/Sub."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cluster_support import (
     wait_ready,
 )
 from conftest import IpeServer, wait_until
+from webhooks.receiver import Receiver
 
 make_redis, redis_server, nodes = FIXTURES
 
@@ -59,7 +61,11 @@ def test_delivery_and_presence_on_a_redis_cluster(
     addrs = ",".join(f"127.0.0.1:{s.port}" for s in redis_cluster)
     # IPÊ's variables; the file only shortens the intervals.
     env = {"REDIS_CLUSTER_MODE": "true", "REDIS_ADDRS": addrs}
-    a, b = (make_server(redis_config(), name=f"node{i}", env=env) for i in range(2))
+    hook = Receiver()
+    config = redis_config()
+    config["apps"][0]["webhooks"] = [{"url": hook.url}]
+    config["webhooks"] = {"batch_window": 0.05, "grace_period": 0.5}
+    a, b = (make_server(config, name=f"node{i}", env=env) for i in range(2))
     for server in (a, b):
         wait_ready(server)
 
@@ -91,6 +97,13 @@ def test_delivery_and_presence_on_a_redis_cluster(
     assert json.loads(removed["data"]) == {"user_id": "bob"}
     for c in (client, excluded, ann):
         c.sync()
+    # Webhooks wait in the app's slot: held, released and sent once, whichever node left.
+    try:
+        hook.wait_event("member_removed", timeout=15, user_id="bob")
+        assert [e["name"] for e in hook.events(user_id="bob")] == ["member_added", "member_removed"]
+        assert len(hook.events("channel_occupied", channel="orders")) == 1
+    finally:
+        hook.close()
 
     # Sharded Pub/Sub: the app's channel is a shard channel on the master owning its slot.
     cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
