@@ -69,7 +69,7 @@ class WebhookSettings:
     retry_backoff: float = 1.0  # first delay between attempts; doubles each time
     retry_backoff_max: float = 60.0  # cap of that delay
     timeout: float = 4.0  # seconds one attempt may take (Pusher asks for an answer in 4 s)
-    queue_size: int = 10000  # events that may wait in one process; more are dropped
+    queue_size: int = 10000  # events that may wait (with Redis: cluster-wide); more dropped
     flush_timeout: float = 3.0  # seconds spent at shutdown sending what still waits
 
 
