@@ -182,9 +182,11 @@ def redis_config(url: str | None = None, **redis: Any) -> dict[str, Any]:
 
 
 def nodes(
-    make_server: Callable[..., IpeServer], redis_server: RedisServer
+    redis_server: RedisServer, make_server: Callable[..., IpeServer]
 ) -> Callable[..., list[IpeServer]]:
-    """Start `n` ipe nodes sharing `redis_server`, each ready (subscribed to Redis)."""
+    """Start `n` ipe nodes sharing `redis_server`, each ready (subscribed to Redis).
+
+    Redis comes first, so it is stopped after the nodes: their shutdown still reaches it."""
 
     def start(n: int = 2, **redis: Any) -> list[IpeServer]:
         servers = [

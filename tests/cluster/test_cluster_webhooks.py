@@ -67,7 +67,7 @@ def mark(server, hooks: Hooks, name: str) -> None:
     hooks.wait("channel_occupied", channel=name)
 
 
-def test_webhooks_fire_once_per_cluster_also_for_a_killed_node(make_server, redis_server, hooks):
+def test_webhooks_fire_once_per_cluster_also_for_a_killed_node(redis_server, make_server, hooks):
     config = redis_config(redis_server.url)
     config["apps"][0]["webhooks"] = [{"url": hooks.url}]
     config["webhooks"] = {"batch_window": 0.05, "grace_period": 0}

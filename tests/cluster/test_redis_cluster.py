@@ -56,7 +56,7 @@ def redis_cluster(make_redis: Callable[..., RedisServer]) -> list[RedisServer]:
 
 
 def test_delivery_and_presence_on_a_redis_cluster(
-    make_server: Callable[..., IpeServer], redis_cluster: list[RedisServer]
+    redis_cluster: list[RedisServer], make_server: Callable[..., IpeServer]
 ):
     addrs = ",".join(f"127.0.0.1:{s.port}" for s in redis_cluster)
     # IPÊ's variables; the file only shortens the intervals.
