@@ -44,6 +44,7 @@ class State:
         """True when message handlers touch only this process's memory (no Redis round trips),
         so that they may run inside the event loop's I/O callbacks."""
         return self.redis is None
+
     janitor: Any = None  # ipe.janitor.Janitor, with it
 
     def start(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from ipe.redisconn import RedisLink
 
 log = logging.getLogger(__name__)
+
+# Messages waiting for Redis: beyond this, new ones reach this node's clients only (counted).
+PUBLISH_QUEUE = 10000
+PUBLISH_BATCH = 512  # messages per pipeline
+STOP_FLUSH = 2.0  # seconds a stopping node gives its waiting messages to reach Redis
 
 
 class Broker(Protocol):
@@ -109,6 +115,8 @@ class RedisBroker:
         self._sharded = False
         self._failures_logged = 0.0
         self._failures_unlogged = 0
+        self._outbox: deque[tuple[str, bytes, Any]] = deque()
+        self._publisher: gevent.Greenlet | None = None
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -135,17 +143,54 @@ class RedisBroker:
         if not self.link.up:
             self._failed(app_id, "Redis is unreachable")
             return
+        local = (kind, target, payload, exclude) if here else None
+        if len(self._outbox) >= PUBLISH_QUEUE:
+            if local is not None:
+                self.hub.dispatch(app_id, *local)
+            self._failed(app_id, "too many messages waiting for Redis")
+            return
         message = json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+        self._outbox.append((app_id, message, local))
+        if self._publisher is None:
+            self._publisher = gevent.spawn(self._publish_waiting)
+
+    def _publish_waiting(self) -> None:
+        """PUBLISH what waits, in order; what accumulated meanwhile goes in one pipeline.
+
+        The caller of `publish` never waits for Redis, and one connection carries the lot:
+        hundreds of greenlets each holding a pooled connection for one PUBLISH would exhaust
+        the pool under load. A batch Redis did not take is delivered here and counted.
+        """
+        outbox = self._outbox
         try:
-            if self.link.sharded():  # known whenever Redis is up (the probe asks)
-                self.link.client.spublish(self.channels[app_id], message)
-            else:
-                self.link.client.publish(self.channels[app_id], message)
-        except self.errors as exc:
-            self.link.mark_down(exc)
-            if here:
-                self.hub.dispatch(app_id, kind, target, payload, exclude)
-            self._failed(app_id, str(exc))
+            while outbox:
+                batch = [outbox.popleft() for _ in range(min(len(outbox), PUBLISH_BATCH))]
+                try:
+                    self._send(batch)
+                except self.errors as exc:
+                    self.link.mark_down(exc)
+                    for app_id, _message, local in batch:
+                        if local is not None:
+                            self.hub.dispatch(app_id, *local)
+                        self._failed(app_id, str(exc))
+        finally:
+            self._publisher = None
+
+    def _send(self, batch: list[tuple[str, bytes, Any]]) -> None:
+        client = self.link.client
+        sharded = self.link.sharded()  # known whenever Redis is up (the probe asks)
+        if len(batch) == 1 or self.link.config.cluster:
+            # A cluster routes each message itself (PUBLISH to any node, SPUBLISH to its shard).
+            for app_id, message, _local in batch:
+                if sharded:
+                    client.spublish(self.channels[app_id], message)
+                else:
+                    client.publish(self.channels[app_id], message)
+            return
+        pipe = client.pipeline(transaction=False)
+        for app_id, message, _local in batch:
+            pipe.publish(self.channels[app_id], message)
+        pipe.execute()
 
     def _failed(self, app_id: str, reason: str) -> None:
         """Count a message that could not cross to other nodes; log it, at most once a second."""
@@ -192,7 +237,9 @@ class RedisBroker:
             group.start()
 
     def stop(self) -> None:
-        """Stop listening: close the Pub/Sub connections and let the listeners end."""
+        """Publish what still waits (briefly), then close the Pub/Sub connections."""
+        if self._publisher is not None:
+            self._publisher.join(timeout=STOP_FLUSH)
         for group in self._groups:
             group.stop()
 

@@ -41,6 +41,10 @@ def node_id(instance_id: str) -> str:
     return f"{instance_id or uuid.uuid4().hex[:12]}.{os.getpid()}"
 
 
+MAX_CONNECTIONS = 64  # per process, one server: greenlets beyond it wait their turn
+CLUSTER_MAX_CONNECTIONS = 4096  # per process and cluster node
+
+
 def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
     """The redis-py connection options shared by every client ipe makes."""
     kwargs: dict[str, Any] = {
@@ -90,14 +94,30 @@ class RedisLink:
         """The redis-py client (made on first use: a Redis Cluster client connects at once)."""
         if self._client is None:
             config = self.config
+            # redis-py's pools raise "Too many connections" past 100 by default, and ipe
+            # would take that for Redis being down: a burst of subscribes (every client
+            # reconnecting after a deploy) runs that many scripts at once. One server: callers
+            # wait for a free connection. A cluster's per-node pools cannot block; their
+            # ceiling is set far above what a burst opens.
             if config.cluster:
                 self._client = RedisCluster(
-                    startup_nodes=[ClusterNode(h, p) for h, p in config.addrs], **self.kwargs
+                    startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
+                    max_connections=CLUSTER_MAX_CONNECTIONS,
+                    **self.kwargs,
                 )
             else:
-                self._client = redis.Redis(
-                    host=config.host, port=config.port, db=config.db, **self.kwargs
+                kwargs = dict(self.kwargs)
+                if kwargs.pop("ssl", False):  # a pool picks its connection class itself
+                    kwargs["connection_class"] = redis.SSLConnection
+                pool = redis.BlockingConnectionPool(
+                    host=config.host,
+                    port=config.port,
+                    db=config.db,
+                    max_connections=MAX_CONNECTIONS,
+                    timeout=config.timeout,
+                    **kwargs,
                 )
+                self._client = redis.Redis(connection_pool=pool)
         return self._client
 
     # --- state --------------------------------------------------------------------------------
