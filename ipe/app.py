@@ -38,14 +38,13 @@ class State:
     metrics: Metrics
     draining: bool = False
     redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
+    janitor: Any = None  # ipe.janitor.Janitor, with it
 
     @property
     def handlers_never_block(self) -> bool:
         """True when message handlers touch only this process's memory (no Redis round trips),
         so that they may run inside the event loop's I/O callbacks."""
         return self.redis is None
-
-    janitor: Any = None  # ipe.janitor.Janitor, with it
 
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""

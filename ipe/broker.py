@@ -45,9 +45,12 @@ class Broker(Protocol):
         payload: bytes = b"",
         exclude: str | None = None,
         here: bool = True,
+        *,
+        version: int | None = None,
     ) -> None:
         """Send one message (see `ipe.hub` for kinds) to every node; to this one unless `here`
-        is False (it was served already)."""
+        is False (it was served already). A member event carries its roster change's
+        `version` (ipe.presence)."""
         ...
 
     def start(self) -> None:
@@ -77,9 +80,11 @@ class LocalBroker:
         payload: bytes = b"",
         exclude: str | None = None,
         here: bool = True,
+        *,
+        version: int | None = None,
     ) -> None:
         if here:
-            self.hub.dispatch(app_id, kind, target, payload, exclude)
+            self.hub.dispatch(app_id, kind, target, payload, exclude, version)
 
     def start(self) -> None:
         pass
@@ -128,22 +133,26 @@ class RedisBroker:
         payload: bytes = b"",
         exclude: str | None = None,
         here: bool = True,
+        *,
+        version: int | None = None,
     ) -> None:
         live = self.ready()
         header: dict[str, Any] = {"k": kind, "c": target, "n": self.node}
         if exclude:
             header["x"] = exclude
+        if version is not None:
+            header["v"] = version
         if here and not live:
             # No subscription to hear our own message back: serve local clients directly,
             # and tell our listener to skip the message should it be subscribed meanwhile.
-            self.hub.dispatch(app_id, kind, target, payload, exclude)
+            self.hub.dispatch(app_id, kind, target, payload, exclude, version)
             here = False
         if not here:
             header["l"] = 1
         if not self.link.up:
             self._failed(app_id, "Redis is unreachable")
             return
-        local = (kind, target, payload, exclude) if here else None
+        local = (kind, target, payload, exclude, version) if here else None
         if len(self._outbox) >= PUBLISH_QUEUE:
             if local is not None:
                 self.hub.dispatch(app_id, *local)
@@ -260,7 +269,9 @@ class RedisBroker:
         if header.get("l") and header.get("n") == self.node:
             return  # its publisher, this node, served it already
         try:
-            self.hub.dispatch(app_id, kind, target, data[newline + 1 :], header.get("x"))
+            self.hub.dispatch(
+                app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
+            )
         except Exception:  # one bad message must not cost the subscription
             log.exception("error delivering a message of app %s", app_id)
 

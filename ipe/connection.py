@@ -139,6 +139,7 @@ class Connection:
         "user_id",
         "user_data",
         "watchlist",
+        "rosters",
         "last_seen",
         "ping_sent",
         "closing",
@@ -188,6 +189,10 @@ class Connection:
         self.user_id: str | None = None
         self.user_data: dict[str, Any] | None = None
         self.watchlist: tuple[str, ...] = ()
+        # Presence channel -> version of the roster this socket was sent, or, while it is
+        # being read, the member events that arrived meanwhile (version, frame); see
+        # ipe.presence. None until the first presence subscription.
+        self.rosters: dict[str, Any] | None = None
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
         self.closing = False

@@ -133,11 +133,17 @@ class Hub:
     # --- delivery -----------------------------------------------------------------------------
 
     def dispatch(
-        self, app_id: str, kind: str, target: str, payload: bytes, exclude: str | None
+        self,
+        app_id: str,
+        kind: str,
+        target: str,
+        payload: bytes,
+        exclude: str | None,
+        version: int | None = None,
     ) -> None:
         """Carry out one broker message on this process's sockets."""
         if kind == EVENT:
-            self.deliver(app_id, target, payload, exclude)
+            self.deliver(app_id, target, payload, exclude, version)
         elif kind == TERMINATE:
             self.terminate_user(app_id, target)
         elif kind == WATCH:
@@ -145,8 +151,19 @@ class Hub:
         else:
             log.warning("ignoring broker message of unknown kind %r", kind)
 
-    def deliver(self, app_id: str, channel: str, payload: bytes, exclude: str | None) -> int:
-        """Send one encoded event to the local subscribers of `channel`; returns how many."""
+    def deliver(
+        self,
+        app_id: str,
+        channel: str,
+        payload: bytes,
+        exclude: str | None,
+        version: int | None = None,
+    ) -> int:
+        """Send one encoded event to the local subscribers of `channel`; returns how many.
+
+        A member event (`version` given) reaches only sockets whose roster is older than it,
+        and waits with a socket whose roster is still being read (see `Connection.rosters`).
+        """
         user_id = protocol.server_to_user_id(channel)
         if user_id is not None:
             # Server-to-user events reach every socket signed in as that user, subscribed or not.
@@ -158,9 +175,19 @@ class Hub:
         data = text_frame(payload)
         skip = self.connections.get(exclude) if exclude else None
         sent = 0
-        for conn in tuple(conns):
-            if conn is not skip and conn.send(data):
-                sent += 1
+        if version is None:
+            for conn in tuple(conns):
+                if conn is not skip and conn.send(data):
+                    sent += 1
+        else:
+            for conn in tuple(conns):
+                if conn is skip:
+                    continue
+                seen = conn.rosters.get(channel) if conn.rosters else None
+                if isinstance(seen, list):
+                    seen.append((version, data))
+                elif (seen is None or version > seen) and conn.send(data):
+                    sent += 1
         self.delivered += sent
         return sent
 

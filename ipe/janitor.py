@@ -165,18 +165,13 @@ class Janitor:
         app_id = app.app_id
         for channel in changes.occupied:
             emit(app, {"name": "channel_occupied", "channel": channel})
-        for channel, user_id, info in changes.added:
-            added = {"user_id": user_id, "user_info": info}
-            if info is None:
-                del added["user_info"]
-            payload = protocol.encode_event(protocol.MEMBER_ADDED, channel, protocol.dumps(added))
-            publish(app_id, EVENT, channel, payload, None, here)
+        for channel, user_id, info, version in changes.added:
+            payload = protocol.member_added(channel, user_id, info)
+            publish(app_id, EVENT, channel, payload, None, here, version=version)
             emit(app, {"name": "member_added", "channel": channel, "user_id": user_id})
-        for channel, user_id in changes.removed:
-            payload = protocol.encode_event(
-                protocol.MEMBER_REMOVED, channel, protocol.dumps({"user_id": user_id})
-            )
-            publish(app_id, EVENT, channel, payload, None, here)
+        for channel, user_id, version in changes.removed:
+            payload = protocol.member_removed(channel, user_id)
+            publish(app_id, EVENT, channel, payload, None, here, version=version)
             emit(app, {"name": "member_removed", "channel": channel, "user_id": user_id})
         for channel in changes.vacated:
             emit(app, {"name": "channel_vacated", "channel": channel})

@@ -4,10 +4,18 @@ The in-process store below serves one process. A Redis store with the same metho
 the same answers true across every node; callers never know which one they have.
 Every answer that drives a webhook or a member event is a *transition* (first/last), so that
 each one fires once per cluster.
+
+Each change of a presence roster has a *version*, increasing per channel, and `join` returns
+the roster with the version it reflects. Member events carry their change's version, so a
+socket applies only those newer than its roster: an event still on its way between nodes
+when the roster was read is not applied twice, and a stale `member_removed` cannot remove a
+member who has since come back. Versions are microseconds of wall-clock time, bumped to stay
+increasing, so that they keep increasing across a Redis restart that loses the counters.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple, Protocol
 
 
@@ -24,12 +32,14 @@ class Presence(Protocol):
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any]]:
-        """Add a member's socket; (True if the user's first socket, the member map after)."""
+    ) -> tuple[bool, dict[str, Any], int]:
+        """Add a member's socket: (True if the user's first socket, the member map after, the
+        roster version that map reflects, which is this change's when it was one)."""
         ...
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
-        """Remove a member's socket; True if it was the user's last one on the channel."""
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
+        """Remove a member's socket: (True if it was the user's last one on the channel, the
+        version of that change; 0 when there was none)."""
         ...
 
     def members(self, app_id: str, channel: str) -> dict[str, Any]:
@@ -64,6 +74,11 @@ class InMemoryPresence:
         self._subs: dict[str, dict[str, int]] = {}
         self._members: dict[tuple[str, str], dict[str, list[Any]]] = {}
         self._users: dict[tuple[str, str], int] = {}
+        self._version = 0  # one clock for every channel: increasing is all a version needs
+
+    def _tick(self) -> int:
+        self._version = max(time.time_ns() // 1000, self._version + 1)
+        return self._version
 
     def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
         subs = self._subs.setdefault(app_id, {})
@@ -82,28 +97,30 @@ class InMemoryPresence:
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, dict[str, Any], int]:
         members = self._members.setdefault((app_id, channel), {})
         entry = members.get(user_id)
         if entry is None:
             members[user_id] = [1, user_info]
+            version = self._tick()
         else:
             entry[0] += 1
             entry[1] = user_info  # the newest socket's info wins, as in Redis
-        return entry is None, {uid: e[1] for uid, e in members.items()}
+            version = self._version
+        return entry is None, {uid: e[1] for uid, e in members.items()}, version
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
         members = self._members.get((app_id, channel))
         entry = members.get(user_id) if members else None
         if entry is None:
-            return False
+            return False, 0
         entry[0] -= 1
         if entry[0] > 0:
-            return False
+            return False, 0
         del members[user_id]  # type: ignore[index]
         if not members:
             del self._members[(app_id, channel)]
-        return True
+        return True, self._tick()
 
     def members(self, app_id: str, channel: str) -> dict[str, Any]:
         members = self._members.get((app_id, channel), {})

@@ -7,6 +7,7 @@ atomic Lua script on one Redis Cluster slot; the app's Pub/Sub channel is on its
   {P:A}:sockets:<channel>  hash  user_id -> member sockets on every node
   {P:A}:members:<channel>  hash  user_id -> user_info (JSON)
   {P:A}:online             hash  user_id -> signed-in sockets on every node
+  {P:A}:ver                hash  channel -> version of its roster's last change (µs)
   {P:A}:node:<N>:subs      hash  channel -> node N's share of `subs`
   {P:A}:node:<N>:members   hash  "<channel>\\n<user_id>" -> node N's share of `sockets`
   {P:A}:node:<N>:online    hash  user_id -> node N's share of `online`
@@ -40,8 +41,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A roster change's version: Redis's clock in microseconds, bumped to stay increasing per
+# channel (ipe.presence). Lua 5.1 prints numbers with %.14g, so it is formatted by hand.
+_BUMP = r"""
+local function bump(k, ch)
+  local t = redis.call('TIME')
+  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('HGET', k .. ':ver', ch) or '0')
+  if v <= last then v = last + 1 end
+  redis.call('HSET', k .. ':ver', ch, string.format('%.0f', v))
+  return v
+end
+"""
+
 # Helpers shared by the scripts that move a whole share (restore, reap).
-_PRELUDE = r"""
+_PRELUDE = (
+    _BUMP
+    + r"""
 local k, node = ARGV[1], ARGV[2]
 local mine = k .. ':node:' .. node
 local function split(f)
@@ -84,7 +100,17 @@ local function forget_members(removed)
     redis.call('HDEL', k .. ':members:' .. ch, u)
   end
 end
+-- The versions of the roster changes in `fields` ("channel\nuser"), in order.
+local function versions(fields)
+  local out = {}
+  for i, f in ipairs(fields) do
+    local ch = split(f)
+    out[i] = bump(k, ch)
+  end
+  return out
+end
 """
+)
 
 # KEYS[1] nodes; ARGV: node, total key, total field, node key, node field. -> new total
 _COUNT_UP = r"""
@@ -93,32 +119,52 @@ redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
 return redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
 """
 
-# ARGV: total key, total field, node key, node field[, members key]. -> new total, -1 when
-# this node had nothing counted (Redis lost it and the restore has not run yet).
+# ARGV: total key, total field, node key, node field. -> new total, -1 when this node had
+# nothing counted (Redis lost it and the restore has not run yet).
 _COUNT_DOWN = r"""
 local mine = redis.call('HINCRBY', ARGV[3], ARGV[4], -1)
 if mine <= 0 then redis.call('HDEL', ARGV[3], ARGV[4]) end
 if mine < 0 then return -1 end
 local total = redis.call('HINCRBY', ARGV[1], ARGV[2], -1)
-if total <= 0 then
-  redis.call('HDEL', ARGV[1], ARGV[2])
-  if ARGV[5] then redis.call('HDEL', ARGV[5], ARGV[2]) end
-end
+if total <= 0 then redis.call('HDEL', ARGV[1], ARGV[2]) end
 return total
 """
 
-# ARGV: node, sockets key, user, node members key, node field, members key, info
-# -> {sockets of the user, the roster as a flat list}
-_JOIN = r"""
+# ARGV: node, sockets key, user, node members key, node field, members key, info, k, channel
+# -> {sockets of the user, the roster as a flat list, the roster's version}
+_JOIN = (
+    _BUMP
+    + r"""
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
 local n = redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
 redis.call('HSET', ARGV[6], ARGV[3], ARGV[7])
-return {n, redis.call('HGETALL', ARGV[6])}
+local v
+if n == 1 then v = bump(ARGV[8], ARGV[9])
+else v = tonumber(redis.call('HGET', ARGV[8] .. ':ver', ARGV[9]) or '0') end
+return {n, redis.call('HGETALL', ARGV[6]), v}
 """
+)
+
+# ARGV: sockets key, user, node members key, node field, members key, k, channel
+# -> {sockets of the user left (-1: this node had none counted), the change's version or 0}
+_LEAVE = (
+    _BUMP
+    + r"""
+local mine = redis.call('HINCRBY', ARGV[3], ARGV[4], -1)
+if mine <= 0 then redis.call('HDEL', ARGV[3], ARGV[4]) end
+if mine < 0 then return {-1, 0} end
+local total = redis.call('HINCRBY', ARGV[1], ARGV[2], -1)
+if total > 0 then return {total, 0} end
+redis.call('HDEL', ARGV[1], ARGV[2])
+redis.call('HDEL', ARGV[5], ARGV[2])
+return {total, bump(ARGV[6], ARGV[7])}
+"""
+)
 
 # ARGV: k, node, snapshot JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info},
-# o: {user: n}}. -> {kept, reaped, occupied, vacated, added, removed, online, offline}
+# o: {user: n}}. -> {kept, reaped, occupied, vacated, added, removed, online, offline,
+# versions of added, versions of removed}
 _RESTORE = (
     _PRELUDE
     + r"""
@@ -136,23 +182,25 @@ local online, offline = replace(mine .. ':online', snap.o, at_online)
 redis.call('SET', mine .. ':reg', 1)
 redis.call('DEL', k .. ':reaped:' .. node)
 redis.call('SADD', KEYS[1], node)
-return {kept, reaped, occupied, vacated, added, removed, online, offline}
+return {kept, reaped, occupied, vacated, added, removed, online, offline,
+        versions(added), versions(removed)}
 """
 )
 
-# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline}; empty when another
-# janitor reaped the node first (SREM is the claim: exactly one script sees it succeed).
+# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline, versions of removed};
+# empty when another janitor reaped the node first (SREM is the claim: exactly one script
+# sees it succeed).
 _REAP = (
     _PRELUDE
     + r"""
-if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}} end
+if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}, {}} end
 local _, vacated = replace(mine .. ':subs', {}, at_subs)
 local _, removed = replace(mine .. ':members', {}, at_members)
 forget_members(removed)
 local _, offline = replace(mine .. ':online', {}, at_online)
 redis.call('DEL', mine .. ':reg')
 redis.call('SET', k .. ':reaped:' .. node, 1, 'EX', ARGV[3])
-return {vacated, removed, offline}
+return {vacated, removed, offline, versions(removed)}
 """
 )
 
@@ -162,8 +210,8 @@ class Changes(NamedTuple):
 
     occupied: list[str]
     vacated: list[str]
-    added: list[tuple[str, str, Any]]  # channel, user_id, user_info
-    removed: list[tuple[str, str]]  # channel, user_id
+    added: list[tuple[str, str, Any, int]]  # channel, user_id, user_info, version
+    removed: list[tuple[str, str, int]]  # channel, user_id, version
     online: list[str]
     offline: list[str]
 
@@ -202,6 +250,9 @@ class RedisPresence:
 
     def _join(self, keys: list[str], args: list[Any]) -> Any:
         return self._script(_JOIN)(keys=keys, args=args)
+
+    def _leave(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script(_LEAVE)(keys=keys, args=args)
 
     def _restore(self, keys: list[str], args: list[Any]) -> Any:
         return self._script(_RESTORE)(keys=keys, args=args)
@@ -258,13 +309,13 @@ class RedisPresence:
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, dict[str, Any], int]:
         with self._lock:
             local = self.local.join(app_id, channel, socket_id, user_id, user_info)
             if self.link.up:
                 k = self._k(app_id)
                 try:
-                    count, flat = self._join(
+                    count, flat, version = self._join(
                         keys=[k + ":nodes"],
                         args=[
                             self.node,
@@ -274,20 +325,22 @@ class RedisPresence:
                             f"{channel}\n{user_id}",
                             f"{k}:members:{channel}",
                             protocol.dumps(user_info),
+                            k,
+                            channel,
                         ],
                     )
-                    return count == 1, _roster(flat)
+                    return count == 1, _roster(flat), int(version)
                 except REDIS_ERRORS as exc:
                     self._failed(exc)
             return local
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> bool:
+    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
         with self._lock:
             last_here = self.local.leave(app_id, channel, socket_id, user_id)
             if self.link.up:
                 k = self._k(app_id)
                 try:
-                    total = self._down(
+                    total, version = self._leave(
                         keys=[k + ":nodes"],
                         args=[
                             f"{k}:sockets:{channel}",
@@ -295,9 +348,11 @@ class RedisPresence:
                             self._mine(app_id) + ":members",
                             f"{channel}\n{user_id}",
                             f"{k}:members:{channel}",
+                            k,
+                            channel,
                         ],
                     )
-                    return bool(total == 0)
+                    return total == 0, int(version)
                 except REDIS_ERRORS as exc:
                     self._failed(exc)
             return last_here
@@ -405,16 +460,16 @@ class RedisPresence:
             )
             k = self._k(app_id)
             result = self._restore(keys=[k + ":nodes"], args=[k, self.node, snapshot])
-        kept, reaped, occupied, vacated, added, removed, online, offline = result
+        kept, reaped, occupied, vacated, added, removed, online, offline, vadded, vremoved = result
         added_members = []
-        for field in _text(added):
+        for field, version in zip(_text(added), vadded, strict=True):
             channel, user_id = _member(field)
-            added_members.append((channel, user_id, json.loads(infos[field])))
+            added_members.append((channel, user_id, json.loads(infos[field]), int(version)))
         changes = Changes(
             _text(occupied),
             _text(vacated),
             added_members,
-            [_member(f) for f in _text(removed)],
+            _removed(removed, vremoved),
             _text(online),
             _text(offline),
         )
@@ -423,10 +478,15 @@ class RedisPresence:
     def reap(self, app_id: str, node: str, tombstone: int) -> Changes:
         """Remove a dead node's share of an app; empty when another janitor did it first."""
         k = self._k(app_id)
-        vacated, removed, offline = self._reap(keys=[k + ":nodes"], args=[k, node, tombstone])
-        return Changes(
-            [], _text(vacated), [], [_member(f) for f in _text(removed)], [], _text(offline)
+        vacated, removed, offline, versions = self._reap(
+            keys=[k + ":nodes"], args=[k, node, tombstone]
         )
+        return Changes([], _text(vacated), [], _removed(removed, versions), [], _text(offline))
+
+
+def _removed(fields: list[bytes], versions: list[int]) -> list[tuple[str, str, int]]:
+    """(channel, user_id, version) of each removed member."""
+    return [(*_member(f), int(v)) for f, v in zip(_text(fields), versions, strict=True)]
 
 
 def _roster(flat: Any) -> dict[str, Any]:

@@ -186,6 +186,19 @@ def subscription_error(channel: str, kind: str, error: str, status: int) -> byte
     )
 
 
+def member_added(channel: str, user_id: str, user_info: Any) -> bytes:
+    """`pusher_internal:member_added`; a member without info is sent without `user_info`."""
+    member: dict[str, Any] = {"user_id": user_id}
+    if user_info is not None:
+        member["user_info"] = user_info
+    return encode_event(MEMBER_ADDED, channel, _compact(member))
+
+
+def member_removed(channel: str, user_id: str) -> bytes:
+    """`pusher_internal:member_removed`."""
+    return encode_event(MEMBER_REMOVED, channel, _compact({"user_id": user_id}))
+
+
 def presence_data(members: dict[str, Any]) -> str:
     """`subscription_succeeded` data for a presence channel: ids, hash and count."""
     return _compact({"presence": {"ids": list(members), "hash": members, "count": len(members)}})

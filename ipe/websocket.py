@@ -160,6 +160,11 @@ class Session:
                     "The maximum members per presence channel limit was reached",
                     4100,
                 )
+        if member is not None:
+            # Member events that arrive before the roster is read wait here (ipe.hub.deliver).
+            if conn.rosters is None:
+                conn.rosters = {}
+            conn.rosters[channel] = []
         state.hub.add(app_id, channel, conn)
         conn.channels[channel] = member[0] if member else None
         if state.presence.subscribe(app_id, channel, conn.socket_id):
@@ -167,20 +172,24 @@ class Session:
         if member is None:
             self._confirm(channel, None)
         else:
-            first, members = state.presence.join(
+            first, members, version = state.presence.join(
                 app_id, channel, conn.socket_id, member[0], member[1]
             )
             self._confirm(channel, members)
+            assert conn.rosters is not None
+            waiting = conn.rosters.get(channel)
+            conn.rosters[channel] = version
+            for event_version, frame in waiting or ():
+                if event_version > version:  # newer than the roster just sent
+                    conn.send(frame)
             if first:
-                added = {"user_id": member[0], "user_info": member[1]}
-                if member[1] is None:
-                    del added["user_info"]
                 state.broker.publish(
                     app_id,
                     EVENT,
                     channel,
-                    protocol.encode_event(protocol.MEMBER_ADDED, channel, protocol.dumps(added)),
+                    protocol.member_added(channel, member[0], member[1]),
                     conn.socket_id,
+                    version=version,
                 )
                 state.webhooks.emit(
                     self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
@@ -257,14 +266,19 @@ class Session:
         app_id = self.app.app_id
         user_id = conn.channels.pop(channel)
         state.hub.remove(app_id, channel, conn)
-        if user_id is not None and state.presence.leave(app_id, channel, conn.socket_id, user_id):
+        if conn.rosters:
+            conn.rosters.pop(channel, None)
+        if user_id is None:
+            last, version = False, 0
+        else:
+            last, version = state.presence.leave(app_id, channel, conn.socket_id, user_id)
+        if last:
             state.broker.publish(
                 app_id,
                 EVENT,
                 channel,
-                protocol.encode_event(
-                    protocol.MEMBER_REMOVED, channel, protocol.dumps({"user_id": user_id})
-                ),
+                protocol.member_removed(channel, user_id),
+                version=version,
             )
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
