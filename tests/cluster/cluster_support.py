@@ -266,12 +266,7 @@ def join(server: IpeServer, channel: str, user_id: str, info: Any = None) -> WsC
 
 
 def settle(*servers: IpeServer) -> None:
-    """Return once every node has handled every message published before (a barrier).
-
-    A member_added still in flight to a node when a new member subscribes there reaches the
-    newcomer too, although its roster lists that member (pusher-js ignores it). Tests that
-    count frames settle between joins on different nodes.
-    """
+    """Return once every node has handled every message published before (a barrier)."""
     clients = []
     for server in servers:
         client = server.ws()

@@ -114,3 +114,35 @@ def test_two_workers_without_redis_refuse_to_start(tmp_path):
     )
     assert done.returncode != 0
     assert b"2 workers need Redis" in done.stdout + done.stderr
+
+
+def test_metrics_sum_every_worker(gunicorns, redis_server, tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, a scrape of either worker counts the sockets of both."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = Gunicorn(
+        redis_config(redis_server.url),
+        tmp_path,
+        "gunicorn",
+        {"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    gunicorns.append(server)
+    server.start()
+    wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
+    clients = []
+    for _ in range(60):
+        client = server.ws()
+        client.subscribe("counted")
+        clients.append(client)
+        if len(_workers_with(redis_server, "counted")) == 2 and len(clients) >= 4:
+            break
+    assert len(_workers_with(redis_server, "counted")) == 2, "every client landed on one worker"
+    # Each worker folds its count in within a second; every scrape (a new connection, so
+    # either worker) must then show the sum.
+    wait_until(
+        lambda: server.metric("ipe_connections") == len(clients),
+        10,
+        message=f"ipe_connections == {len(clients)}",
+    )
+    for _ in range(6):
+        assert server.metric("ipe_connections") == len(clients)
