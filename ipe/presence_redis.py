@@ -271,41 +271,35 @@ class RedisPresence:
 
     # --- transitions --------------------------------------------------------------------------
 
+    def _tally(self, app_id: str, kind: str, member: str, up: bool, here: bool) -> bool:
+        """Move the cluster-wide tally `kind` ("subs" or "online") of `member` one up or down.
+
+        True when it went from 0 to 1 (up) or reached 0 (down). `here` is this node's own
+        answer, which stands while Redis is down. Called with the lock held.
+        """
+        if not self.link.up:
+            return here
+        k = self._k(app_id)
+        mine = self._mine(app_id)
+        try:
+            if up:
+                args = [self.node, f"{k}:{kind}", member, f"{mine}:{kind}", member]
+                return bool(self._up(keys=[k + ":nodes"], args=args) == 1)
+            args = [f"{k}:{kind}", member, f"{mine}:{kind}", member]
+            return bool(self._down(keys=[k + ":nodes"], args=args) == 0)
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return here
+
     def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
         with self._lock:
             first_here = self.local.subscribe(app_id, channel, socket_id)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    total = self._up(
-                        keys=[k + ":nodes"],
-                        args=[
-                            self.node,
-                            k + ":subs",
-                            channel,
-                            self._mine(app_id) + ":subs",
-                            channel,
-                        ],
-                    )
-                    return bool(total == 1)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return first_here
+            return self._tally(app_id, "subs", channel, up=True, here=first_here)
 
     def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
         with self._lock:
             last_here = self.local.unsubscribe(app_id, channel, socket_id)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    total = self._down(
-                        keys=[k + ":nodes"],
-                        args=[k + ":subs", channel, self._mine(app_id) + ":subs", channel],
-                    )
-                    return bool(total == 0)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return last_here
+            return self._tally(app_id, "subs", channel, up=False, here=last_here)
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
@@ -360,38 +354,12 @@ class RedisPresence:
     def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
         with self._lock:
             first_here = self.local.user_online(app_id, user_id, socket_id)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    total = self._up(
-                        keys=[k + ":nodes"],
-                        args=[
-                            self.node,
-                            k + ":online",
-                            user_id,
-                            self._mine(app_id) + ":online",
-                            user_id,
-                        ],
-                    )
-                    return bool(total == 1)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return first_here
+            return self._tally(app_id, "online", user_id, up=True, here=first_here)
 
     def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
         with self._lock:
             last_here = self.local.user_offline(app_id, user_id, socket_id)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    total = self._down(
-                        keys=[k + ":nodes"],
-                        args=[k + ":online", user_id, self._mine(app_id) + ":online", user_id],
-                    )
-                    return bool(total == 0)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return last_here
+            return self._tally(app_id, "online", user_id, up=False, here=last_here)
 
     # --- reads --------------------------------------------------------------------------------
 
