@@ -58,6 +58,20 @@ def _workers_with(redis_server: RedisServer, channel: str) -> set[str]:
     return {n for n in nodes if int(client.hget(f"{{ipe:1001}}:node:{n}:subs", channel) or 0)}
 
 
+def _clients_on_both_workers(server, redis_server: RedisServer, channel: str, least: int = 1):
+    """Connect and subscribe until both workers hold clients (the kernel hands each accept to
+    either one) and there are at least `least` of them."""
+    clients = []
+    for _ in range(60):
+        client = server.ws()
+        client.subscribe(channel)
+        clients.append(client)
+        if len(_workers_with(redis_server, channel)) == 2 and len(clients) >= least:
+            break
+    assert len(_workers_with(redis_server, channel)) == 2, "every client landed on one worker"
+    return clients
+
+
 def test_two_workers_with_redis_are_one_server(gunicorns, redis_server, tmp_path):
     server = Gunicorn(
         redis_config(redis_server.url), tmp_path, "gunicorn", {"WEB_CONCURRENCY": "2"}
@@ -66,15 +80,7 @@ def test_two_workers_with_redis_are_one_server(gunicorns, redis_server, tmp_path
     server.start()
     wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
 
-    # Connect until both workers hold clients: the kernel hands each accept to either one.
-    clients = []
-    for _ in range(60):
-        client = server.ws()
-        client.subscribe("orders")
-        clients.append(client)
-        if len(_workers_with(redis_server, "orders")) == 2:
-            break
-    assert len(_workers_with(redis_server, "orders")) == 2, "every client landed on one worker"
+    clients = _clients_on_both_workers(server, redis_server, "orders")
 
     # Trigger on fresh connections until both workers have served one; each trigger reaches
     # every client of both workers exactly once.
@@ -129,14 +135,7 @@ def test_metrics_sum_every_worker(gunicorns, redis_server, tmp_path):
     gunicorns.append(server)
     server.start()
     wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
-    clients = []
-    for _ in range(60):
-        client = server.ws()
-        client.subscribe("counted")
-        clients.append(client)
-        if len(_workers_with(redis_server, "counted")) == 2 and len(clients) >= 4:
-            break
-    assert len(_workers_with(redis_server, "counted")) == 2, "every client landed on one worker"
+    clients = _clients_on_both_workers(server, redis_server, "counted", least=4)
     # Each worker folds its count in within a second; every scrape (a new connection, so
     # either worker) must then show the sum.
     wait_until(
