@@ -80,6 +80,7 @@ def _summary(cfg: config_module.Config, host: str, port: int) -> str:
             f"  app {app.name or app.app_id!r}: app_id={app.app_id} key={app.key} ({state}"
             f"{', TLS only' if app.only_ssl else ''}"
             f"{', client events' if app.user_events else ''}"
+            f"{', subscription counts' if app.subscription_count else ''}"
             f"{', webhooks' if app.webhooks else ''})"
         )
         lines.append(

@@ -24,6 +24,7 @@ WEBHOOK_EVENT_TYPES = (
     "member_removed",
     "client_event",
     "cache_miss",
+    "subscription_count",
 )
 
 
@@ -84,6 +85,7 @@ class AppConfig:
     enabled: bool = True
     only_ssl: bool = False
     user_events: bool = True
+    subscription_count: bool = False  # Pusher's "subscription counting" toggle (off there too)
     webhooks: tuple[WebhookTarget, ...] = ()
     limits: Limits = Limits()
 
@@ -363,6 +365,7 @@ def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
         enabled=section.bool("enabled", True),
         only_ssl=section.bool("only_ssl", False),
         user_events=section.bool("user_events", True),
+        subscription_count=section.bool("subscription_count", False),
         webhooks=_webhooks(section.get("webhooks", None), f"{where}.webhooks"),
         limits=_limits(section.section("limits"), limits),
     )

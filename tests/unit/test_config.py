@@ -38,6 +38,7 @@ def test_minimal_config_gets_pushers_defaults():
     (only,) = cfg.apps
     assert (only.app_id, only.key, only.secret) == ("1", "k", "s")
     assert only.enabled and not only.only_ssl and only.user_events
+    assert not only.subscription_count  # off by default, as Pusher's toggle
     assert only.webhooks == ()
     assert only.limits == Limits()
     assert (cfg.host, cfg.port) == ("", 8080)
@@ -79,6 +80,15 @@ def test_ipe_format_is_read_unchanged():
     assert only.name == "Sample Application"
     assert only.only_ssl and not only.user_events
     assert only.webhooks == (WebhookTarget(url="http://127.0.0.1:5000/hook"),)
+
+
+def test_subscription_counting_is_a_per_app_switch():
+    on, off = parse({"apps": [app(subscription_count="yes"), app(app_id="2", key="k2")]}).apps
+    assert on.subscription_count is True and off.subscription_count is False
+    (only,) = parse(
+        {"apps": [app(webhooks=[{"url": "u", "event_types": ["subscription_count"]}])]}
+    ).apps
+    assert only.webhooks[0].event_types == ("subscription_count",)
 
 
 def test_numeric_values_become_strings_where_strings_are_expected():
@@ -197,6 +207,10 @@ def test_missing_required_key_fails_naming_it(raw, message):
     [
         ({"apps": [app(enabled="maybe")]}, "apps[0].enabled: must be true or false"),
         ({"apps": [app(only_ssl=1)]}, "apps[0].only_ssl: must be true or false"),
+        (
+            {"apps": [app(subscription_count="sometimes")]},
+            "apps[0].subscription_count: must be true or false",
+        ),
         ({"apps": [app(key=["k"])]}, "apps[0].key: must be a string"),
         ({"apps": [app(secret=True)]}, "apps[0].secret: must be a string"),
         ({"apps": [app()], "activity_timeout": "soon"}, "activity_timeout: must be an integer"),
@@ -373,6 +387,7 @@ def test_list_webhook_form_with_filters():
     first, second = only.webhooks
     assert first == WebhookTarget(url="http://a")
     assert "cache_miss" in first.event_types and first.channel_prefix == ""
+    assert "subscription_count" in first.event_types
     assert second.event_types == ("member_added",)
     assert second.channel_prefix == "presence-"
 
