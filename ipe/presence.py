@@ -3,7 +3,9 @@
 The in-process store below serves one process. A Redis store with the same methods makes
 the same answers true across every node; callers never know which one they have.
 Every answer that drives a webhook or a member event is a *transition* (first/last), so that
-each one fires once per cluster.
+each one fires once per cluster. Subscribing and unsubscribing answer the channel's count
+after the change, cluster-wide: 1 is its first subscriber, 0 its last gone, and the number
+itself is what Pusher's subscription counting (ipe.subscription_count) announces.
 
 Each change of a presence roster has a *version*, increasing per channel, and `join` returns
 the roster with the version it reflects. Member events carry their change's version, so a
@@ -22,12 +24,12 @@ from typing import Any, NamedTuple, Protocol
 class Presence(Protocol):
     """The interface every store implements."""
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
-        """Count one subscription; True if the channel just became occupied."""
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+        """Count one subscription; the channel's subscriptions after (1: just occupied)."""
         ...
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
-        """Uncount one subscription; True if the channel just became vacant."""
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+        """Uncount one subscription; the channel's subscriptions after (0: just vacated)."""
         ...
 
     def join(
@@ -80,20 +82,20 @@ class InMemoryPresence:
         self._version = max(time.time_ns() // 1000, self._version + 1)
         return self._version
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
         subs = self._subs.setdefault(app_id, {})
         count = subs.get(channel, 0) + 1
         subs[channel] = count
-        return count == 1
+        return count
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
         subs = self._subs.get(app_id, {})
         count = subs.get(channel, 0) - 1
         if count > 0:
             subs[channel] = count
-            return False
+            return count
         subs.pop(channel, None)
-        return count == 0
+        return 0
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any

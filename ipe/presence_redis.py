@@ -271,35 +271,44 @@ class RedisPresence:
 
     # --- transitions --------------------------------------------------------------------------
 
-    def _tally(self, app_id: str, kind: str, member: str, up: bool, here: bool) -> bool:
+    def _tally(self, app_id: str, kind: str, member: str, up: bool) -> int | None:
         """Move the cluster-wide tally `kind` ("subs" or "online") of `member` one up or down.
 
-        True when it went from 0 to 1 (up) or reached 0 (down). `here` is this node's own
-        answer, which stands while Redis is down. Called with the lock held.
+        Returns the tally after; -1 when Redis held nothing of this node's for it (it lost
+        this node's share, which the restore writes back); None when Redis could not be asked,
+        and this node's own answer stands. Called with the lock held.
         """
         if not self.link.up:
-            return here
+            return None
         k = self._k(app_id)
         mine = self._mine(app_id)
         try:
             if up:
                 args = [self.node, f"{k}:{kind}", member, f"{mine}:{kind}", member]
-                return bool(self._up(keys=[k + ":nodes"], args=args) == 1)
+                return int(self._up(keys=[k + ":nodes"], args=args))
             args = [f"{k}:{kind}", member, f"{mine}:{kind}", member]
-            return bool(self._down(keys=[k + ":nodes"], args=args) == 0)
+            return int(self._down(keys=[k + ":nodes"], args=args))
         except REDIS_ERRORS as exc:
             self._failed(exc)
-            return here
+            return None
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
         with self._lock:
-            first_here = self.local.subscribe(app_id, channel, socket_id)
-            return self._tally(app_id, "subs", channel, up=True, here=first_here)
+            here = self.local.subscribe(app_id, channel, socket_id)
+            total = self._tally(app_id, "subs", channel, up=True)
+            return here if total is None else total
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> bool:
+    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
         with self._lock:
-            last_here = self.local.unsubscribe(app_id, channel, socket_id)
-            return self._tally(app_id, "subs", channel, up=False, here=last_here)
+            here = self.local.unsubscribe(app_id, channel, socket_id)
+            total = self._tally(app_id, "subs", channel, up=False)
+            if total is None:
+                return here
+            if total < 0:
+                # The cluster-wide count is unknown until the restore: 0 would announce a
+                # vacancy that other nodes' subscribers may contradict.
+                return max(here, 1)
+            return total
 
     def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
@@ -354,12 +363,14 @@ class RedisPresence:
     def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
         with self._lock:
             first_here = self.local.user_online(app_id, user_id, socket_id)
-            return self._tally(app_id, "online", user_id, up=True, here=first_here)
+            total = self._tally(app_id, "online", user_id, up=True)
+            return first_here if total is None else total == 1
 
     def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
         with self._lock:
             last_here = self.local.user_offline(app_id, user_id, socket_id)
-            return self._tally(app_id, "online", user_id, up=False, here=last_here)
+            total = self._tally(app_id, "online", user_id, up=False)
+            return last_here if total is None else total == 0
 
     # --- reads --------------------------------------------------------------------------------
 

@@ -167,7 +167,8 @@ class Session:
             conn.rosters[channel] = []
         state.hub.add(app_id, channel, conn)
         conn.channels[channel] = member[0] if member else None
-        if state.presence.subscribe(app_id, channel, conn.socket_id):
+        count = state.presence.subscribe(app_id, channel, conn.socket_id)
+        if count == 1:
             state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
         if member is None:
             self._confirm(channel, None)
@@ -283,7 +284,8 @@ class Session:
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )
-        if state.presence.unsubscribe(app_id, channel, conn.socket_id):
+        count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
+        if count == 0:
             state.webhooks.emit(self.app, {"name": "channel_vacated", "channel": channel})
 
     # --- user sign-in -------------------------------------------------------------------------
