@@ -20,6 +20,7 @@ from ipe.connection import CLOSE_WAIT
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
+from ipe.subscription_count import SubscriptionCounts
 from ipe.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class State:
     cache: Cache
     webhooks: Webhooks
     metrics: Metrics
+    counts: SubscriptionCounts
     draining: bool = False
     redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.janitor.Janitor, with it
@@ -97,14 +99,18 @@ def build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
     if config.redis is None:
+        broker = LocalBroker(hub)
+        presence = InMemoryPresence()
+        webhooks = Webhooks(config.webhooks, config.apps, metrics)
         return State(
             config=config,
             hub=hub,
-            broker=LocalBroker(hub),
-            presence=InMemoryPresence(),
+            broker=broker,
+            presence=presence,
             cache=InMemoryCache(),
-            webhooks=Webhooks(config.webhooks, config.apps, metrics),
+            webhooks=webhooks,
             metrics=metrics,
+            counts=SubscriptionCounts(presence, broker, webhooks),
         )
     # Imported here: a single process never loads the Redis modules.
     from ipe.broker import RedisBroker
@@ -117,14 +123,17 @@ def build_state(config: Config) -> State:
     link = RedisLink(config.redis, node_id(config.instance_id))
     webhooks = Webhooks(config.webhooks, config.apps, metrics, RedisWebhookStore(link, config.apps))
     link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
+    broker = RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics)
+    presence = RedisPresence(link)
     state = State(
         config=config,
         hub=hub,
-        broker=RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics),
-        presence=RedisPresence(link),
+        broker=broker,
+        presence=presence,
         cache=RedisCache(link),
         webhooks=webhooks,
         metrics=metrics,
+        counts=SubscriptionCounts(presence, broker, webhooks),
         redis=link,
     )
     state.janitor = Janitor(config, link, state.presence, state.broker, webhooks, metrics)

@@ -49,6 +49,7 @@ SUBSCRIPTION_SUCCEEDED = "pusher_internal:subscription_succeeded"
 MEMBER_ADDED = "pusher_internal:member_added"
 MEMBER_REMOVED = "pusher_internal:member_removed"
 WATCHLIST_EVENTS = "pusher_internal:watchlist_events"
+SUBSCRIPTION_COUNT = "pusher_internal:subscription_count"
 
 CLIENT_EVENT_PREFIX = "client-"
 SERVER_TO_USER_PREFIX = "#server-to-user-"
@@ -197,6 +198,11 @@ def member_added(channel: str, user_id: str, user_info: Any) -> bytes:
 def member_removed(channel: str, user_id: str) -> bytes:
     """`pusher_internal:member_removed`."""
     return encode_event(MEMBER_REMOVED, channel, _compact({"user_id": user_id}))
+
+
+def subscription_count(channel: str, count: int) -> bytes:
+    """`pusher_internal:subscription_count`; pusher-js reads `data.subscription_count`."""
+    return encode_event(SUBSCRIPTION_COUNT, channel, _compact({"subscription_count": count}))
 
 
 def presence_data(members: dict[str, Any]) -> str:

@@ -197,6 +197,8 @@ class Session:
                 )
         if protocol.is_cache(channel):
             self._replay_cache(channel)
+        # After the confirmation (and a cache channel's replay, which comes right after it).
+        state.counts.changed(self.app, channel, count)
 
     def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
         """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
@@ -287,6 +289,7 @@ class Session:
         count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
         if count == 0:
             state.webhooks.emit(self.app, {"name": "channel_vacated", "channel": channel})
+        state.counts.changed(self.app, channel, count)
 
     # --- user sign-in -------------------------------------------------------------------------
 

@@ -167,6 +167,13 @@ def test_subscription_error_has_the_shape_echo_receives():
     }
 
 
+def test_subscription_count_data_is_a_json_string_of_pushers_shape():
+    assert protocol.subscription_count("orders", 3) == (
+        b'{"event":"pusher_internal:subscription_count","channel":"orders",'
+        b'"data":"{\\"subscription_count\\":3}"}'
+    )
+
+
 def test_presence_data_lists_ids_hash_and_count_keeping_null_info():
     data = json.loads(protocol.presence_data({"42": {"name": "Ann"}, "7": None}))
     assert data == {
