@@ -287,9 +287,10 @@ class Session:
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )
         count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
+        # The count first: Pusher delays channel_vacated, so its receivers see 0 before it.
+        state.counts.changed(self.app, channel, count)
         if count == 0:
             state.webhooks.emit(self.app, {"name": "channel_vacated", "channel": channel})
-        state.counts.changed(self.app, channel, count)
 
     # --- user sign-in -------------------------------------------------------------------------
 
