@@ -56,6 +56,13 @@ BASE_CONFIG: dict[str, Any] = {
             "secret": "quiet-secret",
             "user_events": False,
         },
+        {
+            "name": "Counted",
+            "app_id": "1007",
+            "key": "counted-key",
+            "secret": "counted-secret",
+            "subscription_count": True,
+        },
     ],
 }
 

@@ -283,6 +283,12 @@ def roster(message: dict[str, Any]) -> dict[str, Any]:
     return json.loads(message["data"])["presence"]  # type: ignore[no-any-return]
 
 
+def subscription_count(client: WsClient, channel: str, timeout: float | None = None) -> int:
+    """The number in the next frame, a `pusher_internal:subscription_count` of `channel`."""
+    message = client.expect("pusher_internal:subscription_count", channel, timeout)
+    return json.loads(message["data"])["subscription_count"]  # type: ignore[no-any-return]
+
+
 def rest_users(server: IpeServer, channel: str) -> set[str]:
     users = server.sdk().users_info(channel)["users"]
     return {u["id"] for u in users}

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from cluster_support import FIXTURES, join, occupied, presence_auth, rest_users, roster, settle
+from cluster_support import (
+    FIXTURES,
+    join,
+    occupied,
+    presence_auth,
+    rest_users,
+    roster,
+    settle,
+    subscription_count,
+)
 from conftest import wait_until
 
 make_redis, redis_server, nodes = FIXTURES
@@ -75,6 +84,21 @@ def test_channels_are_occupied_cluster_wide(nodes):
     other.sync()
     wait_until(lambda: not occupied(a, "orders"), message="orders to be vacated")
     assert a.sdk().channels_info() == {"channels": {}}
+
+
+def test_subscription_counts_are_cluster_wide_and_reach_every_node(nodes):
+    a, b = nodes(2)
+    watcher = a.ws(key="counted-key")  # app 1007 counts subscriptions
+    assert watcher.subscribe("orders")["event"] == "pusher_internal:subscription_succeeded"
+    assert subscription_count(watcher, "orders") == 1
+    joiner = b.ws(key="counted-key")
+    assert joiner.subscribe("orders")["event"] == "pusher_internal:subscription_succeeded"
+    assert subscription_count(joiner, "orders") == 2
+    assert subscription_count(watcher, "orders") == 2  # a change made on B, heard on A
+    joiner.send("pusher:unsubscribe", {"channel": "orders"})
+    assert subscription_count(watcher, "orders") == 1
+    joiner.sync()
+    watcher.sync()
 
 
 def test_member_events_reach_each_socket_once_whatever_the_timing(nodes):

@@ -184,6 +184,18 @@ def test_cache_channel_miss_then_replay(ipe: IpeServer) -> None:
     assert seen["late_next"] == {"event": "score", "data": {"home": 3}}
 
 
+def test_subscription_count_reaches_pusher_js_bind(ipe: IpeServer) -> None:
+    seen = run_scenario(ipe, "subscription_count")
+    assert seen["first_events"] == [
+        "pusher:subscription_succeeded",
+        {"event": "pusher:subscription_count", "data": {"subscription_count": 1}},
+    ]
+    assert seen["second_count"] == {"subscription_count": 2}
+    assert seen["first_sees_second"] == {"subscription_count": 2}
+    assert seen["first_subscription_count"] == 2
+    assert seen["first_after_second_left"] == {"subscription_count": 1}
+
+
 def test_scenario_runner_reports_failures(ipe: IpeServer) -> None:
     """The harness itself: a scenario that waits for nothing fails with its reason."""
     with pytest.raises(pytest.fail.Exception, match="timed out after 200 ms waiting for"):

@@ -214,3 +214,48 @@ def test_filters_headers_and_several_targets(receivers, make_server):
     # The other app's webhooks are its own, signed with its own secret.
     assert [e["channel"] for e in other_app.events()] == ["elsewhere"]
     assert all(r.headers["X-Pusher-Key"] == "other-key" for r in other_app.delivered())
+
+
+def test_subscription_count_webhook_carries_each_new_count(receivers, make_server):
+    counts = receivers()
+    everything = receivers()
+    config = hook_config(
+        [{"url": counts.url, "event_types": ["subscription_count"]}, {"url": everything.url}],
+        **FAST,
+    )
+    config["apps"][0]["subscription_count"] = True  # Pusher's toggle, off by default
+    server = make_server(config)
+    count = "pusher_internal:subscription_count"
+    a = server.ws()
+    b = server.ws()
+    a.subscribe("orders")
+    a.expect(count, "orders")
+    b.subscribe("orders")
+    b.expect(count, "orders")
+    a.expect(count, "orders")
+    presence_auth(server, a, "presence-room", "42")  # presence channels have no count
+    b.send("pusher:unsubscribe", {"channel": "orders"})
+    b.sync()  # b's leave is done before a's
+    a.expect(count, "orders")
+    a.send("pusher:unsubscribe", {"channel": "orders"})
+    a.sync()
+
+    wait_until(lambda: len(counts.events()) == 4, message="four subscription_count webhooks")
+    assert counts.events() == [
+        {"name": "subscription_count", "channel": "orders", "subscription_count": n}
+        for n in (1, 2, 1, 0)
+    ]
+    # A target with the default filter gets them among the others, in order.
+    everything.wait_event("channel_vacated", channel="orders")
+    assert [
+        (e["name"], e.get("subscription_count"))
+        for e in everything.events()
+        if e["channel"] == "orders"
+    ] == [
+        ("channel_occupied", None),
+        ("subscription_count", 1),
+        ("subscription_count", 2),
+        ("subscription_count", 1),
+        ("subscription_count", 0),
+        ("channel_vacated", None),
+    ]
