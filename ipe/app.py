@@ -136,7 +136,7 @@ def build_state(config: Config) -> State:
         counts=SubscriptionCounts(presence, broker, webhooks),
         redis=link,
     )
-    state.janitor = Janitor(config, link, state.presence, state.broker, webhooks, metrics)
+    state.janitor = Janitor(config, link, presence, broker, webhooks, metrics, state.counts)
     return state
 
 

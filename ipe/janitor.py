@@ -4,8 +4,8 @@ Every node refreshes `{prefix}:node:<id>` (expiring after `node_timeout`) every
 `heartbeat_interval`. The janitor of every node looks, at the same pace, for nodes that hold a
 share of an app (`RedisPresence.nodes`) but no heartbeat, and reaps them: one atomic script
 per app removes the dead node's subscriptions, members and signed-in users, and only the
-janitor whose script did it announces the resulting `member_removed`, watchlist `offline` and
-webhooks, so they go out once.
+janitor whose script did it announces the resulting `member_removed`, watchlist `offline`,
+subscription counts and webhooks, so they go out once.
 
 When Redis comes back (restarted, or reachable again) or this node finds its own heartbeat
 gone, the node writes its share back from memory (`RedisPresence.restore`). If Redis had
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ipe.metrics import Metrics
     from ipe.presence_redis import Changes, RedisPresence
     from ipe.redisconn import RedisLink
+    from ipe.subscription_count import SubscriptionCounts
     from ipe.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Janitor:
         broker: Broker,
         webhooks: Webhooks,
         metrics: Metrics,
+        counts: SubscriptionCounts,
     ) -> None:
         assert config.redis is not None
         self.config = config
@@ -57,6 +59,7 @@ class Janitor:
         self.broker = broker
         self.webhooks = webhooks
         self.metrics = metrics
+        self.counts = counts
         self.interval = config.redis.heartbeat_interval
         self.timeout = config.redis.node_timeout
         self.key = f"{link.prefix}:node:{link.node}"
@@ -173,6 +176,8 @@ class Janitor:
             payload = protocol.member_removed(channel, user_id)
             publish(app_id, EVENT, channel, payload, None, here, version=version)
             emit(app, {"name": "member_removed", "channel": channel, "user_id": user_id})
+        for channel, count in changes.counts:
+            self.counts.changed(app, channel, count)
         for channel in changes.vacated:
             emit(app, {"name": "channel_vacated", "channel": channel})
         for user_id in changes.online:

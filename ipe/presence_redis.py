@@ -68,9 +68,10 @@ local function at_subs(f) return k .. ':subs', f end
 local function at_members(f) local ch, u = split(f) return k .. ':sockets:' .. ch, u end
 local function at_online(f) return k .. ':online', f end
 -- Replace node N's counts in `mine_key` by `new` (field -> n), keeping the cluster totals
--- right; return the fields whose total went from 0 to more (up) and from more to 0 (down).
+-- right; return the fields whose total went from 0 to more (up) and from more to 0 (down),
+-- and each field whose total changed with its new total (flat: field, total, ...).
 local function replace(mine_key, new, locate)
-  local before, up, down = {}, {}, {}
+  local before, up, down, totals = {}, {}, {}, {}
   local old = redis.call('HGETALL', mine_key)
   for i = 1, #old, 2 do
     local key, field = locate(old[i])
@@ -91,8 +92,12 @@ local function replace(mine_key, new, locate)
     local after = tonumber(redis.call('HGET', key, field) or '0')
     if b <= 0 and after > 0 then up[#up + 1] = f
     elseif b > 0 and after <= 0 then down[#down + 1] = f end
+    if after ~= b then
+      totals[#totals + 1] = f
+      totals[#totals + 1] = math.max(after, 0)
+    end
   end
-  return up, down
+  return up, down, totals
 end
 local function forget_members(removed)
   for _, f in ipairs(removed) do
@@ -164,14 +169,14 @@ return {total, bump(ARGV[6], ARGV[7])}
 
 # ARGV: k, node, snapshot JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info},
 # o: {user: n}}. -> {kept, reaped, occupied, vacated, added, removed, online, offline,
-# versions of added, versions of removed}
+# versions of added, versions of removed, subscription totals changed}
 _RESTORE = (
     _PRELUDE
     + r"""
 local snap = cjson.decode(ARGV[3])
 local kept = redis.call('EXISTS', mine .. ':reg')
 local reaped = redis.call('EXISTS', k .. ':reaped:' .. node)
-local occupied, vacated = replace(mine .. ':subs', snap.s, at_subs)
+local occupied, vacated, totals = replace(mine .. ':subs', snap.s, at_subs)
 local added, removed = replace(mine .. ':members', snap.m, at_members)
 for f, info in pairs(snap.i) do
   local ch, u = split(f)
@@ -183,24 +188,25 @@ redis.call('SET', mine .. ':reg', 1)
 redis.call('DEL', k .. ':reaped:' .. node)
 redis.call('SADD', KEYS[1], node)
 return {kept, reaped, occupied, vacated, added, removed, online, offline,
-        versions(added), versions(removed)}
+        versions(added), versions(removed), totals}
 """
 )
 
-# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline, versions of removed};
+# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline, versions of removed,
+# subscription totals changed};
 # empty when another janitor reaped the node first (SREM is the claim: exactly one script
 # sees it succeed).
 _REAP = (
     _PRELUDE
     + r"""
-if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}, {}} end
-local _, vacated = replace(mine .. ':subs', {}, at_subs)
+if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}, {}, {}} end
+local _, vacated, totals = replace(mine .. ':subs', {}, at_subs)
 local _, removed = replace(mine .. ':members', {}, at_members)
 forget_members(removed)
 local _, offline = replace(mine .. ':online', {}, at_online)
 redis.call('DEL', mine .. ':reg')
 redis.call('SET', k .. ':reaped:' .. node, 1, 'EX', ARGV[3])
-return {vacated, removed, offline, versions(removed)}
+return {vacated, removed, offline, versions(removed), totals}
 """
 )
 
@@ -214,6 +220,7 @@ class Changes(NamedTuple):
     removed: list[tuple[str, str, int]]  # channel, user_id, version
     online: list[str]
     offline: list[str]
+    counts: list[tuple[str, int]]  # channel, subscriptions after: every count that changed
 
 
 def _text(values: list[bytes]) -> list[str]:
@@ -439,7 +446,8 @@ class RedisPresence:
             )
             k = self._k(app_id)
             result = self._restore(keys=[k + ":nodes"], args=[k, self.node, snapshot])
-        kept, reaped, occupied, vacated, added, removed, online, offline, vadded, vremoved = result
+        kept, reaped, occupied, vacated, added, removed, online, offline = result[:8]
+        vadded, vremoved, totals = result[8:]
         added_members = []
         for field, version in zip(_text(added), vadded, strict=True):
             channel, user_id = _member(field)
@@ -451,21 +459,35 @@ class RedisPresence:
             _removed(removed, vremoved),
             _text(online),
             _text(offline),
+            _totals(totals),
         )
         return ("everyone" if reaped else "others" if kept else ""), changes
 
     def reap(self, app_id: str, node: str, tombstone: int) -> Changes:
         """Remove a dead node's share of an app; empty when another janitor did it first."""
         k = self._k(app_id)
-        vacated, removed, offline, versions = self._reap(
+        vacated, removed, offline, versions, totals = self._reap(
             keys=[k + ":nodes"], args=[k, node, tombstone]
         )
-        return Changes([], _text(vacated), [], _removed(removed, versions), [], _text(offline))
+        return Changes(
+            [],
+            _text(vacated),
+            [],
+            _removed(removed, versions),
+            [],
+            _text(offline),
+            _totals(totals),
+        )
 
 
 def _removed(fields: list[bytes], versions: list[int]) -> list[tuple[str, str, int]]:
     """(channel, user_id, version) of each removed member."""
     return [(*_member(f), int(v)) for f, v in zip(_text(fields), versions, strict=True)]
+
+
+def _totals(flat: list[Any]) -> list[tuple[str, int]]:
+    """(channel, subscriptions) pairs from a script's flat list."""
+    return [(ch.decode(), int(n)) for ch, n in zip(flat[::2], flat[1::2], strict=True)]
 
 
 def _roster(flat: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from cluster_support import (
     rest_users,
     settle,
     signin,
+    subscription_count,
     wait_ready,
 )
 from conftest import wait_until
@@ -66,6 +67,24 @@ def test_killed_node_is_reaped_once_by_the_survivors(nodes):
         watcher.sync()
     assert metric(a, "ipe_nodes_reaped_total") + metric(c, "ipe_nodes_reaped_total") == 1
     assert (a.log() + c.log()).count("of app 1001: 1 vacated, 1 removed, 1 offline") == 1
+
+
+def test_reaping_a_killed_node_sends_the_counts_it_changed(nodes):
+    a, b = nodes(2)
+    watcher = a.ws(key="counted-key")  # app 1007 counts subscriptions
+    watcher.subscribe("orders")
+    assert subscription_count(watcher, "orders") == 1
+    for n in (2, 3):
+        b.ws(key="counted-key").subscribe("orders")
+        assert subscription_count(watcher, "orders") == n
+
+    b.kill()  # SIGKILL: its two subscriptions stay counted until A's janitor reaps B
+
+    assert subscription_count(watcher, "orders", timeout=30) == 1
+    assert a.sdk("1007", "counted-key", "counted-secret").channel_info(
+        "orders", ["subscription_count"]
+    ) == {"occupied": True, "subscription_count": 1}
+    watcher.sync()
 
 
 def _tick(server, clients, text):
