@@ -189,9 +189,10 @@ class Connection:
         self.user_id: str | None = None
         self.user_data: dict[str, Any] | None = None
         self.watchlist: tuple[str, ...] = ()
-        # Presence channel -> version of the roster this socket was sent, or, while it is
-        # being read, the member events that arrived meanwhile (version, frame); see
-        # ipe.presence. None until the first presence subscription.
+        # Presence channel -> version of the roster this socket was sent; any channel whose
+        # subscription is being confirmed -> the events that arrived meanwhile (version or
+        # None, frame), sent after the confirmation (ipe.hub.deliver, Session.on_subscribe).
+        # None while empty, as for most sockets.
         self.rosters: dict[str, Any] | None = None
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0

@@ -161,8 +161,9 @@ class Hub:
     ) -> int:
         """Send one encoded event to the local subscribers of `channel`; returns how many.
 
-        A member event (`version` given) reaches only sockets whose roster is older than it,
-        and waits with a socket whose roster is still being read (see `Connection.rosters`).
+        A member event (`version` given) reaches only sockets whose roster is older than it.
+        Any event waits with a socket whose subscription is not confirmed yet (see
+        `Connection.rosters`).
         """
         user_id = protocol.server_to_user_id(channel)
         if user_id is not None:
@@ -177,7 +178,14 @@ class Hub:
         sent = 0
         if version is None:
             for conn in tuple(conns):
-                if conn is not skip and conn.send(data):
+                if conn is skip:
+                    continue
+                if conn.rosters is not None:  # rare: a presence roster, or a confirmation due
+                    waiting = conn.rosters.get(channel)
+                    if isinstance(waiting, list):
+                        waiting.append((None, data))
+                        continue
+                if conn.send(data):
                     sent += 1
         else:
             for conn in tuple(conns):

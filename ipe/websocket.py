@@ -160,45 +160,67 @@ class Session:
                     "The maximum members per presence channel limit was reached",
                     4100,
                 )
-        if member is not None:
-            # Member events that arrive before the roster is read wait here (ipe.hub.deliver).
-            if conn.rosters is None:
-                conn.rosters = {}
-            conn.rosters[channel] = []
+        # Until the confirmation (and a cache channel's replay) has gone out, events for this
+        # channel wait here (ipe.hub.deliver): with Redis, the round trips below let other
+        # greenlets run, and no event may reach the client before subscription_succeeded.
+        waiting: list[tuple[int | None, bytes]] = []
+        if conn.rosters is None:
+            conn.rosters = {}
+        conn.rosters[channel] = waiting
         state.hub.add(app_id, channel, conn)
         conn.channels[channel] = member[0] if member else None
-        count = state.presence.subscribe(app_id, channel, conn.socket_id)
-        if count == 1:
-            state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
-        if member is None:
-            self._confirm(channel, None)
-        else:
-            first, members, version = state.presence.join(
-                app_id, channel, conn.socket_id, member[0], member[1]
-            )
-            self._confirm(channel, members)
-            assert conn.rosters is not None
-            waiting = conn.rosters.get(channel)
-            conn.rosters[channel] = version
-            for event_version, frame in waiting or ():
-                if event_version > version:  # newer than the roster just sent
-                    conn.send(frame)
-            if first:
-                state.broker.publish(
-                    app_id,
-                    EVENT,
-                    channel,
-                    protocol.member_added(channel, member[0], member[1]),
-                    conn.socket_id,
-                    version=version,
+        version: int | None = None
+        try:
+            count = state.presence.subscribe(app_id, channel, conn.socket_id)
+            if count == 1:
+                state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
+            if member is None:
+                self._confirm(channel, None)
+            else:
+                first, members, version = state.presence.join(
+                    app_id, channel, conn.socket_id, member[0], member[1]
                 )
-                state.webhooks.emit(
-                    self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
-                )
-        if protocol.is_cache(channel):
-            self._replay_cache(channel)
+                self._confirm(channel, members)
+                if first:
+                    state.broker.publish(
+                        app_id,
+                        EVENT,
+                        channel,
+                        protocol.member_added(channel, member[0], member[1]),
+                        conn.socket_id,
+                        version=version,
+                    )
+                    state.webhooks.emit(
+                        self.app,
+                        {"name": "member_added", "channel": channel, "user_id": member[0]},
+                    )
+            if protocol.is_cache(channel):
+                self._replay_cache(channel)
+        finally:
+            self._release_waiting(channel, waiting, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
+
+    def _release_waiting(
+        self, channel: str, waiting: list[tuple[int | None, bytes]], version: int | None
+    ) -> None:
+        """Send what waited for the confirmation, in order; from now on events flow directly.
+
+        A presence channel keeps its roster's `version`, and member events no newer than
+        the roster just sent are dropped: the roster already had them.
+        """
+        conn = self.conn
+        rosters = conn.rosters
+        assert rosters is not None
+        if version is None:
+            rosters.pop(channel, None)
+            if not rosters:
+                conn.rosters = None  # most sockets hold no roster: no empty dict for life
+        else:
+            rosters[channel] = version
+        for event_version, frame in waiting:
+            if event_version is None or version is None or event_version > version:
+                conn.send(frame)
 
     def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
         """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
@@ -271,6 +293,8 @@ class Session:
         state.hub.remove(app_id, channel, conn)
         if conn.rosters:
             conn.rosters.pop(channel, None)
+            if not conn.rosters:
+                conn.rosters = None
         if user_id is None:
             last, version = False, 0
         else:
