@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from cluster_support import FIXTURES, private_auth, signin
 
@@ -31,6 +33,38 @@ def test_every_event_reaches_every_client_once_and_in_order(nodes):
         got = [client.expect("tick", "ticks")["data"] for _ in range(30)]
         assert got == [str(i) for i in range(30)]
         client.sync()
+
+
+def test_no_event_reaches_a_socket_before_its_subscription_succeeded(nodes):
+    """A subscription's Redis round trips let deliveries run meanwhile; events published then
+    wait for the confirmation (a cache channel's replay included), they never precede it."""
+    a, b = nodes(2)
+    stop = threading.Event()
+
+    def publish_until_stopped() -> int:
+        sdk = a.sdk()
+        sent = 0
+        while not stop.is_set():
+            sdk.trigger(["busy", "cache-busy"], "tick", str(sent))
+            sent += 1
+        return sent
+
+    with ThreadPoolExecutor(1) as pool:
+        publisher = pool.submit(publish_until_stopped)
+        try:
+            watcher = b.ws()
+            watcher.subscribe("busy")
+            watcher.expect("tick", "busy")  # events are flowing through node b
+            watcher.close()
+            for channel in ["busy", "cache-busy"] * 25:
+                client = b.ws()
+                reply = client.subscribe(channel)
+                assert reply["event"] == "pusher_internal:subscription_succeeded", reply
+                client.expect("tick", channel)  # and events do follow it
+                client.close()
+        finally:
+            stop.set()
+        assert publisher.result() > 0
 
 
 def test_socket_id_exclusion_across_nodes(nodes):
