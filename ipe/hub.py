@@ -176,26 +176,18 @@ class Hub:
         data = text_frame(payload)
         skip = self.connections.get(exclude) if exclude else None
         sent = 0
-        if version is None:
-            for conn in tuple(conns):
-                if conn is skip:
-                    continue
-                if conn.rosters is not None:  # rare: a presence roster, or a confirmation due
-                    waiting = conn.rosters.get(channel)
-                    if isinstance(waiting, list):
-                        waiting.append((None, data))
-                        continue
-                if conn.send(data):
-                    sent += 1
-        else:
-            for conn in tuple(conns):
-                if conn is skip:
-                    continue
-                seen = conn.rosters.get(channel) if conn.rosters else None
-                if isinstance(seen, list):
+        for conn in tuple(conns):
+            if conn is skip:
+                continue
+            if conn.rosters is not None:  # rare: a presence roster, or a confirmation due
+                seen = conn.rosters.get(channel)
+                if isinstance(seen, list):  # not confirmed yet: it waits for that
                     seen.append((version, data))
-                elif (seen is None or version > seen) and conn.send(data):
-                    sent += 1
+                    continue
+                if version is not None and seen is not None and version <= seen:
+                    continue  # the roster this socket was sent already has this change
+            if conn.send(data):
+                sent += 1
         self.delivered += sent
         return sent
 

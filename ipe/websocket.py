@@ -210,17 +210,22 @@ class Session:
         the roster just sent are dropped: the roster already had them.
         """
         conn = self.conn
-        rosters = conn.rosters
-        assert rosters is not None
         if version is None:
-            rosters.pop(channel, None)
-            if not rosters:
-                conn.rosters = None  # most sockets hold no roster: no empty dict for life
+            self._drop_roster(channel)
         else:
-            rosters[channel] = version
+            assert conn.rosters is not None
+            conn.rosters[channel] = version
         for event_version, frame in waiting:
             if event_version is None or version is None or event_version > version:
                 conn.send(frame)
+
+    def _drop_roster(self, channel: str) -> None:
+        """Forget `channel`'s roster version or waiting events, if the socket holds any."""
+        rosters = self.conn.rosters
+        if rosters:
+            rosters.pop(channel, None)
+            if not rosters:
+                self.conn.rosters = None  # most sockets hold no roster: no empty dict for life
 
     def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
         """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
@@ -291,10 +296,7 @@ class Session:
         app_id = self.app.app_id
         user_id = conn.channels.pop(channel)
         state.hub.remove(app_id, channel, conn)
-        if conn.rosters:
-            conn.rosters.pop(channel, None)
-            if not conn.rosters:
-                conn.rosters = None
+        self._drop_roster(channel)
         if user_id is None:
             last, version = False, 0
         else:
