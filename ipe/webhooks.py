@@ -8,7 +8,7 @@ the matching return), and starts a sender greenlet per target (a *lane*) when a 
 A lane delivers its batches in order, one at a time, and retries a failed one with
 exponential back-off until `retry_for` seconds after its creation; a hanging receiver delays
 only its own lane. What waits lives behind `ipe.webhook_store`: in this process, or in Redis
-(`ipe.webhook_store_redis`), where holds, queues and batches in flight are shared by every
+(`ipe.redis.webhook_store`), where holds, queues and batches in flight are shared by every
 node, so that each webhook is sent once per cluster and a restarted node loses none.
 
 A batch's `time_ms` is its creation time (Pusher's meaning) and a retry resends the same bytes.

@@ -1,6 +1,6 @@
 """Webhook events waiting in Redis, shared by every node: the `WebhookStore` of a cluster.
 
-Layout (one app's keys share the app's hash tag `{prefix:app_id}`, as in `ipe.presence_redis`,
+Layout (one app's keys share the app's hash tag `{prefix:app_id}`, as in `ipe.redis.presence`,
 so that every step below is one atomic Lua script on one Redis Cluster slot; `<i>` is the
 index of a target in the app's `webhooks` list, the lane "<app_id>/<i>"):
 
@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from redis.exceptions import ResponseError
 
 from ipe import protocol
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis.link import REDIS_ERRORS
 from ipe.webhook_store import Arrival, Batch, lane_name
 
 if TYPE_CHECKING:
     from ipe.config import AppConfig
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ atomic Lua script on one Redis Cluster slot; the app's Pub/Sub channel is on its
   {P:A}:reaped:<N>         string: N was declared dead and its share removed (expires)
 
 Node N's share is what N alone may change while it lives, and what a janitor removes at once
-(`reap`) when N's heartbeat (`ipe.janitor`) has expired. Every count that drives an event
+(`reap`) when N's heartbeat (`ipe.redis.janitor`) has expired. Every count that drives an event
 is cluster-wide, so `member_added`, `channel_vacated` and the rest fire once per cluster.
 
 This process also keeps its own share in memory (`local`, an `InMemoryPresence`): it answers
@@ -34,10 +34,10 @@ import gevent.lock
 
 from ipe import protocol
 from ipe.presence import InMemoryPresence
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ class RedisPresence:
                 self._failed(exc)
         return self.local.online(app_id, user_ids)
 
-    # --- whole shares (ipe.janitor) -----------------------------------------------------------
+    # --- whole shares (ipe.redis.janitor) -----------------------------------------------------
 
     def nodes(self, app_id: str) -> set[str]:
         """Every other node holding a share of the app (Redis errors propagate)."""

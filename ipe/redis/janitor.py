@@ -23,14 +23,14 @@ import gevent
 
 from ipe import protocol
 from ipe.hub import EVENT, WATCH
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from ipe.broker import Broker
     from ipe.config import AppConfig, Config
     from ipe.metrics import Metrics
-    from ipe.presence_redis import Changes, RedisPresence
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
+    from ipe.redis.presence import Changes, RedisPresence
     from ipe.subscription_count import SubscriptionCounts
     from ipe.webhooks import Webhooks
 
