@@ -24,10 +24,12 @@ class Broker(Protocol):
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
         """Send one message (see `ipe.hub` for kinds) to every node; to this one unless `here`
         is False (it was served already). A member event carries its roster change's
-        `version` (ipe.presence)."""
+        `version` (ipe.presence). An `ordered` message reaches this node too in the one
+        order every node hears (subscription counts, whose last one must win everywhere)."""
         ...
 
     def start(self) -> None:
@@ -59,6 +61,7 @@ class LocalBroker:
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
         if here:
             self.hub.dispatch(app_id, kind, target, payload, exclude, version)

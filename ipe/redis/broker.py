@@ -1,5 +1,7 @@
-"""Fan-out through Redis Pub/Sub: `RedisBroker` carries every publish to every node, this one
-included, so that one path gives one order. It is the only module that uses Redis Pub/Sub.
+"""Fan-out through Redis Pub/Sub: `RedisBroker` delivers every publish to this node's
+subscribers at once and carries it to the other nodes through Redis. Each publisher's messages
+keep their order (one local call, one ordered outbox); this node skips its own echoes. It is
+the only module that uses Redis Pub/Sub.
 
 The message on the wire (../shared/DESIGN.md §2.2) is a one-line JSON header, a newline, and
 the client payload exactly as encoded once by the publisher:
@@ -55,7 +57,7 @@ class RedisBroker:
         self._sharded = False
         self._failures_logged = 0.0
         self._failures_unlogged = 0
-        self._outbox: deque[tuple[str, bytes, Any]] = deque()
+        self._outbox: deque[tuple[str, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
 
     # --- sending ------------------------------------------------------------------------------
@@ -70,31 +72,29 @@ class RedisBroker:
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
-        live = self.ready()
         header: dict[str, Any] = {"k": kind, "c": target, "n": self.node}
         if exclude:
             header["x"] = exclude
         if version is not None:
             header["v"] = version
-        if here and not live:
-            # No subscription to hear our own message back: serve local clients directly,
-            # and tell our listener to skip the message should it be subscribed meanwhile.
+        if ordered and here and self.ready():
+            # Heard back through Redis like every other node hears it: one order everywhere.
+            header["o"] = 1
+        elif here:
+            # This node's subscribers never wait on Redis: they get the message now, and the
+            # listener skips its echo (the header names this node), so a message that Redis
+            # takes late (a pause, a failover) or twice never reaches them twice.
             self.hub.dispatch(app_id, kind, target, payload, exclude, version)
-            here = False
-        if not here:
-            header["l"] = 1
         if not self.link.up:
             self._failed(app_id, "Redis is unreachable")
             return
-        local = (kind, target, payload, exclude, version) if here else None
         if len(self._outbox) >= PUBLISH_QUEUE:
-            if local is not None:
-                self.hub.dispatch(app_id, *local)
             self._failed(app_id, "too many messages waiting for Redis")
             return
         message = json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
-        self._outbox.append((app_id, message, local))
+        self._outbox.append((app_id, message))
         if self._publisher is None:
             self._publisher = gevent.spawn(self._publish_waiting)
 
@@ -103,7 +103,7 @@ class RedisBroker:
 
         The caller of `publish` never waits for Redis, and one connection carries the lot:
         hundreds of greenlets each holding a pooled connection for one PUBLISH would exhaust
-        the pool under load. A batch Redis did not take is delivered here and counted.
+        the pool under load. A batch Redis did not take is counted (this node had it already).
         """
         outbox = self._outbox
         try:
@@ -113,26 +113,24 @@ class RedisBroker:
                     self._send(batch)
                 except self.errors as exc:
                     self.link.mark_down(exc)
-                    for app_id, _message, local in batch:
-                        if local is not None:
-                            self.hub.dispatch(app_id, *local)
+                    for app_id, _message in batch:
                         self._failed(app_id, str(exc))
         finally:
             self._publisher = None
 
-    def _send(self, batch: list[tuple[str, bytes, Any]]) -> None:
+    def _send(self, batch: list[tuple[str, bytes]]) -> None:
         client = self.link.client
         sharded = self.link.sharded()  # known whenever Redis is up (the probe asks)
         if len(batch) == 1 or self.link.config.cluster:
             # A cluster routes each message itself (PUBLISH to any node, SPUBLISH to its shard).
-            for app_id, message, _local in batch:
+            for app_id, message in batch:
                 if sharded:
                     client.spublish(self.channels[app_id], message)
                 else:
                     client.publish(self.channels[app_id], message)
             return
         pipe = client.pipeline(transaction=False)
-        for app_id, message, _local in batch:
+        for app_id, message in batch:
             pipe.publish(self.channels[app_id], message)
         pipe.execute()
 
@@ -201,8 +199,9 @@ class RedisBroker:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on %r", channel[:100])
             return
-        if header.get("l") and header.get("n") == self.node:
-            return  # its publisher, this node, served it already
+        if header.get("n") == self.node and not header.get("o"):
+            return  # its publisher, this node, delivered it here already
+
         try:
             self.hub.dispatch(
                 app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
