@@ -299,15 +299,15 @@ class RedisPresence:
             self._failed(exc)
             return None
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def subscribe(self, app_id: str, channel: str) -> int:
         with self._lock:
-            here = self.local.subscribe(app_id, channel, socket_id)
+            here = self.local.subscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=True)
             return here if total is None else total
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def unsubscribe(self, app_id: str, channel: str) -> int:
         with self._lock:
-            here = self.local.unsubscribe(app_id, channel, socket_id)
+            here = self.local.unsubscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=False)
             if total is None:
                 return here
@@ -318,10 +318,10 @@ class RedisPresence:
             return total
 
     def join(
-        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+        self, app_id: str, channel: str, user_id: str, user_info: Any
     ) -> tuple[bool, dict[str, Any], int]:
         with self._lock:
-            local = self.local.join(app_id, channel, socket_id, user_id, user_info)
+            local = self.local.join(app_id, channel, user_id, user_info)
             if self.link.up:
                 k = self._k(app_id)
                 try:
@@ -344,9 +344,9 @@ class RedisPresence:
                     self._failed(exc)
             return local
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
+    def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         with self._lock:
-            last_here = self.local.leave(app_id, channel, socket_id, user_id)
+            last_here = self.local.leave(app_id, channel, user_id)
             if self.link.up:
                 k = self._k(app_id)
                 try:
@@ -367,15 +367,15 @@ class RedisPresence:
                     self._failed(exc)
             return last_here
 
-    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_online(self, app_id: str, user_id: str) -> bool:
         with self._lock:
-            first_here = self.local.user_online(app_id, user_id, socket_id)
+            first_here = self.local.user_online(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=True)
             return first_here if total is None else total == 1
 
-    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_offline(self, app_id: str, user_id: str) -> bool:
         with self._lock:
-            last_here = self.local.user_offline(app_id, user_id, socket_id)
+            last_here = self.local.user_offline(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=False)
             return last_here if total is None else total == 0
 
