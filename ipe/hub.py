@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import gevent
 
 from ipe import protocol
-from ipe.connection import Connection, text_frame
+from ipe.connection import Connection
+from ipe.frames import text_frame
 
 log = logging.getLogger(__name__)
 
