@@ -242,7 +242,7 @@ class _Listener:
         # Our own keep-alive below replaces redis-py's, whose PONGs are invisible to us.
         kwargs = {**link.kwargs, "health_check_interval": 0}
         if not config.cluster:
-            return redis.Redis(host=config.host, port=config.port, db=config.db, **kwargs)
+            return link.pubsub_client(health_check_interval=0)
         cluster = link.client
         if self.broker._sharded:
             node = cluster.get_node_from_key(self.channels[0])
