@@ -44,6 +44,14 @@ class Broker(Protocol):
         """True while messages can cross to every node."""
         ...
 
+    def routed(self, app_id: str, channel: str) -> None:
+        """Return once what other nodes publish to `channel` reaches this one (bounded)."""
+        ...
+
+    def export_metrics(self) -> None:
+        """Fold the broker's tallies into /metrics."""
+        ...
+
 
 class LocalBroker:
     """The in-process broker: publishing is delivering."""
@@ -74,3 +82,9 @@ class LocalBroker:
 
     def ready(self) -> bool:
         return True
+
+    def routed(self, app_id: str, channel: str) -> None:
+        pass
+
+    def export_metrics(self) -> None:
+        pass

@@ -57,6 +57,20 @@ class Metrics:
             "Messages that could not be handed to the broker (lost for other nodes)",
             registry=r,
         )
+        self.broker_published = Counter(
+            "ipe_broker_published_total", "Messages this process sent to Redis Pub/Sub", registry=r
+        )
+        self.broker_received = Counter(
+            "ipe_broker_received_total",
+            "Messages this process received from Redis Pub/Sub (its own echoes included)",
+            registry=r,
+        )
+        self.broker_topics = Gauge(
+            "ipe_broker_topics",
+            "Redis Pub/Sub channels this process subscribes to (lingering ones included)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.redis_reconnects = Counter(
             "ipe_redis_reconnects_total", "Reconnections of the Redis listener", registry=r
         )

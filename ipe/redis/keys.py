@@ -11,7 +11,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
   {P:A}:wh:held  :due  :ret:<key>  :q:<i>  :dd:<i>  :fl:<i>  :lease:<i>
                                                            (ipe.redis.webhook_store)
   P:node:<N>          a node's heartbeat, not per app       (ipe.redis.janitor)
-  P:app:<A>           the app's Pub/Sub channel             (ipe.redis.broker)
+  P:app:<A>           the app's control Pub/Sub channel     (ipe.redis.broker)
+  P:<c|u|w>:<A>:<name>  Pub/Sub of a channel, a user, a watched user (ipe.redis.broker)
 """
 
 from __future__ import annotations
@@ -79,5 +80,12 @@ def heartbeat(prefix: str, node: str) -> str:
 
 
 def pubsub_channel(prefix: str, app_id: str) -> str:
-    """The Pub/Sub channel of one app: every node subscribes to it once."""
+    """The Pub/Sub channel of one app's control messages: every node subscribes to it."""
     return f"{prefix}:app:{app_id}"
+
+
+def pubsub_topic(prefix: str, app_id: str, kind: str, name: str) -> str:
+    """The Pub/Sub channel of one interest (ipe.hub: a channel, a user, a watched user); only
+    nodes with a local socket interested subscribe. No hash tag: on a Redis Cluster these
+    spread over every shard (sharded Pub/Sub)."""
+    return f"{prefix}:{kind}:{app_id}:{name}"
