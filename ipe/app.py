@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 
 from ipe import config as config_module
 from ipe import protocol, session
+from ipe.apps import AppChanges, Apps
 from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
@@ -31,6 +32,7 @@ class State:
     """Everything one ipe process owns; built once by `create_app`."""
 
     config: Config
+    apps: Apps
     hub: Hub
     broker: Broker
     presence: Presence
@@ -74,6 +76,43 @@ class State:
             self.janitor.stop()
         self.hub.stop()
 
+    def reload(self, path: str | None = None) -> AppChanges | None:
+        """Re-read the config file and serve its apps; None (and one log line) if invalid.
+
+        Sockets of unchanged apps are not touched; a disabled app's are closed with 4003 and a
+        removed app's with 4001. Settings that are bound at start (listeners, Redis, the
+        webhook schedule) keep their old values until a restart.
+        """
+        path = path or config_path()
+        try:
+            new = config_module.load(path)
+        except config_module.ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return None
+        fixed = [
+            name
+            for name in ("host", "port", "ssl", "redis", "instance_id", "webhooks")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if fixed:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(fixed))
+        self.config = new
+        changes = self.apps.replace(new.apps)
+        log.info("reloaded %s: %s", path, changes.summary())
+        return changes
+
+    def _apps_changed(self, changes: AppChanges) -> None:
+        for app in changes.disabled:
+            self.hub.close_app(app.app_id, protocol.APP_DISABLED, "Application disabled")
+        for app in changes.removed:
+            self.hub.close_app(
+                app.app_id, protocol.APP_NOT_FOUND, f"Application does not exist: {app.key}"
+            )
+        self.webhooks.set_apps(self.apps.all)
+        watch = getattr(self.broker, "watch_apps", None)
+        if watch is not None:
+            watch(tuple(app.app_id for app in self.apps.all))
+
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
         self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
@@ -96,14 +135,22 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
+    state = _build_state(config)
+    state.apps.on_change(state._apps_changed)
+    return state
+
+
+def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
+    apps = Apps(config.apps)
     if config.redis is None:
         broker = LocalBroker(hub)
         presence = InMemoryPresence()
         webhooks = Webhooks(config.webhooks, config.apps, metrics)
         return State(
             config=config,
+            apps=apps,
             hub=hub,
             broker=broker,
             presence=presence,
@@ -127,6 +174,7 @@ def build_state(config: Config) -> State:
     presence = RedisPresence(link)
     state = State(
         config=config,
+        apps=apps,
         hub=hub,
         broker=broker,
         presence=presence,
@@ -136,7 +184,7 @@ def build_state(config: Config) -> State:
         counts=SubscriptionCounts(presence, broker, webhooks),
         redis=link,
     )
-    state.janitor = Janitor(config, link, presence, broker, webhooks, metrics, state.counts)
+    state.janitor = Janitor(config, apps, link, presence, broker, webhooks, metrics, state.counts)
     return state
 
 
@@ -180,7 +228,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/")
     def index() -> Response:
-        return jsonify({"name": "ipe", "apps": len(config.apps)})
+        return jsonify({"name": "ipe", "apps": len(state.apps.all)})
 
     @app.get("/health")
     @app.get("/healthz")

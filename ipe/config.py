@@ -80,7 +80,9 @@ class AppConfig:
 
     app_id: str
     key: str
-    secret: str = field(repr=False)
+    secret: str = field(repr=False)  # signs webhooks; the first of `secrets:` when rotating
+    # Older secrets still accepted while they rotate out (`secrets: [new, old]`).
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     name: str = ""
     enabled: bool = True
     only_ssl: bool = False
@@ -88,6 +90,11 @@ class AppConfig:
     subscription_count: bool = False  # Pusher's "subscription counting" toggle (off there too)
     webhooks: tuple[WebhookTarget, ...] = ()
     limits: Limits = Limits()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret a signature may be made with, the current one first."""
+        return (self.secret, *self.previous_secrets)
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ class Config:
     instance_id: str = ""
     log_level: str = "info"
     webhooks: WebhookSettings = WebhookSettings()
+    pid_file: str = ""  # where `ipe` writes its pid, for `ipe reload` (SIGHUP)
 
     def app_by_key(self, key: str) -> AppConfig | None:
         """The app whose public key is `key`."""
@@ -357,10 +365,12 @@ def _webhooks(raw: Any, where: str) -> tuple[WebhookTarget, ...]:
 
 def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
     section = _Section(raw, where)
+    secrets = _secrets(section, where)
     app = AppConfig(
         app_id=section.str("app_id"),
         key=section.str("key"),
-        secret=section.str("secret"),
+        secret=secrets[0],
+        previous_secrets=secrets[1:],
         name=section.str("name", ""),
         enabled=section.bool("enabled", True),
         only_ssl=section.bool("only_ssl", False),
@@ -370,10 +380,30 @@ def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
         limits=_limits(section.section("limits"), limits),
     )
     section.done()
-    for name in ("app_id", "key", "secret"):
+    for name in ("app_id", "key"):
         if not getattr(app, name):
             raise ConfigError(f"{where}.{name}: must not be empty")
     return app
+
+
+def _secrets(section: _Section, where: str) -> tuple[str, ...]:
+    """`secret: S`, or `secrets: [new, old, ...]` while a secret rotates out."""
+    listed = section.get("secrets", None)
+    if listed is None:
+        secret = section.str("secret")
+        if not secret:
+            raise ConfigError(f"{where}.secret: must not be empty")
+        return (secret,)
+    if section.get("secret", None) is not None:
+        raise ConfigError(f"{where}.secrets: give either secret or secrets, not both")
+    if not isinstance(listed, list) or not listed:
+        raise ConfigError(f"{where}.secrets: must be a non-empty list of strings")
+    for i, secret in enumerate(listed):
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{where}.secrets[{i}]: must be a non-empty string")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"{where}.secrets: lists a secret twice")
+    return tuple(listed)
 
 
 def _redis_from_url(url: str, where: str) -> RedisConfig:
@@ -554,6 +584,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
         webhooks=_webhook_settings(top.section("webhooks")),
+        pid_file=top.str("pid_file", env.get("IPE_PID_FILE", "")),
     )
     top.done()
     return config

@@ -180,6 +180,30 @@ class RedisBroker:
         for group in self._groups:
             group.start()
 
+    def watch_apps(self, app_ids: tuple[str, ...]) -> None:
+        """Also listen to these apps' channels (apps added by a reload).
+
+        Channels are only ever added: a listener restarted for the new set would miss
+        messages meanwhile, and a removed app's messages find no socket here anyway.
+        """
+        added = {
+            app_id: channel_name(self.link.prefix, app_id)
+            for app_id in app_ids
+            if app_id not in self.channels
+        }
+        if not added:
+            return
+        self.channels.update(added)
+        self._apps.update({name.encode(): app_id for app_id, name in added.items()})
+        if self._groups:  # listening already: new listeners for the new channels only
+            names = sorted(added.values())
+            groups = [_Listener(self, [n]) for n in names] if self._sharded else [
+                _Listener(self, names)
+            ]
+            self._groups.extend(groups)
+            for group in groups:
+                group.start()
+
     def stop(self) -> None:
         """Publish what still waits (briefly), then close the Pub/Sub connections."""
         if self._publisher is not None:
