@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gevent
@@ -53,6 +53,7 @@ class State:
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
             self.janitor.start()
@@ -71,6 +72,7 @@ class State:
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
         self.webhooks.stop()
+        self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
             self.janitor.stop()
@@ -96,8 +98,15 @@ class State:
         ]
         if fixed:
             log.warning("reload: %s changed; that takes a restart", ", ".join(fixed))
+        if new.app_manager != self.config.app_manager:
+            log.warning("reload: app_manager changed; that takes a restart")
+            new = replace(new, app_manager=self.config.app_manager)
         self.config = new
-        changes = self.apps.replace(new.apps)
+        if self.apps.source is None:
+            changes = self.apps.replace(new.apps)
+        else:  # the apps live elsewhere: read them again
+            changes = AppChanges()
+            self.apps.invalidate()
         log.info("reloaded %s: %s", path, changes.summary())
         return changes
 
@@ -140,11 +149,32 @@ def build_state(config: Config) -> State:
     return state
 
 
+def _apps(config: Config, link: Any) -> Apps:
+    """The app registry, over the source `app_manager` names."""
+    manager = config.app_manager
+    if manager.driver == "config":
+        return Apps(config.apps)
+    source: Any
+    if manager.driver == "redis":
+        from ipe.redis.apps import RedisApps
+
+        source = RedisApps(link, config.limits)
+    elif manager.driver == "sql":
+        from ipe.app_managers.sql import SqlApps
+
+        source = SqlApps(manager, config.limits)
+    else:
+        from ipe.app_managers.http import HttpApps
+
+        source = HttpApps(manager, config.limits)
+    return Apps(config.apps, source, manager.cache_ttl, manager.miss_ttl)
+
+
 def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
-    apps = Apps(config.apps)
     if config.redis is None:
+        apps = _apps(config, None)
         broker = LocalBroker(hub)
         presence = InMemoryPresence()
         webhooks = Webhooks(config.webhooks, config.apps, metrics)
@@ -168,6 +198,7 @@ def _build_state(config: Config) -> State:
     from ipe.redis.webhook_store import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
+    apps = _apps(config, link)
     webhooks = Webhooks(config.webhooks, config.apps, metrics, RedisWebhookStore(link, config.apps))
     link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
     broker = RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics)
@@ -242,7 +273,10 @@ def create_app(config: Config | None = None) -> Flask:
             return jsonify({"ready": False, "reason": "shutting down"}), 503
         if not state.broker.ready():
             return jsonify({"ready": False, "reason": "broker unavailable"}), 503
-        return jsonify({"ready": True}), 200
+        if not state.apps.ready():
+            return jsonify({"ready": False, "reason": "apps not loaded yet"}), 503
+        # A failing app source leaves the cached apps served: ready, with the reason said.
+        return jsonify({"ready": True, "apps": state.apps.status()}), 200
 
     @app.get("/metrics")
     def metrics() -> Response:

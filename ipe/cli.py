@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["reload"]:
         reload_main(argv[1:])
         return
+    if argv[:1] == ["apps"]:
+        from ipe.apps_cli import run
+
+        sys.exit(run(argv[1:]))
     args = _parser().parse_args(argv)
     if args.config:
         os.environ["IPE_CONFIG"] = args.config

@@ -518,7 +518,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
-    limits = app.limits if app is not None else state.apps.all[0].limits
+    limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
         app,
