@@ -299,12 +299,21 @@ class RedisBroker:
                     self.link.mark_down(exc)
                     gevent.sleep(backoff.next())
         for app_id in self.app_ids:
-            self._wanted[keys.pubsub_channel(self.prefix, app_id).encode()] = app_id
+            self._wanted.setdefault(keys.pubsub_channel(self.prefix, app_id).encode(), app_id)
         self._started = True
         for key in list(self._wanted):
             self._place(key.decode())
         self._sync()
         gevent.spawn(self._expire_forever)
+
+    def watch_apps(self, app_ids: tuple[str, ...]) -> None:
+        """Also listen to these apps' control channels (apps added by a reload).
+
+        Only ever added: a removed app's messages find no socket here anyway. (Events need
+        nothing here: their channels are subscribed when a socket subscribes.)
+        """
+        for app_id in app_ids:
+            self._want(keys.pubsub_channel(self.prefix, app_id), app_id)
 
     def stop(self) -> None:
         """Publish what still waits (briefly), then close the Pub/Sub connections."""

@@ -13,6 +13,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
   P:node:<N>          a node's heartbeat, not per app       (ipe.redis.janitor)
   P:app:<A>           the app's control Pub/Sub channel     (ipe.redis.broker)
   P:<c|u|w>:<A>:<name>  Pub/Sub of a channel, a user, a watched user (ipe.redis.broker)
+  {P:apps}  :keys     apps of `app_manager: redis`: id -> JSON, key -> id  (ipe.redis.apps)
+  P:apps:changed      Pub/Sub: the apps changed, read them again  (ipe.redis.apps)
 """
 
 from __future__ import annotations
@@ -89,3 +91,18 @@ def pubsub_topic(prefix: str, app_id: str, kind: str, name: str) -> str:
     nodes with a local socket interested subscribe. No hash tag: on a Redis Cluster these
     spread over every shard (sharded Pub/Sub)."""
     return f"{prefix}:{kind}:{app_id}:{name}"
+
+
+def apps(prefix: str) -> str:
+    """Hash: app id -> the app as JSON (`app_manager: redis`)."""
+    return f"{{{prefix}:apps}}"
+
+
+def app_keys(prefix: str) -> str:
+    """Hash: app key -> app id; same slot as `apps`, so both change in one transaction."""
+    return f"{{{prefix}:apps}}:keys"
+
+
+def apps_changed(prefix: str) -> str:
+    """The Pub/Sub channel on which a change of the stored apps is announced."""
+    return f"{prefix}:apps:changed"
