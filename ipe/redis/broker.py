@@ -191,7 +191,7 @@ class RedisBroker:
             return
         topic = keys.pubsub_topic(self.prefix, app_id, CHANNEL, channel)
         listener = self._placed.get(topic)
-        if listener is not None and listener.live:
+        if listener is not None:  # connecting or connected: its next batch asks for it
             listener.wait(topic, self.link.config.timeout)
 
     def _want(self, topic: str, app_id: str) -> None:
