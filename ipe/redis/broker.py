@@ -139,17 +139,22 @@ class RedisBroker:
     def _send(self, batch: list[tuple[str, str, bytes]]) -> None:
         client = self.link.client
         self.published += len(batch)
-        if len(batch) == 1 or self.link.config.cluster:
-            # A cluster routes each message itself (PUBLISH to any node, SPUBLISH to its shard).
-            for _app_id, topic, message in batch:
-                if self.sharded:
-                    client.spublish(topic, message)
-                else:
-                    client.publish(topic, message)
+        if len(batch) == 1:
+            _app_id, topic, message = batch[0]
+            (client.spublish if self.sharded else client.publish)(topic, message)
             return
-        pipe = client.pipeline(transaction=False)
-        for _app_id, topic, message in batch:
-            pipe.publish(topic, message)
+        if self.sharded:
+            # A Cluster pipeline sends each shard its SPUBLISHes in one batch.
+            pipe = client.pipeline()
+            for _app_id, topic, message in batch:
+                pipe.spublish(topic, message)
+        else:
+            if self.link.config.cluster:
+                # PUBLISH reaches every node of a Cluster from any one of them.
+                client = client.get_redis_connection(client.get_default_node())
+            pipe = client.pipeline(transaction=False)
+            for _app_id, topic, message in batch:
+                pipe.publish(topic, message)
         pipe.execute()
 
     def _failed(self, app_id: str, reason: str) -> None:
