@@ -27,6 +27,17 @@ PONG_NOT_RECEIVED = 4201
 CLIENT_EVENT_REJECTED = 4301
 WATCHLIST_LIMIT = 4302
 
+# `pusher:subscription_error`: its types and statuses, in the shapes soketi sends and Laravel
+# Echo's `.error()` receives (the 4xxx statuses reuse the Pusher code of the same meaning).
+SUB_AUTH_ERROR = "AuthError"
+SUB_LIMIT_REACHED = "LimitReached"
+SUB_INVALID_CHANNEL = "InvalidChannel"
+SUB_INVALID = 400
+SUB_UNAUTHORIZED = 401
+SUB_TOO_LONG = UNAUTHORIZED  # a channel name or user id over its limit
+SUB_PRESENCE_FULL = OVER_CAPACITY
+SUB_USER_INFO_TOO_BIG = CLIENT_EVENT_REJECTED
+
 # Plain WebSocket close codes (RFC 6455 §7.4.1).
 WS_NORMAL = 1000
 WS_GOING_AWAY = 1001

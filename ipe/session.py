@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, protocol
+from ipe import auth, channels, protocol
 from ipe.connection import Connection
 from ipe.hub import EVENT, WATCH
 
@@ -105,61 +105,22 @@ class Session:
     def on_subscribe(self, _channel: str | None, data: Any) -> None:
         channel, payload = self._subscribe_data(data)
         conn = self.conn
-        limits = self.limits
-        if len(channel) > limits.max_channel_name_length:
-            return self._refuse(
-                channel,
-                "LimitReached",
-                f"Channel name longer than {limits.max_channel_name_length} characters",
-                4009,
-            )
-        if not protocol.valid_channel_name(channel, limits.max_channel_name_length):
-            return self._refuse(channel, "InvalidChannel", "Invalid channel name", 400)
+        try:
+            member = channels.admit(conn, self.app, channel, payload)
+            if channel in conn.channels:
+                # Subscribing twice is harmless: confirm again, change nothing.
+                return self._confirm(channel, self._roster(channel) if member else None)
+            if member is not None:
+                channels.check_room(self.state.presence, self.app, channel, member[0])
+        except channels.Refused as refused:
+            return self._refuse(channel, refused.kind, refused.error, refused.status)
+        self._subscribe(channel, member)
 
-        member: tuple[str, Any] | None = None
-        user_id = protocol.server_to_user_id(channel)
-        if user_id is not None:
-            if conn.user_id != user_id:
-                return self._refuse(
-                    channel, "AuthError", "Sign in as this user to subscribe to its channel", 401
-                )
-        elif protocol.is_private(channel) or protocol.is_presence(channel):
-            channel_data = payload.get("channel_data")
-            if channel_data is not None and not isinstance(channel_data, str):
-                return self._refuse(channel, "AuthError", "channel_data must be a string", 401)
-            token = payload.get("auth")
-            app = self.app
-            if not auth.channel_auth_valid(
-                app.key, app.secret, conn.socket_id, channel, token, channel_data
-            ):
-                signed = auth.channel_string_to_sign(conn.socket_id, channel, channel_data)
-                return self._refuse(
-                    channel,
-                    "AuthError",
-                    f"Invalid signature: Expected HMAC SHA256 hex digest of {signed}, "
-                    f"but got {str(token)[:200]}",
-                    401,
-                )
-            if protocol.is_presence(channel):
-                member = self._presence_member(channel, channel_data)
-                if member is None:
-                    return
-
-        if channel in conn.channels:
-            # Subscribing twice is harmless: confirm again, change nothing.
-            return self._confirm(channel, self._roster(channel) if member else None)
-
+    def _subscribe(self, channel: str, member: channels.Member | None) -> None:
+        """Join an admitted channel: confirm it, announce a new member, replay a cache."""
+        conn = self.conn
         state = self.state
         app_id = self.app.app_id
-        if member is not None:
-            roster = state.presence.members(app_id, channel)
-            if member[0] not in roster and len(roster) >= limits.max_presence_members:
-                return self._refuse(
-                    channel,
-                    "LimitReached",
-                    "The maximum members per presence channel limit was reached",
-                    4100,
-                )
         # Until the confirmation (and a cache channel's replay) has gone out, events for this
         # channel wait here (ipe.hub.deliver): with Redis, the round trips below let other
         # greenlets run, and no event may reach the client before subscription_succeeded.
@@ -177,27 +138,33 @@ class Session:
             if member is None:
                 self._confirm(channel, None)
             else:
-                first, members, version = state.presence.join(app_id, channel, *member)
-                self._confirm(channel, members)
-                if first:
-                    state.broker.publish(
-                        app_id,
-                        EVENT,
-                        channel,
-                        protocol.member_added(channel, member[0], member[1]),
-                        conn.socket_id,
-                        version=version,
-                    )
-                    state.webhooks.emit(
-                        self.app,
-                        {"name": "member_added", "channel": channel, "user_id": member[0]},
-                    )
+                version = self._join(channel, member)
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
             self._release_waiting(channel, waiting, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
+
+    def _join(self, channel: str, member: channels.Member) -> int:
+        """Join a presence channel and confirm it with the roster; the roster's version."""
+        state = self.state
+        app_id = self.app.app_id
+        first, members, version = state.presence.join(app_id, channel, *member)
+        self._confirm(channel, members)
+        if first:
+            state.broker.publish(
+                app_id,
+                EVENT,
+                channel,
+                protocol.member_added(channel, *member),
+                self.conn.socket_id,
+                version=version,
+            )
+            state.webhooks.emit(
+                self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
+            )
+        return version
 
     def _release_waiting(
         self, channel: str, waiting: list[tuple[int | None, bytes]], version: int | None
@@ -224,48 +191,6 @@ class Session:
             rosters.pop(channel, None)
             if not rosters:
                 self.conn.rosters = None  # most sockets hold no roster: no empty dict for life
-
-    def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
-        """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
-        conn = self.conn
-        limits = self.limits
-        if channel_data is None:
-            if conn.user_data is None:
-                self._refuse(channel, "AuthError", "Presence channels need channel_data", 401)
-                return None
-            user_id, info = conn.user_id, conn.user_data.get("user_info")
-        else:
-            try:
-                parsed = json.loads(channel_data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict) or parsed.get("user_id") in (None, ""):
-                self._refuse(channel, "AuthError", "channel_data must hold a user_id", 401)
-                return None
-            raw_id = parsed["user_id"]
-            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | float):
-                self._refuse(channel, "AuthError", "user_id must be a string or number", 401)
-                return None
-            user_id = raw_id if isinstance(raw_id, str) else json.dumps(raw_id)
-            info = parsed.get("user_info")
-        assert user_id is not None
-        if len(user_id) > limits.max_user_id_length:
-            self._refuse(
-                channel,
-                "LimitReached",
-                f"user_id longer than {limits.max_user_id_length} characters",
-                4009,
-            )
-            return None
-        if info is not None and len(protocol.dumps(info).encode()) > limits.max_user_info_size:
-            self._refuse(
-                channel,
-                "LimitReached",
-                f"user_info larger than {limits.max_user_info_size} bytes",
-                4301,
-            )
-            return None
-        return user_id, info
 
     def _roster(self, channel: str) -> dict[str, Any]:
         return self.state.presence.members(self.app.app_id, channel)
