@@ -27,6 +27,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import gevent
@@ -57,6 +58,33 @@ READ_SIZE = 65536
 # Messages read but not yet handled; beyond this the socket is not read until the handler
 # catches up, so a client cannot queue unbounded work (TCP then slows it down).
 INBOX_HIGH, INBOX_LOW = 64, 16
+
+
+class Lifecycle(IntEnum):
+    """Where a connection is in its life; it only ever moves forward."""
+
+    OPEN = 0  # reading and writing
+    CLOSING = 1  # our close frame is out (or TCP is being dropped): nothing more is sent, and
+    # what the peer still sends is read and dropped until its close frame arrives
+    ENDED = 2  # reading has stopped; `on_end` runs once the queued messages are handled
+    RELEASED = 3  # our socket is closed
+
+
+OPEN, CLOSING, ENDED, RELEASED = Lifecycle
+
+
+class Gate:
+    """How events of one channel reach one socket, when not simply sent (rare: most sockets
+    have none; see `ipe.hub.Hub.deliver` and `ipe.session.Session._subscribe`)."""
+
+    __slots__ = ("waiting", "version")
+
+    def __init__(self) -> None:
+        # Until subscription_succeeded has gone out: the events that arrived, (version, frame).
+        self.waiting: list[tuple[int | None, bytes]] | None = []
+        # A presence channel: the version of the roster this socket was sent; member events
+        # no newer than it are already in that roster.
+        self.version: int | None = None
 
 
 class _Released(WebSocket):  # type: ignore[misc]
@@ -116,10 +144,10 @@ class Connection:
         "user_id",
         "user_data",
         "watchlist",
-        "rosters",
+        "gates",
         "last_seen",
         "ping_sent",
-        "closing",
+        "state",
         "close_code",
         "events_window",
         "events_count",
@@ -138,9 +166,7 @@ class Connection:
         "_inbox",
         "_inline",
         "_worker",
-        "_ended",
         "_finished",
-        "_released",
         "_outbox",
         "_outbox_bytes",
         "_max_outbox",
@@ -166,14 +192,12 @@ class Connection:
         self.user_id: str | None = None
         self.user_data: dict[str, Any] | None = None
         self.watchlist: tuple[str, ...] = ()
-        # Presence channel -> version of the roster this socket was sent; any channel whose
-        # subscription is being confirmed -> the events that arrived meanwhile (version or
-        # None, frame), sent after the confirmation (ipe.hub.deliver, Session.on_subscribe).
-        # None while empty, as for most sockets.
-        self.rosters: dict[str, Any] | None = None
+        # Channel -> its Gate, for channels being confirmed and presence channels; None while
+        # empty, as for most sockets (no empty dict for life).
+        self.gates: dict[str, Gate] | None = None
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
-        self.closing = False
+        self.state = OPEN
         self.close_code: int | None = None
         self.events_window = 0.0
         self.events_count = 0
@@ -196,9 +220,7 @@ class Connection:
         self._inbox: deque[str] | None = None
         self._inline = inline
         self._worker: Any = None
-        self._ended = False
         self._finished: Any = None
-        self._released = False
         self._outbox: deque[bytes] | None = None
         self._outbox_bytes = 0
         self._max_outbox = max_outbox
@@ -209,6 +231,11 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.socket_id} app={getattr(self.app, 'app_id', None)}>"
 
+    @property
+    def closing(self) -> bool:
+        """True once nothing more may be sent (the close has begun, or the connection ended)."""
+        return self.state is not OPEN
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -218,14 +245,14 @@ class Connection:
             data, self._rbuf = self._rbuf, b""
             self._feed(data)
         if self._detached:
-            if not self._ended:
+            if self.state < ENDED:
                 self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
                 self._watcher.start(self._on_readable)
             return
         self._finished = gevent.event.Event()
         recv = self._sock.recv
         try:
-            while not self._ended:
+            while self.state < ENDED:
                 data = recv(READ_SIZE)
                 if not data:
                     break
@@ -254,10 +281,9 @@ class Connection:
 
     def _end(self) -> None:
         """The peer is gone or the closing handshake is over: stop reading, then clean up."""
-        if self._ended:
+        if self.state >= ENDED:
             return
-        self._ended = True
-        self.closing = True
+        self.state = ENDED
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.close()
@@ -280,7 +306,7 @@ class Connection:
                     log.exception("error handling a message on %r", self)
         finally:
             self._worker = None
-        if self._ended:
+        if self.state >= ENDED:
             self._finish()
         elif inbox:  # a message arrived while the last one was being finished
             self._worker = gevent.spawn(self._work)
@@ -304,9 +330,9 @@ class Connection:
 
     def _release(self) -> None:
         """Close our socket (a TLS socket is closed by pywsgi when the reader returns)."""
-        if self._released:
+        if self.state is RELEASED:
             return
-        self._released = True
+        self.state = RELEASED
         if self._closer is not None:
             if self._closer is not gevent.getcurrent():
                 self._closer.kill(block=False)
@@ -323,7 +349,7 @@ class Connection:
 
     def send(self, data: bytes) -> bool:
         """Write one pre-built frame without blocking; False if the connection is closing."""
-        if self.closing:
+        if self.state:  # anything but OPEN
             return False
         return self._write(data)
 
@@ -340,7 +366,7 @@ class Connection:
             outbox.append(data)
             self._outbox_bytes += len(data)
             return True
-        if self._released:
+        if self.state is RELEASED:
             return False
         sent = 0
         if self._raw_send is not None:
@@ -377,7 +403,7 @@ class Connection:
             if self._outbox is outbox:
                 self._outbox = None
                 self._outbox_bytes = 0
-            if self._ended and self._worker is None:
+            if self.state >= ENDED and self._worker is None:
                 self._release()
 
     def _overflow(self) -> None:
@@ -391,11 +417,11 @@ class Connection:
 
     def close(self, code: int, reason: str = "", error: bool = False) -> None:
         """Start the closing handshake with `code`; with `error`, send a pusher:error first."""
-        if self.closing:
+        if self.state is not OPEN:
             return
         if error:
             self._write(text_frame(protocol.encode_error(code, reason)))
-        self.closing = True
+        self.state = CLOSING
         self.close_code = code
         self._write(close_frame(code, reason))
         # The connection ends when the peer answers; if it never does, drop the TCP connection.
@@ -403,9 +429,10 @@ class Connection:
 
     def _abort(self) -> None:
         """Drop the TCP connection now (a stuck writer fails); the connection then ends."""
-        self.closing = True
-        if self._released:
+        if self.state is RELEASED:
             return
+        if self.state is OPEN:
+            self.state = CLOSING
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -432,7 +459,7 @@ class Connection:
         Once the connection is closing, every frame but the peer's close is read and dropped,
         and a payload being dropped is never buffered.
         """
-        if self._ended:
+        if self.state >= ENDED:
             return
         if self._skip_left:
             n = min(self._skip_left, len(data))
@@ -444,18 +471,18 @@ class Connection:
         pos, end = 0, len(buf)
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
-        while not self._ended:
+        while self.state < ENDED:
             header = parse_header(buf, pos, end)
             if header is None:
                 break
             b0, opcode, masked, length, head = header
-            if not self.closing:
+            if self.state is OPEN:
                 error = header_error(
                     b0, masked, opcode, length, self._started, self._size, self._max_frame
                 )
                 if error is not None:
                     self._fail(*error)
-            if self.closing and (opcode != OP_CLOSE or length > 125):
+            if self.state is not OPEN and (opcode != OP_CLOSE or length > 125):
                 available = end - pos - head
                 if available >= length:
                     pos += head + length
@@ -518,9 +545,9 @@ class Connection:
 
     def _peer_closed(self, payload: bytes) -> None:
         """Answer the peer's close frame (echoing its code) unless we started the close."""
-        if not self.closing:
+        if self.state is OPEN:
             code = peer_close_code(payload)
-            self.closing = True
+            self.state = CLOSING
             self.close_code = code
             self._write(close_frame(code))
         self._end()

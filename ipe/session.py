@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ipe import auth, channels, protocol
-from ipe.connection import Connection
+from ipe.connection import Connection, Gate
 from ipe.hub import EVENT, WATCH
 
 if TYPE_CHECKING:
@@ -124,10 +124,10 @@ class Session:
         # Until the confirmation (and a cache channel's replay) has gone out, events for this
         # channel wait here (ipe.hub.deliver): with Redis, the round trips below let other
         # greenlets run, and no event may reach the client before subscription_succeeded.
-        waiting: list[tuple[int | None, bytes]] = []
-        if conn.rosters is None:
-            conn.rosters = {}
-        conn.rosters[channel] = waiting
+        gate = Gate()
+        if conn.gates is None:
+            conn.gates = {}
+        conn.gates[channel] = gate
         state.hub.add(app_id, channel, conn)
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
@@ -142,7 +142,7 @@ class Session:
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
-            self._release_waiting(channel, waiting, version)
+            self._release_waiting(channel, gate, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
 
@@ -167,7 +167,7 @@ class Session:
         return version
 
     def _release_waiting(
-        self, channel: str, waiting: list[tuple[int | None, bytes]], version: int | None
+        self, channel: str, gate: Gate, version: int | None
     ) -> None:
         """Send what waited for the confirmation, in order; from now on events flow directly.
 
@@ -175,22 +175,22 @@ class Session:
         the roster just sent are dropped: the roster already had them.
         """
         conn = self.conn
+        waiting, gate.waiting = gate.waiting or [], None
         if version is None:
-            self._drop_roster(channel)
+            self._drop_gate(channel)
         else:
-            assert conn.rosters is not None
-            conn.rosters[channel] = version
+            gate.version = version
         for event_version, frame in waiting:
             if event_version is None or version is None or event_version > version:
                 conn.send(frame)
 
-    def _drop_roster(self, channel: str) -> None:
-        """Forget `channel`'s roster version or waiting events, if the socket holds any."""
-        rosters = self.conn.rosters
-        if rosters:
-            rosters.pop(channel, None)
-            if not rosters:
-                self.conn.rosters = None  # most sockets hold no roster: no empty dict for life
+    def _drop_gate(self, channel: str) -> None:
+        """Forget `channel`'s gate (roster version or waiting events), if the socket has one."""
+        gates = self.conn.gates
+        if gates:
+            gates.pop(channel, None)
+            if not gates:
+                self.conn.gates = None  # most sockets have no gate: no empty dict for life
 
     def _roster(self, channel: str) -> dict[str, Any]:
         return self.state.presence.members(self.app.app_id, channel)
@@ -219,7 +219,7 @@ class Session:
         app_id = self.app.app_id
         user_id = conn.channels.pop(channel)
         state.hub.remove(app_id, channel, conn)
-        self._drop_roster(channel)
+        self._drop_gate(channel)
         if user_id is None:
             last, version = False, 0
         else:
