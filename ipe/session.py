@@ -58,7 +58,7 @@ class Session:
             handler(self, channel, data)
         elif event.startswith(protocol.CLIENT_EVENT_PREFIX):
             self.on_client_event(event, channel, data)
-        # Anything else is ignored, as Pusher does (PROTOCOL.md §1.7, §9.7): a pusher:error
+        # Anything else is ignored, as Pusher does (protocol-notes.md §1.7, §9.7): a pusher:error
         # would surface in every pusher-js app as a connection error.
 
     def cleanup(self) -> None:
