@@ -1,10 +1,10 @@
-"""One client WebSocket: RFC 6455 framing, a non-blocking bounded write path, and close codes.
+"""One client WebSocket: its lifecycle, reading messages, a non-blocking bounded write path.
 
-gevent-websocket performs the HTTP upgrade; after that this module owns the socket and reads
-and writes frames itself (the pure framing is `ipe.frames`). That fixes three gevent-websocket
-0.10.1 problems in one place (docs/design-decisions.md): close codes are really sent,
-pre-encoded UTF-8 goes out as a *text* frame, and an oversize frame is refused from its
-header, its payload never held in memory.
+gevent-websocket performs the HTTP upgrade; after that this module owns the socket (taken over
+by `ipe.handover`) and reads and writes frames itself (built and judged by `ipe.frames`). That
+fixes three gevent-websocket 0.10.1 problems (docs/design-decisions.md): close codes are
+really sent, pre-encoded UTF-8 goes out as a *text* frame, and an oversize frame is refused
+from its header, its payload never held in memory.
 
 An idle connection costs no greenlet. The socket is taken from pywsgi after the upgrade (its
 handler greenlet, environ and 8 KB read buffer are then freed), and a libev watcher calls back
@@ -32,8 +32,6 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.socket
-from geventwebsocket.websocket import WebSocket
 
 from ipe import protocol
 from ipe.frames import (
@@ -50,6 +48,7 @@ from ipe.frames import (
     text_frame,
     unmask,
 )
+from ipe.handover import take_socket
 
 log = logging.getLogger(__name__)
 
@@ -85,53 +84,6 @@ class Gate:
         # A presence channel: the version of the roster this socket was sent; member events
         # no newer than it are already in that roster.
         self.version: int | None = None
-
-
-class _Released(WebSocket):  # type: ignore[misc]
-    """gevent-websocket's object once ipe owns the socket: closing it does nothing.
-
-    Its own close() writes a frame without our code, and on an already closed socket it
-    builds a new class (MockApp) on every call, twice per connection, through __del__.
-    """
-
-    __slots__ = ()
-
-    def close(self, code: int = 1000, message: bytes = b"") -> None:
-        self.closed = True
-
-    def __del__(self) -> None:
-        pass
-
-
-def _take_socket(ws: Any) -> tuple[Any, bytes, bool]:
-    """(socket, bytes already read past the HTTP request, whether pywsgi let go of it).
-
-    A plain socket's descriptor is detached into a socket of our own, so pywsgi's handler can
-    return without closing the connection; a TLS socket stays with its handler greenlet.
-    """
-    handler = ws.handler
-    sock = handler.socket
-    rfile = handler.rfile
-    # A client may have sent its first frame right behind the upgrade request: whatever the
-    # buffered reader already holds is ours. Timeout 0 makes the read non-blocking.
-    sock.settimeout(0.0)
-    try:
-        pending = rfile.read1(READ_SIZE) or b""
-    except OSError:
-        pending = b""
-    finally:
-        sock.settimeout(None)
-    # gevent-websocket must not write its own close frame after ours (it drops the code).
-    ws.__class__ = _Released
-    ws.closed = True
-    if hasattr(sock, "_sslobj"):
-        return sock, pending, False
-    rfile.close()
-    own = gevent.socket.socket(fileno=sock.detach())
-    handler.socket = None  # pywsgi's cleanup then neither reads from nor closes it
-    if own.family in (socket.AF_INET, socket.AF_INET6):
-        own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return own, pending, True
 
 
 class Connection:
@@ -203,7 +155,7 @@ class Connection:
         self.events_count = 0
         self.on_message: Callable[[str], Any] = _ignore
         self.on_end: Callable[[], Any] = _nothing
-        sock, pending, detached = _take_socket(ws)
+        sock, pending, detached = take_socket(ws, READ_SIZE)
         self._sock = sock
         self._detached = detached
         # TLS sockets must go through the SSL object; plain ones are read and written raw.
