@@ -14,21 +14,29 @@ client receives. The kinds (prefixes in `ipe.protocol`):
   roster within `max_presence_members`.
 
 What follows an admission (joining, announcing, a cache channel's replay) is `ipe.session`'s.
+These functions do no I/O beyond reading a roster in `check_room`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ipe import auth, protocol
 
 if TYPE_CHECKING:
     from ipe.config import AppConfig, Limits
-    from ipe.connection import Connection
     from ipe.presence import Presence
 
 Member = tuple[str, Any]  # (user_id, user_info)
+
+
+class Subscriber(NamedTuple):
+    """Who asks to subscribe: the socket, and the user it signed in as (if it did)."""
+
+    socket_id: str
+    user_id: str | None = None
+    user_data: dict[str, Any] | None = None
 
 
 class Refused(Exception):
@@ -41,12 +49,14 @@ class Refused(Exception):
         self.status = status
 
 
-def admit(conn: Connection, app: AppConfig, channel: str, payload: dict[str, Any]) -> Member | None:
+def admit(
+    who: Subscriber, app: AppConfig, channel: str, payload: dict[str, Any]
+) -> Member | None:
     """Check a subscription to `channel`; the presence member it joins as, or None."""
     check_name(channel, app.limits)
     user_id = protocol.server_to_user_id(channel)
     if user_id is not None:
-        if conn.user_id != user_id:
+        if who.user_id != user_id:
             raise Refused(
                 protocol.SUB_AUTH_ERROR,
                 "Sign in as this user to subscribe to its channel",
@@ -56,9 +66,9 @@ def admit(conn: Connection, app: AppConfig, channel: str, payload: dict[str, Any
     if not (protocol.is_private(channel) or protocol.is_presence(channel)):
         return None
     channel_data = payload.get("channel_data")
-    check_signature(conn, app, channel, payload.get("auth"), channel_data)
+    check_signature(who, app, channel, payload.get("auth"), channel_data)
     if protocol.is_presence(channel):
-        return presence_member(conn, app.limits, channel_data)
+        return presence_member(who, app.limits, channel_data)
     return None
 
 
@@ -77,17 +87,16 @@ def check_name(channel: str, limits: Limits) -> None:
 
 
 def check_signature(
-    conn: Connection, app: AppConfig, channel: str, token: Any, channel_data: Any
+    who: Subscriber, app: AppConfig, channel: str, token: Any, channel_data: Any
 ) -> None:
     """The app's signature over `socket_id:channel[:channel_data]`."""
     if channel_data is not None and not isinstance(channel_data, str):
         raise Refused(
             protocol.SUB_AUTH_ERROR, "channel_data must be a string", protocol.SUB_UNAUTHORIZED
         )
-    if not auth.channel_auth_valid(
-        app.key, app.secret, conn.socket_id, channel, token, channel_data
-    ):
-        signed = auth.channel_string_to_sign(conn.socket_id, channel, channel_data)
+    socket_id = who.socket_id
+    if not auth.channel_auth_valid(app.key, app.secret, socket_id, channel, token, channel_data):
+        signed = auth.channel_string_to_sign(socket_id, channel, channel_data)
         raise Refused(
             protocol.SUB_AUTH_ERROR,
             f"Invalid signature: Expected HMAC SHA256 hex digest of {signed}, "
@@ -96,16 +105,16 @@ def check_signature(
         )
 
 
-def presence_member(conn: Connection, limits: Limits, channel_data: str | None) -> Member:
+def presence_member(who: Subscriber, limits: Limits, channel_data: str | None) -> Member:
     """(user_id, user_info) from channel_data, or from the sign-in without it."""
     if channel_data is None:
-        if conn.user_data is None:
+        if who.user_data is None:
             raise Refused(
                 protocol.SUB_AUTH_ERROR,
                 "Presence channels need channel_data",
                 protocol.SUB_UNAUTHORIZED,
             )
-        user_id, info = conn.user_id, conn.user_data.get("user_info")
+        user_id, info = who.user_id, who.user_data.get("user_info")
     else:
         try:
             parsed = json.loads(channel_data)

@@ -106,7 +106,8 @@ class Session:
         channel, payload = self._subscribe_data(data)
         conn = self.conn
         try:
-            member = channels.admit(conn, self.app, channel, payload)
+            who = channels.Subscriber(conn.socket_id, conn.user_id, conn.user_data)
+            member = channels.admit(who, self.app, channel, payload)
             if channel in conn.channels:
                 # Subscribing twice is harmless: confirm again, change nothing.
                 return self._confirm(channel, self._roster(channel) if member else None)
