@@ -60,7 +60,13 @@ INBOX_HIGH, INBOX_LOW = 64, 16
 
 
 class Lifecycle(IntEnum):
-    """Where a connection is in its life; it only ever moves forward."""
+    """Where a connection is in its life; it only ever moves forward.
+
+    OPEN -> CLOSING: `close` (ours; `_fail` for a client's error, `_overflow` for a slow
+    reader), `_peer_closed` (answering the client's close), `_abort` (dropping TCP).
+    -> ENDED: `_end` (EOF, or the closing handshake done); `_finish` then runs `on_end`.
+    -> RELEASED: `_release` closes the socket, once the writer has flushed what it holds.
+    """
 
     OPEN = 0  # reading and writing
     CLOSING = 1  # our close frame is out (or TCP is being dropped): nothing more is sent, and
