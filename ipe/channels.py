@@ -50,10 +50,13 @@ class Refused(Exception):
 
 
 def admit(
-    who: Subscriber, app: AppConfig, channel: str, payload: dict[str, Any]
+    who: Subscriber, app: AppConfig, limits: Limits, channel: str, payload: dict[str, Any]
 ) -> Member | None:
-    """Check a subscription to `channel`; the presence member it joins as, or None."""
-    check_name(channel, app.limits)
+    """Check a subscription to `channel`; the presence member it joins as, or None.
+
+    `app` signs (its key and current secrets); `limits` are the subscriber's.
+    """
+    check_name(channel, limits)
     user_id = protocol.server_to_user_id(channel)
     if user_id is not None:
         if who.user_id != user_id:
@@ -68,7 +71,7 @@ def admit(
     channel_data = payload.get("channel_data")
     check_signature(who, app, channel, payload.get("auth"), channel_data)
     if protocol.is_presence(channel):
-        return presence_member(who, app.limits, channel_data)
+        return presence_member(who, limits, channel_data)
     return None
 
 
@@ -89,13 +92,13 @@ def check_name(channel: str, limits: Limits) -> None:
 def check_signature(
     who: Subscriber, app: AppConfig, channel: str, token: Any, channel_data: Any
 ) -> None:
-    """The app's signature over `socket_id:channel[:channel_data]`."""
+    """The app's signature over `socket_id:channel[:channel_data]`, with any of its secrets."""
     if channel_data is not None and not isinstance(channel_data, str):
         raise Refused(
             protocol.SUB_AUTH_ERROR, "channel_data must be a string", protocol.SUB_UNAUTHORIZED
         )
     socket_id = who.socket_id
-    if not auth.channel_auth_valid(app.key, app.secret, socket_id, channel, token, channel_data):
+    if not auth.channel_auth_valid(app.key, app.secrets, socket_id, channel, token, channel_data):
         signed = auth.channel_string_to_sign(socket_id, channel, channel_data)
         raise Refused(
             protocol.SUB_AUTH_ERROR,
@@ -152,10 +155,12 @@ def presence_member(who: Subscriber, limits: Limits, channel_data: str | None) -
     return user_id, info
 
 
-def check_room(presence: Presence, app: AppConfig, channel: str, user_id: str) -> None:
+def check_room(
+    presence: Presence, app_id: str, limits: Limits, channel: str, user_id: str
+) -> None:
     """A new member fits in the presence channel (a returning user always does)."""
-    roster = presence.members(app.app_id, channel)
-    if user_id not in roster and len(roster) >= app.limits.max_presence_members:
+    roster = presence.members(app_id, channel)
+    if user_id not in roster and len(roster) >= limits.max_presence_members:
         raise Refused(
             protocol.SUB_LIMIT_REACHED,
             "The maximum members per presence channel limit was reached",

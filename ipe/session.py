@@ -107,12 +107,16 @@ class Session:
         conn = self.conn
         try:
             who = channels.Subscriber(conn.socket_id, conn.user_id, conn.user_data)
-            member = channels.admit(who, self.app, channel, payload)
+            # Signed with the app as it is now (its secrets may have rotated since connecting).
+            app = self.state.apps.current(self.app)
+            member = channels.admit(who, app, self.limits, channel, payload)
             if channel in conn.channels:
                 # Subscribing twice is harmless: confirm again, change nothing.
                 return self._confirm(channel, self._roster(channel) if member else None)
             if member is not None:
-                channels.check_room(self.state.presence, self.app, channel, member[0])
+                channels.check_room(
+                    self.state.presence, self.app.app_id, self.limits, channel, member[0]
+                )
         except channels.Refused as refused:
             return self._refuse(channel, refused.kind, refused.error, refused.status)
         self._subscribe(channel, member)
@@ -247,12 +251,12 @@ class Session:
     def on_signin(self, _channel: str | None, data: Any) -> None:
         payload = protocol.event_data_object(data)
         conn = self.conn
-        app = self.app
+        app = self.state.apps.current(self.app)
         if payload is None:
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signin data")
         user_data = payload.get("user_data")
         if not isinstance(user_data, str) or not auth.signin_valid(
-            app.key, app.secret, conn.socket_id, user_data, payload.get("auth")
+            app.key, app.secrets, conn.socket_id, user_data, payload.get("auth")
         ):
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signature for sign-in")
         try:
@@ -402,7 +406,7 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
     match = _APP_PATH.fullmatch(environ.get("PATH_INFO", ""))
     if match is None:
         return None, protocol.PATH_NOT_FOUND, "Path not found"
-    app = state.config.app_by_key(match.group(1))
+    app = state.apps.by_key(match.group(1))
     if app is None:
         return None, protocol.APP_NOT_FOUND, f"Application does not exist: {match.group(1)[:64]}"
     if not app.enabled:
@@ -444,7 +448,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
-    limits = app.limits if app is not None else config.apps[0].limits
+    limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
         app,

@@ -24,14 +24,15 @@ def token(channel: str, channel_data: str | None = None, socket_id: str = SOCKET
 
 def refusal(who: Subscriber, channel: str, payload: dict, app: AppConfig = APP) -> tuple:
     with pytest.raises(Refused) as caught:
-        admit(who, app, channel, payload)
+        admit(who, app, app.limits, channel, payload)
     return caught.value.kind, caught.value.status
 
 
 @pytest.mark.parametrize("channel", ["orders", "cache-orders", "a-b_c=d@e,f.g;h"])
 def test_public_and_cache_channels_need_nothing(channel):
-    assert admit(ANON, APP, channel, {"auth": ""}) is None
-    assert admit(ANON, APP, channel, {"auth": "demo-key:nonsense"}) is None  # auth is ignored
+    assert admit(ANON, APP, APP.limits, channel, {"auth": ""}) is None
+    # `auth` is ignored on public channels
+    assert admit(ANON, APP, APP.limits, channel, {"auth": "demo-key:nonsense"}) is None
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,7 @@ def test_public_and_cache_channels_need_nothing(channel):
      "private-encrypted-cache-orders"],
 )
 def test_private_kinds_need_the_signature_over_socket_and_channel(channel):
-    assert admit(ANON, APP, channel, {"auth": token(channel)}) is None
+    assert admit(ANON, APP, APP.limits, channel, {"auth": token(channel)}) is None
     assert refusal(ANON, channel, {"auth": token(channel, socket_id="1.2")}) == (
         protocol.SUB_AUTH_ERROR,
         401,
@@ -48,9 +49,19 @@ def test_private_kinds_need_the_signature_over_socket_and_channel(channel):
     assert refusal(ANON, channel, {}) == ("AuthError", 401)
 
 
+def test_a_secret_rotating_out_still_signs():
+    rotating = replace(APP, secret="new-secret", previous_secrets=("demo-secret",))
+    channel = "private-orders"
+    assert admit(ANON, rotating, APP.limits, channel, {"auth": token(channel)}) is None
+    assert refusal(ANON, channel, {"auth": token(channel)}, replace(APP, secret="other")) == (
+        "AuthError",
+        401,
+    )
+
+
 def test_a_bad_signature_says_what_should_have_been_signed():
     with pytest.raises(Refused) as caught:
-        admit(ANON, APP, "private-orders", {"auth": "demo-key:abc"})
+        admit(ANON, APP, APP.limits, "private-orders", {"auth": "demo-key:abc"})
     assert caught.value.error == (
         "Invalid signature: Expected HMAC SHA256 hex digest of 123.456:private-orders, "
         "but got demo-key:abc"
@@ -60,7 +71,7 @@ def test_a_bad_signature_says_what_should_have_been_signed():
 def test_private_with_channel_data_signs_it_too():
     data = '{"x":1}'
     payload = {"auth": token("private-orders", data), "channel_data": data}
-    assert admit(ANON, APP, "private-orders", payload) is None
+    assert admit(ANON, APP, APP.limits, "private-orders", payload) is None
     assert refusal(ANON, "private-orders", {"auth": token("private-orders", data),
                                             "channel_data": {"x": 1}}) == ("AuthError", 401)
 
@@ -68,12 +79,12 @@ def test_private_with_channel_data_signs_it_too():
 def test_presence_joins_as_the_member_in_channel_data():
     data = '{"user_id":"42","user_info":{"name":"Ann"}}'
     payload = {"auth": token("presence-room", data), "channel_data": data}
-    assert admit(ANON, APP, "presence-room", payload) == ("42", {"name": "Ann"})
+    assert admit(ANON, APP, APP.limits, "presence-room", payload) == ("42", {"name": "Ann"})
 
 
 def test_presence_member_ids_are_strings():
     data = '{"user_id":7}'  # Laravel sends integers
-    assert admit(ANON, APP, "presence-room",
+    assert admit(ANON, APP, APP.limits, "presence-room",
                  {"auth": token("presence-room", data), "channel_data": data}) == ("7", None)
 
 
@@ -88,7 +99,7 @@ def test_presence_channel_data_without_a_usable_user_id_is_refused(data):
 
 def test_presence_without_channel_data_joins_as_the_signed_in_user():
     payload = {"auth": token("presence-room")}
-    assert admit(ANN, APP, "presence-room", payload) == ("42", {"name": "Ann"})
+    assert admit(ANN, APP, APP.limits, "presence-room", payload) == ("42", {"name": "Ann"})
     assert refusal(ANON, "presence-room", payload) == ("AuthError", 401)
 
 
@@ -102,7 +113,7 @@ def test_presence_limits_on_user_id_and_user_info():
 
 
 def test_server_to_user_channel_only_for_that_user():
-    assert admit(ANN, APP, "#server-to-user-42", {"auth": ""}) is None
+    assert admit(ANN, APP, APP.limits, "#server-to-user-42", {"auth": ""}) is None
     assert refusal(ANON, "#server-to-user-42", {}) == ("AuthError", 401)
     assert refusal(ANN, "#server-to-user-7", {}) == ("AuthError", 401)
 
@@ -119,8 +130,8 @@ def test_a_full_presence_channel_refuses_newcomers_but_not_returning_users():
     presence = InMemoryPresence()
     presence.join(app.app_id, "presence-room", "1", None)
     presence.join(app.app_id, "presence-room", "2", None)
-    check_room(presence, app, "presence-room", "2")  # already a member: fits
+    check_room(presence, app.app_id, app.limits, "presence-room", "2")  # already a member: fits
     with pytest.raises(Refused) as caught:
-        check_room(presence, app, "presence-room", "3")
+        check_room(presence, app.app_id, app.limits, "presence-room", "3")
     assert (caught.value.kind, caught.value.status) == ("LimitReached", 4100)
     assert caught.value.error == "The maximum members per presence channel limit was reached"
