@@ -13,7 +13,7 @@ subscribe's round trips; a topic whose last socket left stays subscribed for LIN
 control channel every node subscribes to. On a Redis Cluster of Redis 7+ the topics are
 sharded channels (SPUBLISH/SSUBSCRIBE) spread over every master: one listener per master.
 
-The message on the wire (../shared/DESIGN.md §2.2) is a one-line JSON header, a newline, and
+The message on the wire (docs/design-decisions.md) is a one-line JSON header, a newline, and
 the client payload exactly as encoded once by the publisher:
 `{"k":"e","c":"presence-room","x":"123.456","n":"node-id"}\\n{"event":...}`. A listener parses
 only the header; the payload bytes go into the WebSocket frame untouched.
