@@ -28,8 +28,9 @@ class Broker(Protocol):
     ) -> None:
         """Send one message (see `ipe.hub` for kinds) to every node; to this one unless `here`
         is False (it was served already). A member event carries its roster change's
-        `version` (ipe.presence). An `ordered` message reaches this node too in the one
-        order every node hears (subscription counts, whose last one must win everywhere)."""
+        `version` (ipe.presence). An `ordered` message (and every member event and watchlist
+        notice) reaches this node too in the one order every node hears: two nodes' changes
+        of one roster or count must end the same everywhere."""
         ...
 
     def start(self) -> None:

@@ -1,7 +1,9 @@
 """Fan-out through Redis Pub/Sub: `RedisBroker` delivers every publish to this node's
 subscribers at once and carries it to the other nodes through Redis. Each publisher's messages
-keep their order (one local call, one ordered outbox); this node skips its own echoes. It is
-the only module that uses Redis Pub/Sub.
+keep their order (one local call, one ordered outbox); this node skips its own echoes. What
+follows cluster-wide state (member events, watchlist notices, subscription counts) is instead
+heard back through Redis by its producer too, so that every node applies it in Redis's one
+order. It is the only module that uses Redis Pub/Sub.
 
 Routing by interest: a message goes to the Pub/Sub channel of what it is for (a channel, a
 signed-in user, a watched user: `ipe.hub.topic_of`), and a node subscribes only to those its
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ipe.hub import CHANNEL, Hub, topic_of
+from ipe.hub import CHANNEL, WATCH, Hub, topic_of
 from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS, reconnect_backoff
 from ipe.redis.listener import Listener
@@ -68,6 +70,7 @@ class RedisBroker:
         self._placed: dict[str, Listener] = {}  # topic -> the listener subscribing it
         self._started = False
         self._syncer: gevent.Greenlet | None = None
+        self._dirty = False  # subscription changes not sent yet
         self._resharding: gevent.Greenlet | None = None
         self._failures_logged = 0.0
         self._failures_unlogged = 0
@@ -96,8 +99,12 @@ class RedisBroker:
             header["x"] = exclude
         if version is not None:
             header["v"] = version
+        # What follows cluster-wide state (member events, watchlist notices, counts) is
+        # published by whichever node changed it; two nodes' messages about one roster must
+        # reach every socket in one order, so these are heard back through Redis like every
+        # other node hears them (one order everywhere), unless Redis is not there to ask.
+        ordered = ordered or version is not None or kind == WATCH
         if ordered and here and self.ready():
-            # Heard back through Redis like every other node hears it: one order everywhere.
             header["o"] = 1
         elif here:
             # This node's subscribers never wait on Redis: they get the message now, and the
@@ -216,10 +223,21 @@ class RedisBroker:
 
     def _place(self, topic: str) -> None:
         """Give `topic` to the listener of its server (its shard's master when sharded)."""
-        address = None
-        if self.sharded:
-            node = self.link.client.get_node_from_key(topic)
-            address = (node.host, node.port)
+        try:
+            address = self._address(topic)
+        except self.errors as exc:  # slots unknown mid-failover: placed by the reshard
+            self.link.mark_down(exc)
+            self.listener_failed(None)
+            return
+        self._assign(topic, address)
+
+    def _address(self, topic: str) -> tuple[str, int] | None:
+        if not self.sharded:
+            return None
+        node = self.link.client.get_node_from_key(topic)  # the client's slot map: no I/O
+        return (node.host, node.port)
+
+    def _assign(self, topic: str, address: tuple[str, int] | None) -> None:
         listener = self._listeners.get(address)
         if listener is None:
             listener = self._listeners[address] = Listener(self, address)
@@ -229,17 +247,20 @@ class RedisBroker:
 
     def _sync_soon(self) -> None:
         """Send the subscription changes once the greenlets running now have made theirs."""
+        self._dirty = True
         if self._syncer is None:
             self._syncer = gevent.spawn(self._sync)
 
     def _sync(self) -> None:
         try:
-            for address, listener in list(self._listeners.items()):
-                if not listener.topics and address is not None:
-                    listener.stop()  # a shard this node has nothing on any more
-                    del self._listeners[address]
-                    continue
-                listener.sync()
+            while self._dirty:  # changes made while a write yielded go out in the next round
+                self._dirty = False
+                for address, listener in list(self._listeners.items()):
+                    if not listener.topics and address is not None:
+                        listener.stop()  # a shard this node has nothing on any more
+                        del self._listeners[address]
+                        continue
+                    listener.sync()
         finally:
             self._syncer = None
 
@@ -259,26 +280,32 @@ class RedisBroker:
             if expired:
                 self._sync_soon()
 
-    def listener_failed(self, listener: Listener) -> None:
+    def listener_failed(self, listener: Listener | None) -> None:
         """A listener lost its connection: on a sharded Cluster, where the slots are may have
-        changed (a failover), so the topics are placed again."""
+        changed (a failover), so every topic is placed again."""
         if self.sharded and self._resharding is None:
             self._resharding = gevent.spawn(self._reshard)
 
     def _reshard(self) -> None:
+        backoff = reconnect_backoff()
         try:
-            try:
-                self.link.client.nodes_manager.initialize()
-            except self.errors as exc:
-                self.link.mark_down(exc)
-                return
-            placed = self._placed
+            while True:
+                try:
+                    self.link.client.nodes_manager.initialize()
+                    # No yield from here to the end: the placement matches `_wanted`.
+                    placement = {
+                        topic: self._address(topic) for topic in (k.decode() for k in self._wanted)
+                    }
+                    break
+                except self.errors as exc:
+                    self.link.mark_down(exc)
+                    gevent.sleep(backoff.next())
             self._placed = {}
             for listener in self._listeners.values():
                 listener.topics = set()
-            for topic in placed:
-                self._place(topic)
-            self._sync()
+            for topic, address in placement.items():
+                self._assign(topic, address)
+            self._sync_soon()
         finally:
             self._resharding = None
 
@@ -308,7 +335,7 @@ class RedisBroker:
         self._started = True
         for key in list(self._wanted):
             self._place(key.decode())
-        self._sync()
+        self._sync_soon()
         gevent.spawn(self._expire_forever)
 
     def watch_apps(self, app_ids: tuple[str, ...]) -> None:

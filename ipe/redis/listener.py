@@ -176,6 +176,7 @@ class Listener:
                             pending.discard(topic)
                             if not pending:
                                 self.live = True
+                                self.sync()  # what changed while connecting
                                 backoff.reset()
                                 if failed:
                                     failed = False
