@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +60,22 @@ class State:
         self.broker.start()
         self.webhooks.start()
 
-    def shutdown(self) -> None:
-        """Tell every client to reconnect elsewhere (4200), then stop background work."""
+    def shutdown(self, after_drain: Callable[[], None] | None = None) -> None:
+        """Drain: /ready answers 503 and new sockets are refused at once, open sockets are
+        told to reconnect elsewhere (4200) in batches over `drain_seconds`; then
+        `after_drain` (stop listening), webhooks flushed, background work stopped."""
         self.draining = True
-        self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        log.info("draining %d connection(s) over %gs", self.hub.count(), self.config.drain_seconds)
+        self.hub.drain(
+            protocol.GENERIC_RECONNECT, "Server is shutting down", self.config.drain_seconds
+        )
         # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
         # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.
         deadline = time.monotonic() + CLOSE_WAIT + 0.5
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        if after_drain is not None:
+            after_drain()
         self.webhooks.stop()
         self.broker.stop()
         if self.janitor is not None:

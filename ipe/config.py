@@ -151,6 +151,13 @@ class Config:
     instance_id: str = ""
     log_level: str = "info"
     webhooks: WebhookSettings = WebhookSettings()
+    drain_seconds: float = 10.0
+
+    @property
+    def stop_seconds(self) -> float:
+        """Longest a SIGTERM'd process takes to exit: the drain, the last closing handshakes
+        (3 s), the webhook flush, and a margin (gunicorn's graceful_timeout is this)."""
+        return self.drain_seconds + 3.0 + self.webhooks.flush_timeout + 2.0
 
     def app_by_key(self, key: str) -> AppConfig | None:
         """The app whose public key is `key`."""
@@ -554,6 +561,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
         webhooks=_webhook_settings(top.section("webhooks")),
+        drain_seconds=top.float("drain_seconds", Config.drain_seconds),
     )
     top.done()
     return config

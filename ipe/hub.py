@@ -17,6 +17,7 @@ from ipe.connection import Connection, text_frame
 
 log = logging.getLogger(__name__)
 
+DRAIN_TICK = 0.1  # seconds between two batches of closes while draining
 PING_FRAME = text_frame(protocol.encode_event(protocol.PING))
 
 # Kinds of broker message (the envelope's "k"): what `Hub.dispatch` does with them.
@@ -250,3 +251,22 @@ class Hub:
         """Close every local connection (shutdown: 4200 tells clients to reconnect at once)."""
         for conn in tuple(self.connections.values()):
             conn.close(code, reason, error=True)
+
+    def drain(self, code: int, reason: str, seconds: float) -> None:
+        """Close every local connection in even batches spread over `seconds` (blocking).
+
+        Closing all at once on a rolling restart would send every client to the other nodes
+        in the same second; spread out, they reconnect at the pace the drain sets. The caller
+        refuses new connections meanwhile; any that slipped in go with the last batch.
+        """
+        conns = tuple(self.connections.values())
+        ticks = max(1, round(seconds / DRAIN_TICK))
+        started = time.monotonic()
+        for tick in range(ticks):
+            if not self.connections:
+                return  # everyone left by themselves
+            for conn in conns[tick * len(conns) // ticks : (tick + 1) * len(conns) // ticks]:
+                if not conn.closing:
+                    conn.close(code, reason, error=True)
+            gevent.sleep(max(0.0, started + (tick + 1) * seconds / ticks - time.monotonic()))
+        self.close_all(code, reason)

@@ -520,6 +520,8 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
+    if code is None and state.draining:  # it would be closed by the next batch anyway
+        code, message = protocol.GENERIC_RECONNECT, "Server is shutting down"
     limits = app.limits if app is not None else config.apps[0].limits
     conn = Connection(
         environ["wsgi.websocket"],
