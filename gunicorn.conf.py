@@ -4,6 +4,7 @@ Never add --preload, and never import ipe.app here: the gevent worker must monke
 before the app (and redis, ssl) is imported, which happens in each worker after fork.
 """
 
+import functools
 import math
 import os
 import signal
@@ -22,15 +23,32 @@ def _config_path() -> str:
     )
 
 
-def _stop_seconds() -> float:
-    """How long a worker may take after SIGTERM: its drain (`drain_seconds`), the last closing
-    handshakes and the webhook flush (see ipe.config.Config.stop_seconds)."""
+@functools.cache
+def _ipe_config():
+    """The ipe config the workers will serve, or None when it does not load (the worker then
+    reports the error itself)."""
     from ipe import config as ipe_config  # pure: imports no gevent, socket users or redis
 
     try:
-        return ipe_config.load(_config_path()).stop_seconds
+        return ipe_config.load(_config_path())
     except ipe_config.ConfigError:
-        return 20.0  # the worker reports the error itself when it loads the config
+        return None
+
+
+def _stop_seconds() -> float:
+    """How long a worker may take after SIGTERM: its drain (`drain_seconds`), the last closing
+    handshakes and the webhook flush (see ipe.config.Config.stop_seconds)."""
+    config = _ipe_config()
+    return config.stop_seconds if config is not None else 20.0
+
+
+def _ipe_logconfig():
+    from ipe import logs  # pure, like ipe.config
+
+    config = _ipe_config()
+    level = os.environ.get("IPE_LOG_LEVEL") or (config.log_level if config else "info")
+    fmt = os.environ.get("IPE_LOG_FORMAT", "").lower() or (config.log_format if config else "")
+    return logs.gunicorn_logconfig(level, fmt or "text")
 
 
 # On SIGTERM a worker keeps listening (so /ready answers 503) while it closes its WebSockets
@@ -43,16 +61,10 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Two gunicorns on one host would otherwise fight over one control socket path.
 control_socket_disable = True
 # ipe logs through `logging` (one line per connection, REST call and Redis state change):
-# give the root logger gunicorn's handler and format, which shows each worker's pid, and
-# keep gunicorn's own lines from reaching it twice.
-_level = os.environ.get("IPE_LOG_LEVEL", "info").upper()
-logconfig_dict = {
-    "root": {"level": _level, "handlers": ["error_console"]},
-    "loggers": {
-        name: {"level": "INFO", "handlers": ["error_console"], "propagate": False}
-        for name in ("gunicorn.error", "gunicorn.access")
-    },
-}
+# the root logger gets gunicorn's handler and format (which shows each worker's pid), or JSON
+# lines with `log_format: json` / IPE_LOG_FORMAT=json, and gunicorn's own lines do not reach
+# it twice.
+logconfig_dict = _ipe_logconfig()
 
 
 def on_starting(server):

@@ -84,7 +84,8 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
+        self.metrics.add_tallies(self.hub.take_tallies())
+        self.metrics.add_pubsub(*self.broker.take_tallies())
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -105,7 +106,7 @@ def config_path() -> str:
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
     hub = Hub(config.activity_timeout, config.pong_timeout)
-    metrics = Metrics()
+    metrics = Metrics(tuple(app.app_id for app in config.apps))
     if config.redis is None:
         broker = LocalBroker(hub)
         presence = InMemoryPresence()

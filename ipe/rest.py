@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ipe import auth, protocol
+from ipe import auth, logs, protocol
 from ipe.hub import EVENT, TERMINATE
 
 if TYPE_CHECKING:
@@ -398,6 +398,24 @@ def _log_request(response: Response) -> Response:
     started = g.get("ipe_started")
     elapsed = (time.monotonic() - started) * 1000 if started else 0.0
     endpoint = request.endpoint or "unknown"
-    _state().metrics.http_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-    log.info("%s %s %d %.1fms", request.method, request.path, response.status_code, elapsed)
+    app_id = (request.view_args or {}).get("app_id")
+    metrics = _state().metrics
+    metrics.http_requests.labels(
+        app_id=metrics.app_label(app_id), endpoint=endpoint, status=str(response.status_code)
+    ).inc()
+    log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        request.path,
+        response.status_code,
+        elapsed,
+        extra={
+            "app_id": str(app_id)[:64] if app_id is not None else None,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(elapsed, 1),
+            "remote_addr": logs.remote_address(request.environ),
+        },
+    )
     return response

@@ -143,7 +143,7 @@ class Webhooks:
 
     def _drop(self, app: AppConfig, event: Event) -> None:
         if self.metrics is not None:
-            self.metrics.webhooks_dropped.inc()
+            self.metrics.webhooks_dropped.labels(app_id=app.app_id).inc()
         self._dropped_unlogged += 1
         now = time.monotonic()
         if now - self._drop_logged_at >= _DROP_LOG_INTERVAL:
@@ -283,18 +283,30 @@ class Webhooks:
         store = self.store
         delay = settings.retry_backoff
         attempts = 0
+        started = time.monotonic()
+
+        def fields() -> dict[str, object]:  # for JSON logs (ipe.logs); never the signature
+            return {
+                "app_id": app.app_id,
+                "url": safe_url(target.url),
+                "events": len(batch.events),
+                "attempts": attempts,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            }
+
         try:
             while True:
                 attempts += 1
                 error = self._post(target.url, body, headers)
                 if error is None:
                     if self.metrics is not None:
-                        self.metrics.webhooks_sent.inc()
+                        self.metrics.webhooks_sent.labels(app_id=app.app_id).inc()
                     log.debug(
                         "webhook delivered: app %s, %d event(s), %s",
                         app.app_id,
                         len(batch.events),
                         safe_url(target.url),
+                        extra=fields(),
                     )
                     break
                 wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
@@ -307,7 +319,7 @@ class Webhooks:
                     give_up = time.time() + wait > batch.created_ms / 1000 + settings.retry_for
                 if give_up:
                     if self.metrics is not None:
-                        self.metrics.webhooks_failed.inc()
+                        self.metrics.webhooks_failed.labels(app_id=app.app_id).inc()
                     log.warning(
                         "webhook given up: app %s, %d event(s) to %s after %d attempt(s) "
                         "in %.1fs; last error: %s",
@@ -317,6 +329,7 @@ class Webhooks:
                         attempts,
                         time.time() - batch.created_ms / 1000,
                         error,
+                        extra=fields(),
                     )
                     break
                 log.info(
@@ -325,6 +338,7 @@ class Webhooks:
                     error,
                     attempts,
                     wait,
+                    extra=fields(),
                 )
                 # Shutdown cuts the wait short for one last attempt.
                 self._stopping.wait(wait)

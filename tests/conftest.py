@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,6 +69,17 @@ BASE_CONFIG: dict[str, Any] = {
         },
     ],
 }
+
+
+SIGNATURE = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+
+
+def parse_sample(line: str) -> tuple[str, dict[str, str], float]:
+    """One line of the Prometheus text format: (name, labels, value)."""
+    head, _, value = line.rpartition(" ")
+    name, _, labels = head.partition("{")
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+    return name, dict(pairs), float(value)
 
 
 def free_port() -> int:
@@ -170,18 +182,41 @@ class IpeServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+        finally:
+            self.assert_no_secrets_logged()  # checked for every server of the suite
+
+    def assert_no_secrets_logged(self) -> None:
+        """No app secret and nothing shaped like a signature (64 hex digits: channel auth,
+        REST auth_signature, webhook signature) anywhere in this server's log."""
+        log = self.log()
+        for app in self.config.get("apps", ()):
+            secret = str(app.get("secret", ""))
+            assert len(secret) < 6 or secret not in log, f"secret logged in {self.log_path}"
+        found = SIGNATURE.search(log)
+        assert found is None, f"a signature logged in {self.log_path}: {found.group()}"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def metric(self, name: str) -> float:
-        """The value of one metric on /metrics, labels included as exported
-        (`name{code="4100"}`); 0 when not exported yet."""
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on /metrics: (name, labels, value)."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.split(" ")[0] == name:
-                    return float(line.split(" ")[1])
-        return 0.0
+            text = r.read().decode()
+        return [parse_sample(line) for line in text.splitlines() if line and line[0] != "#"]
+
+    def metric(self, name: str, required: bool = False) -> float:
+        """The sum of one metric's series on /metrics whose labels include those given (as
+        exported: `name{code="4100"}`; a bare name sums every series); 0 when there is none,
+        unless `required`."""
+        wanted_name, wanted = parse_sample(name + " 0")[:2]
+        values = [
+            value
+            for sample_name, labels, value in self.metrics()
+            if sample_name == wanted_name and wanted.items() <= labels.items()
+        ]
+        if required and not values:
+            raise AssertionError(f"no {name} in /metrics")
+        return sum(values)
 
     def sdk(
         self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
