@@ -1,0 +1,114 @@
+"""The single-file bundle works on a host without network: copy one file, run it, connect.
+
+`scripts/bundle` builds dist/ipe-<version>-<python>-<platform>.pyz (reused when its sources
+have not changed, so only the first run needs PyPI). The test copies it into a temporary
+directory outside the repository and, inside a network namespace with only loopback
+(`unshare -n`), runs it with the interpreter below this venv in isolated mode (`-I`: none of
+the venv's or the user's packages), checks `--version` and `--check-config`, serves, and has
+pusher-js connect, subscribe and receive an event triggered with the Node server SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import APP_ID, KEY, ROOT, SECRET, config_with, free_port
+
+from ipe import __version__
+
+pytestmark = [pytest.mark.bundle, pytest.mark.timeout(900)]
+
+E2E_MODULES = ROOT / "tests" / "e2e" / "node_modules"
+DRIVER = r"""
+set -u
+ip link set lo up
+py="$1"; pyz="$2"; port="$3"
+if "$py" -I -c 'import socket; socket.create_connection(("1.1.1.1", 443), timeout=2)' 2>/dev/null
+then echo "network: reachable"; else echo "network: none"; fi
+"$py" -I "$pyz" --version
+"$py" -I "$pyz" --config config.yml --check-config || echo "check-config failed: $?"
+"$py" -I "$pyz" --config config.yml --port "$port" > server.log 2>&1 &
+pid=$!
+"$py" -I -c '
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while True:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("server did not answer /health")
+        time.sleep(0.1)
+' "$port"
+node "$4" "$port" "$5" "$6" "$7"
+echo "client exit: $?"
+kill -TERM "$pid"
+wait "$pid"
+echo "server exit: $?"
+"""
+
+
+def _base_python() -> str:
+    """The interpreter this venv was made from: a plain Python without ipe's packages."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "bundle")], cwd=ROOT, capture_output=True, text=True, timeout=880
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = sorted((ROOT / "dist").glob(f"ipe-{__version__}-*.pyz"))
+    assert built, result.stdout + result.stderr
+    wheelhouse = built[-1].with_name(built[-1].stem + "-wheelhouse.tar.gz")
+    assert wheelhouse.exists()
+    return built[-1]
+
+
+def test_the_bundle_serves_pusher_js_without_network(bundle: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
+        pytest.skip("needs `unshare -n` (root)")
+    if shutil.which("node") is None or not E2E_MODULES.exists():
+        pytest.skip("needs node and tests/e2e/node_modules (scripts/test installs them)")
+    host = tmp_path / "host"
+    host.mkdir()
+    pyz = host / bundle.name
+    shutil.copy(bundle, pyz)
+    (host / "config.yml").write_text(yaml.safe_dump(config_with()))
+    client = host / "offline_client.js"
+    shutil.copy(Path(__file__).with_name("offline_client.js"), client)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(host),
+        "SHIV_ROOT": str(host / "shiv"),  # where the bundle unpacks its compiled parts
+        "NODE_PATH": str(E2E_MODULES),
+    }
+    args = [_base_python(), str(pyz), str(free_port()), str(client), KEY, SECRET, APP_ID]
+    result = subprocess.run(
+        ["unshare", "-n", "bash", "-c", DRIVER, "driver", *args],
+        cwd=host,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    out = result.stdout
+    log = (host / "server.log").read_text() if (host / "server.log").exists() else ""
+    report = f"{out}\n{result.stderr}\n--- server.log\n{log}"
+    assert "network: none" in out, report
+    assert f"ipe {__version__}" in out, report
+    assert "config.yml: OK" in out, report
+    assert re.search(r"^connected \d+\.\d+$", out, re.M), report
+    assert "subscribed\nreceived\nclient exit: 0" in out, report
+    assert "server exit: 0" in out, report
+    assert "POST /apps/1001/events 200" in log, report
+    assert "Traceback" not in log, report
