@@ -64,7 +64,7 @@ def test_json_lines_carry_the_fields_and_no_secret(how, make_server):
     connected = _one(lines, message=f"connected {socket_id} app={APP_ID}")
     assert connected["app_id"] == APP_ID and connected["socket_id"] == socket_id
     assert connected["remote_addr"] == "127.0.0.1"
-    assert connected["level"] == "debug" and connected["logger"] == "ipe.websocket"
+    assert connected["level"] == "debug" and connected["logger"] == "ipe.session"
     subscribed = _one(lines, socket_id=socket_id, channel="private-orders")
     assert subscribed["app_id"] == APP_ID
     refused = _one(lines, socket_id=socket_id, channel="private-bad")
