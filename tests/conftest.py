@@ -249,6 +249,28 @@ class IpeServer:
         return client
 
 
+class Gunicorn(IpeServer):
+    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        env = {
+            **self.env,
+            "IPE_CONFIG": str(self.config_path),
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+        }
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if wait:
+            self.wait_healthy()
+        return self
+
+
 class WsClient:
     """A raw WebSocket client: JSON frames in and out, close codes, bounded waits."""
 
@@ -449,8 +471,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., IpeServer]]:
         start: bool = True,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        launcher: type[IpeServer] = IpeServer,
     ) -> IpeServer:
-        server = IpeServer(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
+        server = launcher(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
         servers.append(server)
         return server.start() if start else server
 

@@ -13,8 +13,6 @@ import resource
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,34 +20,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import KEY, ROOT, IpeServer, config_with, wait_until
+from conftest import KEY, Gunicorn, IpeServer, config_with, wait_until
 
 from ipe import config as ipe_config
 
 SOCKETS = 1000
 DRAIN = 2.0
-
-
-class Gunicorn(IpeServer):
-    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app` (one worker, as the Procfile)."""
-
-    def start(self, wait: bool = True) -> Gunicorn:
-        env = {
-            **self.env,
-            "IPE_CONFIG": str(self.config_path),
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-        }
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        if wait:
-            self.wait_healthy()
-        return self
 
 
 class RawSockets:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import APP_ID, SECRET, wait_until
+from conftest import APP_ID, SECRET, Gunicorn, IpeServer, wait_until
 from receiver import Receivers, hook_config, private_subscribe
 
 SIGNATURE = re.compile(r"[0-9a-f]{64}")  # an HMAC-SHA256 in hex: auth, REST or webhook
@@ -32,18 +32,22 @@ def _one(lines: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
     return found[0]
 
 
-@pytest.mark.parametrize("how", ["config", "env"])
+@pytest.mark.parametrize("how", ["config", "env", "gunicorn"])
 def test_json_lines_carry_the_fields_and_no_secret(how, make_server):
     receivers = Receivers()
     try:
         hook = receivers()
         config = hook_config([{"url": hook.url}], batch_window=0.05, grace_period=0)
         env = {}
+        launcher: type[IpeServer] = IpeServer
         if how == "config":
             config["log_format"] = "json"
         else:
             env["IPE_LOG_FORMAT"] = "json"
-        server = make_server(config, env=env)
+        if how == "gunicorn":  # gunicorn's own lines must be JSON too
+            launcher = Gunicorn
+            env["IPE_LOG_LEVEL"] = "debug"
+        server = make_server(config, env=env, launcher=launcher)
 
         client = server.ws()  # a connection: connected, subscribed, disconnected
         private_subscribe(server, client, "private-orders")
@@ -65,6 +69,9 @@ def test_json_lines_carry_the_fields_and_no_secret(how, make_server):
     assert connected["app_id"] == APP_ID and connected["socket_id"] == socket_id
     assert connected["remote_addr"] == "127.0.0.1"
     assert connected["level"] == "debug" and connected["logger"] == "ipe.session"
+    assert connected["pid"] > 0 and connected["time"].endswith("Z")
+    if how == "gunicorn":
+        assert _one(lines, logger="gunicorn.error")["message"].startswith("Starting gunicorn")
     subscribed = _one(lines, socket_id=socket_id, channel="private-orders")
     assert subscribed["app_id"] == APP_ID
     refused = _one(lines, socket_id=socket_id, channel="private-bad")
