@@ -5,7 +5,9 @@ have not changed, so only the first run needs PyPI). The test copies it into a t
 directory outside the repository and, inside a network namespace with only loopback
 (`unshare -n`), runs it with the interpreter below this venv in isolated mode (`-I`: none of
 the venv's or the user's packages), checks `--version` and `--check-config`, serves, and has
-pusher-js connect, subscribe and receive an event triggered with the Node server SDK.
+pusher-js connect, subscribe and receive an event triggered with the Node server SDK -
+through a redis-server in the same namespace when one is installed (scripts/test installs it),
+so that the Redis engine and its compiled parser are exercised from the bundle too.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import APP_ID, KEY, ROOT, SECRET, config_with, free_port
+from conftest import APP_ID, KEY, ROOT, SECRET, SIGNATURE, config_with, free_port
 
 from ipe import __version__
 
@@ -34,18 +37,23 @@ if "$py" -I -c 'import socket; socket.create_connection(("1.1.1.1", 443), timeou
 then echo "network: reachable"; else echo "network: none"; fi
 "$py" -I "$pyz" --version
 "$py" -I "$pyz" --config config.yml --check-config || echo "check-config failed: $?"
+if [ -n "$8" ]; then  # the Redis engine too: redis-py and its compiled parser from the bundle
+  "$8" --port "$9" --bind 127.0.0.1 --save "" --appendonly no > redis.log 2>&1 &
+  redis=$!
+  export REDIS_URL="redis://127.0.0.1:$9"
+fi
 "$py" -I "$pyz" --config config.yml --port "$port" > server.log 2>&1 &
 pid=$!
 "$py" -I -c '
 import sys, time, urllib.request
 deadline = time.monotonic() + 60
 while True:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
+    try:  # /ready: with Redis, only once the broker is subscribed
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=1)
         break
     except OSError:
         if time.monotonic() > deadline:
-            sys.exit("server did not answer /health")
+            sys.exit("server did not answer /ready")
         time.sleep(0.1)
 ' "$port"
 node "$4" "$port" "$5" "$6" "$7"
@@ -53,6 +61,7 @@ echo "client exit: $?"
 kill -TERM "$pid"
 wait "$pid"
 echo "server exit: $?"
+[ -n "$8" ] && kill -TERM "$redis" && wait "$redis"
 """
 
 
@@ -74,6 +83,13 @@ def bundle() -> Path:
     return built[-1]
 
 
+def test_the_bundle_holds_every_module_of_ipe(bundle: Path) -> None:
+    with zipfile.ZipFile(bundle) as pyz:
+        packed = {name.split("site-packages/", 1)[1] for name in pyz.namelist() if "/ipe/" in name}
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "ipe").rglob("*.py")}
+    assert sources <= packed, sources - packed
+
+
 def test_the_bundle_serves_pusher_js_without_network(bundle: Path, tmp_path: Path) -> None:
     if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("needs `unshare -n` (root)")
@@ -92,7 +108,9 @@ def test_the_bundle_serves_pusher_js_without_network(bundle: Path, tmp_path: Pat
         "SHIV_ROOT": str(host / "shiv"),  # where the bundle unpacks its compiled parts
         "NODE_PATH": str(E2E_MODULES),
     }
+    redis_server = shutil.which("redis-server") or ""
     args = [_base_python(), str(pyz), str(free_port()), str(client), KEY, SECRET, APP_ID]
+    args += [redis_server, str(free_port())]
     result = subprocess.run(
         ["unshare", "-n", "bash", "-c", DRIVER, "driver", *args],
         cwd=host,
@@ -111,4 +129,7 @@ def test_the_bundle_serves_pusher_js_without_network(bundle: Path, tmp_path: Pat
     assert "subscribed\nreceived\nclient exit: 0" in out, report
     assert "server exit: 0" in out, report
     assert "POST /apps/1001/events 200" in log, report
+    if redis_server:
+        assert "engine: Redis at redis://127.0.0.1:" in log, report
     assert "Traceback" not in log, report
+    assert SECRET not in log and not SIGNATURE.search(log), report
