@@ -174,16 +174,21 @@ class IpeServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        """Signal the process and wait for it; then check its log (every server of the suite
+        passes here) for secrets and signatures."""
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(5)
         finally:
-            self.assert_no_secrets_logged()  # checked for every server of the suite
+            self.assert_no_secrets_logged()
 
     def assert_no_secrets_logged(self) -> None:
         """No app secret and nothing shaped like a signature (64 hex digits: channel auth,
