@@ -1,6 +1,7 @@
 """Prometheus counters and gauges of one ipe process (prometheus_client).
 
-Every series is bounded: `app_id` labels only configured apps, close codes are bucketed
+Every series is bounded: `app_id` labels only apps ipe serves (configured, or from the app
+manager; never a client's guess), close codes are bucketed
 (a client may close with any code from 1000 to 4999), statuses and endpoints are ipe's own.
 Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR so that a scrape sums every
 worker (gunicorn.conf.py marks dead workers); otherwise each process reports its own values.
@@ -56,7 +57,6 @@ class Metrics:
     """Every metric ipe exports, registered on a registry of its own."""
 
     def __init__(self, app_ids: tuple[str, ...] = ()) -> None:
-        self.app_ids = frozenset(app_ids)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         app = ["app_id"]
@@ -173,7 +173,7 @@ class Metrics:
             registry=r,
         )
         # Every app's series exist from the start (at 0), so dashboards and rate() see them.
-        for app_id in sorted(self.app_ids):
+        for app_id in sorted(app_ids):
             for metric in (
                 self.connections,
                 self.connections_total,
@@ -186,10 +186,6 @@ class Metrics:
                 self.webhooks_dropped,
             ):
                 metric.labels(app_id=app_id)
-
-    def app_label(self, app_id: str | None) -> str:
-        """`app_id` as a label value: a configured app's id, else "" (bounded series)."""
-        return app_id if app_id in self.app_ids else ""
 
     def add_tallies(self, tallies: dict[str, AppTally]) -> None:
         """Fold the hub's plain-int tallies in (counting per message in prometheus_client

@@ -85,7 +85,7 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
     try:
         auth.verify_rest(
             app.key,
-            app.secret,
+            app.secrets,
             request.method,
             tuple(paths),
             request.args.to_dict(flat=True),
@@ -100,9 +100,10 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
 
 def _app(app_id: str) -> tuple[AppConfig, bytes]:
     """The app of the path, after authenticating the request; and the request body."""
-    app = _state().config.app_by_id(app_id)
+    app = _state().apps.by_id(app_id)
     if app is None:
         raise ApiError(404, f"Unknown app: {app_id[:64]}")
+    g.ipe_app_id = app.app_id  # a served app's id: a bounded metrics label
     body = _read_body(app.limits)
     _authenticate(app, body)
     return app, body
@@ -353,7 +354,9 @@ def terminate(app_id: str, user_id: str) -> Response:
 @blueprint.post("/users/<user_id>/terminate_connections", provide_automatic_options=False)
 def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
-    app = _state().config.app_by_key(request.args.get("auth_key", ""))
+    app = _state().apps.by_key(request.args.get("auth_key", ""))
+    if app is not None:
+        g.ipe_app_id = app.app_id
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
@@ -399,9 +402,8 @@ def _log_request(response: Response) -> Response:
     elapsed = (time.monotonic() - started) * 1000 if started else 0.0
     endpoint = request.endpoint or "unknown"
     app_id = (request.view_args or {}).get("app_id")
-    metrics = _state().metrics
-    metrics.http_requests.labels(
-        app_id=metrics.app_label(app_id), endpoint=endpoint, status=str(response.status_code)
+    _state().metrics.http_requests.labels(
+        app_id=g.get("ipe_app_id", ""), endpoint=endpoint, status=str(response.status_code)
     ).inc()
     log.info(
         "%s %s %d %.1fms",
