@@ -24,7 +24,6 @@ FIELDS = (
     "app_id",
     "socket_id",
     "channel",
-    "user_id",
     "method",
     "path",
     "status",
