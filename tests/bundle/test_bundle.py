@@ -12,17 +12,29 @@ so that the Redis engine and its compiled parser are exercised from the bundle t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import APP_ID, KEY, ROOT, SECRET, SIGNATURE, config_with, free_port
+from conftest import (
+    APP_ID,
+    KEY,
+    ROOT,
+    SECRET,
+    SIGNATURE,
+    config_with,
+    free_port,
+    wait_until,
+)
 
 from ipe import __version__
 
@@ -133,3 +145,68 @@ def test_the_bundle_serves_pusher_js_without_network(bundle: Path, tmp_path: Pat
         assert "engine: Redis at redis://127.0.0.1:" in log, report
     assert "Traceback" not in log, report
     assert SECRET not in log and not SIGNATURE.search(log), report
+
+
+def _unit_lines() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (ROOT / "deploy" / "ipe.service").read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_the_units_commands_serve_json_logs_and_stop_in_time(bundle: Path, tmp_path: Path):
+    """deploy/ipe.service's ExecStartPre and ExecStart, with its environment, as systemd would
+    run them (paths moved into a temporary directory; no systemd here to run the unit)."""
+    unit = _unit_lines()
+    pyz = tmp_path / "ipe.pyz"
+    shutil.copy(bundle, pyz)
+    port = free_port()
+    config = config_with(host=f"127.0.0.1:{port}")
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+
+    def command(line: str) -> list[str]:
+        line = line.replace("/opt/ipe/ipe.pyz", str(pyz))
+        line = line.replace("/etc/ipe/config.yml", str(tmp_path / "config.yml"))
+        return [_base_python() if word == "/usr/bin/python3" else word for word in line.split()]
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    for assignment in unit["Environment"]:
+        name, _, value = assignment.partition("=")
+        env[name] = value
+    env["SHIV_ROOT"] = str(tmp_path / "cache")  # CacheDirectory= in the unit
+    assert env.get("IPE_LOG_FORMAT") == "json"
+
+    check = subprocess.run(
+        command(unit["ExecStartPre"][0]), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    log_path = tmp_path / "journal.log"
+    with open(log_path, "wb") as journal:
+        proc = subprocess.Popen(
+            command(unit["ExecStart"][0]), env=env, stdout=journal, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 60, 0.1, "the unit's ExecStart to serve")
+        assert unit["KillSignal"] == ["SIGTERM"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(int(unit["TimeoutStopSec"][0])) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert any(line["message"].startswith("serving ") for line in lines), lines
+    assert any(line.get("path") == "/ready" and line.get("status") == 200 for line in lines)
+    assert lines[-1]["message"] == "stopped", lines[-1]
