@@ -41,6 +41,7 @@ class State:
     metrics: Metrics
     counts: SubscriptionCounts
     draining: bool = False
+    http: Any = None  # ipe.http_transport.HttpSessions: pusher-js's HTTP fallback sessions
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
 
@@ -53,6 +54,7 @@ class State:
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        self.http.start()
         self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
@@ -72,6 +74,7 @@ class State:
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
         self.webhooks.stop()
+        self.http.stop()
         self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
@@ -144,7 +147,10 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
+    from ipe.http_transport import HttpSessions
+
     state = _build_state(config)
+    state.http = HttpSessions(state)
     state.apps.on_change(state._apps_changed)
     return state
 
@@ -219,8 +225,13 @@ def _build_state(config: Config) -> State:
     return state
 
 
+# The last path segment of pusher-js's HTTP fallback requests.
+_HTTP_TRANSPORT_ENDINGS = ("/xhr_streaming", "/xhr", "/xhr_send")
+
+
 class _WebSocketRouter:
-    """WSGI middleware: upgraded requests go to `ipe.session`, everything else to Flask."""
+    """WSGI middleware: upgraded requests go to `ipe.session`, pusher-js's HTTP fallback to
+    `ipe.http_transport`, everything else to Flask."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -230,6 +241,8 @@ class _WebSocketRouter:
         if environ.get("wsgi.websocket") is not None:
             session.serve(self.state, environ)
             return []
+        if environ.get("PATH_INFO", "").endswith(_HTTP_TRANSPORT_ENDINGS):
+            return self.state.http.serve(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
 
