@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +42,7 @@ class State:
     metrics: Metrics
     counts: SubscriptionCounts
     draining: bool = False
+    http: Any = None  # ipe.http_transport.HttpSessions: pusher-js's HTTP fallback sessions
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
 
@@ -53,6 +55,7 @@ class State:
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        self.http.start()
         self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
@@ -62,16 +65,24 @@ class State:
         self.broker.start()
         self.webhooks.start()
 
-    def shutdown(self) -> None:
-        """Tell every client to reconnect elsewhere (4200), then stop background work."""
+    def shutdown(self, after_drain: Callable[[], None] | None = None) -> None:
+        """Drain: /ready answers 503 and new sockets are refused at once, open sockets are
+        told to reconnect elsewhere (4200) in batches over `drain_seconds`; then
+        `after_drain` (stop listening), webhooks flushed, background work stopped."""
         self.draining = True
-        self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        log.info("draining %d connection(s) over %gs", self.hub.count(), self.config.drain_seconds)
+        self.hub.drain(
+            protocol.GENERIC_RECONNECT, "Server is shutting down", self.config.drain_seconds
+        )
         # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
         # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.
         deadline = time.monotonic() + CLOSE_WAIT + 0.5
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        if after_drain is not None:
+            after_drain()
         self.webhooks.stop()
+        self.http.stop()
         self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
@@ -124,8 +135,9 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
-        self.broker.export_metrics()
+        self.metrics.add_tallies(self.hub.take_tallies())
+        self.metrics.add_pubsub(*self.broker.take_tallies())
+        self.metrics.http_sessions.set(len(self.http.sessions))
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -145,7 +157,10 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
+    from ipe.http_transport import HttpSessions
+
     state = _build_state(config)
+    state.http = HttpSessions(state)
     state.apps.on_change(state._apps_changed)
     return state
 
@@ -173,7 +188,7 @@ def _apps(config: Config, link: Any) -> Apps:
 
 def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
-    metrics = Metrics()
+    metrics = Metrics(tuple(app.app_id for app in config.apps))
     if config.redis is None:
         apps = _apps(config, None)
         broker = LocalBroker(hub)
@@ -220,8 +235,13 @@ def _build_state(config: Config) -> State:
     return state
 
 
+# The last path segment of pusher-js's HTTP fallback requests.
+_HTTP_TRANSPORT_ENDINGS = ("/xhr_streaming", "/xhr", "/xhr_send")
+
+
 class _WebSocketRouter:
-    """WSGI middleware: upgraded requests go to `ipe.session`, everything else to Flask."""
+    """WSGI middleware: upgraded requests go to `ipe.session`, pusher-js's HTTP fallback to
+    `ipe.http_transport`, everything else to Flask."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -231,6 +251,8 @@ class _WebSocketRouter:
         if environ.get("wsgi.websocket") is not None:
             session.serve(self.state, environ)
             return []
+        if environ.get("PATH_INFO", "").endswith(_HTTP_TRANSPORT_ENDINGS):
+            return self.state.http.serve(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
 

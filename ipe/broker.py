@@ -49,8 +49,9 @@ class Broker(Protocol):
         """Return once what other nodes publish to `channel` reaches this one (bounded)."""
         ...
 
-    def export_metrics(self) -> None:
-        """Fold the broker's tallies into /metrics."""
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        """(Pub/Sub messages received, dropped, published, channels subscribed) since the
+        last call (the last one a level), for ipe.metrics."""
         ...
 
 
@@ -87,5 +88,5 @@ class LocalBroker:
     def routed(self, app_id: str, channel: str) -> None:
         pass
 
-    def export_metrics(self) -> None:
-        pass
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        return 0, 0, 0, 0  # no Pub/Sub in one process

@@ -76,7 +76,9 @@ class RedisBroker:
         self._failures_unlogged = 0
         self._outbox: deque[tuple[str, str, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
-        self.received = 0  # messages from Redis (tallies for /metrics)
+        # Plain-int tallies for metrics, folded in by `State.export_metrics`.
+        self.received = 0
+        self.dropped = 0
         self.published = 0
         hub.on_interest = self.interest
 
@@ -362,13 +364,12 @@ class RedisBroker:
             and all(listener.live for listener in self._listeners.values())
         )
 
-    def export_metrics(self) -> None:
-        """Fold the message tallies into /metrics (called once a second)."""
-        received, self.received = self.received, 0
-        published, self.published = self.published, 0
-        self.metrics.broker_received.inc(received)
-        self.metrics.broker_published.inc(published)
-        self.metrics.broker_topics.set(len(self._wanted))
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        """(Pub/Sub messages received, dropped, published) since the last call, and the
+        Pub/Sub channels subscribed now, for ipe.metrics."""
+        tallies = (self.received, self.dropped, self.published, len(self._wanted))
+        self.received = self.dropped = self.published = 0
+        return tallies
 
     def receive(self, channel: bytes, data: bytes) -> None:
         """Carry out one message from Redis: parse the header, hand the payload to the hub."""
@@ -381,6 +382,7 @@ class RedisBroker:
             header = json.loads(data[:newline]) if newline > 0 else None
             kind, target = header["k"], header["c"]  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
+            self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
             return
         if header.get("n") == self.node and not header.get("o"):
@@ -390,4 +392,5 @@ class RedisBroker:
                 app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
             )
         except Exception:  # one bad message must not cost the subscription
+            self.dropped += 1
             log.exception("error delivering a message of app %s", app_id)

@@ -18,8 +18,8 @@ def test_a_node_without_subscribers_of_a_channel_receives_none_of_its_messages(n
     for client in (watcher_a, watcher_b):
         client.subscribe("other")
     settle(a, b)
-    before_a = metric(a, "ipe_broker_received_total")
-    before_b = metric(b, "ipe_broker_received_total")
+    before_a = metric(a, "ipe_pubsub_messages_received_total")
+    before_b = metric(b, "ipe_pubsub_messages_received_total")
 
     sdk = a.sdk()
     for i in range(20):
@@ -32,8 +32,8 @@ def test_a_node_without_subscribers_of_a_channel_receives_none_of_its_messages(n
 
     # B heard the marker and nothing of "busy"; A hears its own 20 echoes (and skips them:
     # its clients had them already), so the counter does count what a subscriber hears.
-    assert metric(b, "ipe_broker_received_total") - before_b == 1
-    wait_until(lambda: metric(a, "ipe_broker_received_total") - before_a >= 20, 10)
+    assert metric(b, "ipe_pubsub_messages_received_total") - before_b == 1
+    wait_until(lambda: metric(a, "ipe_pubsub_messages_received_total") - before_a >= 20, 10)
     b_topics = metric(b, "ipe_broker_topics")
     busy.close()
     other_b = b.ws()
