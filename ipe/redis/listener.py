@@ -38,6 +38,7 @@ class Listener:
         self.acked: set[str] = set()  # what Redis confirmed on this connection
         self.live = False  # connected, and every topic of the first batch confirmed
         self._sent: set[str] = set()  # what was asked on this connection
+        self._leaving: dict[str, int] = {}  # topic -> UNSUBSCRIBEs sent, not acknowledged yet
         self._waiters: dict[str, gevent.event.Event] = {}
         self._conn: Any = None
         self._stopped = False
@@ -85,6 +86,8 @@ class Listener:
         for verb, topics in zip(verbs, (add, drop), strict=True):
             for group in self._groups(topics):
                 commands.append((verb, *group))
+        for topic in drop:
+            self._leaving[topic] = self._leaving.get(topic, 0) + 1
         if commands:
             conn.send_packed_command(conn.pack_commands(commands))
 
@@ -108,6 +111,7 @@ class Listener:
             except Exception:  # closing a broken connection may fail in many ways
                 pass
         self.acked = set()
+        self._leaving = {}
         for waiter in self._waiters.values():
             waiter.set()
         self._waiters.clear()
@@ -185,7 +189,12 @@ class Listener:
                     elif kind == b"unsubscribe" or kind == b"sunsubscribe":
                         topic = response[1].decode()
                         self.acked.discard(topic)
-                        if topic in self._sent:
+                        asked = self._leaving.get(topic, 0)
+                        if asked > 1:
+                            self._leaving[topic] = asked - 1
+                        elif asked:
+                            del self._leaving[topic]
+                        elif topic in self._sent:
                             # Not asked: the server dropped it (its slot moved to another shard).
                             raise ConnectionError(f"Redis unsubscribed {topic!r} by itself")
             except REDIS_ERRORS as exc:
