@@ -235,6 +235,7 @@ class HttpRouter:
 
     def forward_send(self, owner: str, sid: str, body: bytes) -> None:
         """Hand the messages of an `xhr_send` (its JSON array, checked) to the owner."""
+        log.debug("HTTP session %s: forwarding a send to %s", sid, owner)
         self._message(owner, {"k": "s", "s": sid}, body)
 
     def relay(
@@ -248,6 +249,7 @@ class HttpRouter:
         """The body of a receive request for a session `owner` holds: its lines, as the owner
         writes them; `fallback()` (the session opened here) if the owner does not answer."""
         rid = f"{self.node}/{next(self._ids)}"
+        log.debug("HTTP session %s: relaying %s from %s", sid, transport, owner)
         relay = self._relays[rid] = _Relay()
         hangup.notify(relay.wake)
         finished = False
