@@ -243,3 +243,34 @@ def test_owner_gone_the_next_node_opens_the_session_again(
         assert session.receive(b, "xhr").wait_event("pusher:pong")
     finally:
         session.close()
+
+
+def test_relay_node_gone_the_owner_lets_the_session_go(
+    make_server: Any, redis_server: RedisServer
+) -> None:
+    """B relays A's session and dies: A's next line reaches no listener, so A takes the
+    request as hung up and ends the session after the grace, as if its client had left."""
+    config = redis_config(redis_server.url)
+    a = make_server(config, name="a")
+    b = make_server(config, name="b")
+    wait_ready(a)
+    wait_ready(b)
+    b.allow_tracebacks = True
+    session = Session("dies0001")
+    try:
+        first = session.receive(a)
+        assert first.line() == b"o\n"
+        assert first.events()[0]["event"] == "pusher:connection_established"
+        relayed = session.receive(b)
+        assert first.line() is None  # A's own response gave way to the relayed one
+        assert session.send(a, {"event": "pusher:subscribe", "data": {"channel": "news"}}) == 204
+        relayed.wait_event("pusher_internal:subscription_succeeded")
+        b.kill()
+        assert a.sdk().trigger("news", "unheard", {}) == {}
+        # The default session timeout is 30 s: only the hang-up grace can end it this soon.
+        wait_until(
+            lambda: f"HTTP session {session.sid} abandoned" in a.log(), 10, message="abandoned"
+        )
+        wait_until(lambda: not _owner_keys(redis_server), 5, message="owner record deleted")
+    finally:
+        session.close()
