@@ -134,6 +134,7 @@ class State:
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
         self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
+        self.metrics.http_sessions.set(len(self.http.sessions))
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export

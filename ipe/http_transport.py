@@ -224,6 +224,11 @@ class HttpClient(Client):
             if not self._opened:
                 self._opened = True
                 yield _OPEN_LINE
+            else:
+                # A recycled stream: headers go out with the first line, and a client (or a
+                # proxy) should not wait for them until there is news. Pusher's own server
+                # opens every stream with heartbeats too.
+                yield _HEARTBEAT_LINE
             while self._receiver == me and not self._ended and not hangup.seen:
                 line = self._take()
                 if line is None:
