@@ -22,7 +22,7 @@ The messages are `{"k": kind, ...}` (one JSON line), a newline, and a body:
   a  attach   to the owner: {"s": sid, "r": relay id, "n": relay node, "m": transport}
   d  detach   to the owner: {"r": relay id, "o": 1 if the relay overflowed}
   k  ack      to the relay: {"r": relay id} (the owner holds the session: lines follow)
-  l  line     to the relay: {"r": relay id}, body one response line
+  l  line     to the relay: {"r": relay id, "n": owner node}, body one response line
   e  end      to the relay: {"r": relay id, "g": 1 if the owner does not hold the session}
 
 Everything is bounded: a relay buffers at most `max_outbox_bytes` (then the session is
@@ -326,7 +326,8 @@ class HttpRouter:
     ) -> None:
         """Serve a relay's receive request here, as a local one, line by line over Redis."""
         lines = client.stream(hangup) if transport == "xhr_streaming" else client.poll(hangup)
-        header = json.dumps({"k": "l", "r": rid}, separators=(",", ":")).encode() + b"\n"
+        line_header = {"k": "l", "r": rid, "n": self.node}
+        header = json.dumps(line_header, separators=(",", ":")).encode() + b"\n"
         try:
             for line in lines:
                 self._queue(channel, header + line, hangup.hang_up)
@@ -415,7 +416,10 @@ class HttpRouter:
     def _heard(self, header: dict[str, Any], kind: str, body: bytes) -> None:
         relay = self._relays.get(header["r"])
         if relay is None:
-            return  # its request is over
+            if kind == "l" and "n" in header:
+                # Its request is over but the owner still sends (our detach was lost).
+                self._message(header["n"], {"k": "d", "r": header["r"], "o": 0}, b"")
+            return
         relay.heard = time.monotonic()
         if kind == "l":
             if relay.overflow:

@@ -111,7 +111,8 @@ class Session:
 
 def _owner_keys(redis_server: RedisServer) -> dict[str, str]:
     client = redis_server.client()
-    return {k.decode(): client.get(k).decode() for k in client.keys("ipe:http:*/*")}
+    found = {k.decode(): client.get(k) for k in client.keys("ipe:http:*/*")}
+    return {k: v.decode() for k, v in found.items() if v is not None}  # not deleted since
 
 
 def test_stream_opened_on_a_is_sent_to_and_received_through_b(
@@ -145,8 +146,8 @@ def test_stream_through_b_on_a_redis_cluster(
 
 def _stream_through_b(a: IpeServer, b: IpeServer, client: Any) -> None:
     def owners() -> dict[str, str]:
-        found = client.keys("ipe:http:*/*")
-        return {k.decode(): client.get(k).decode() for k in found}
+        found = {k.decode(): client.get(k) for k in client.keys("ipe:http:*/*")}
+        return {k: v.decode() for k, v in found.items() if v is not None}  # not deleted since
 
     session = Session()
     try:
