@@ -117,6 +117,7 @@ class Client:
         "events_count",
         "on_message",
         "on_end",
+        "tally",
         "__weakref__",
     )
 
@@ -138,6 +139,7 @@ class Client:
         self.events_count = 0
         self.on_message: Callable[[str], Any] = _ignore
         self.on_end: Callable[[], Any] = _nothing
+        self.tally: Any = None  # ipe.hub.AppTally of the app, once the connection is accepted
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.socket_id} app={getattr(self.app, 'app_id', None)}>"
@@ -230,6 +232,8 @@ class Connection(Client):
                 data = recv(READ_SIZE)
                 if not data:
                     break
+                if self.tally is not None:
+                    self.tally.bytes_in += len(data)
                 self._feed(data)
         except OSError:
             pass
@@ -246,6 +250,9 @@ class Connection(Client):
             data = b""
         try:
             if data:
+                tally = self.tally
+                if tally is not None:
+                    tally.bytes_in += len(data)
                 self._feed(data)
             else:
                 self._end()
@@ -329,7 +336,10 @@ class Connection(Client):
 
     def send_event(self, payload: bytes) -> bool:
         """Frame and send one JSON payload to this connection only."""
-        return self.send(text_frame(payload))
+        data = text_frame(payload)
+        if self.tally is not None:
+            self.tally.bytes_out += len(data)
+        return self.send(data)
 
     def _write(self, data: bytes) -> bool:
         outbox = self._outbox

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from cluster_support import REDIS_SERVER, RedisServer, ready_status, redis_config
-from conftest import wait_until
-from test_cluster_gunicorn import Gunicorn
+from conftest import Gunicorn, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 from nodejs import run_scenario  # noqa: E402
