@@ -182,6 +182,8 @@ class HttpClient(Client):
             return False
         self._queue.append(escaped)
         self._queued_bytes += len(escaped)
+        if self.tally is not None:
+            self.tally.bytes_out += len(escaped)
         self._wake.set()
         return True
 
@@ -276,6 +278,8 @@ class HttpClient(Client):
         """Handle the messages of one `xhr_send`, in order."""
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
+        if self.tally is not None:
+            self.tally.bytes_in += sum(len(text) for text in messages)
         with self._lock:
             for text in messages:
                 if self.state is not OPEN:

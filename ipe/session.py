@@ -445,6 +445,8 @@ def handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | N
             protocol.SSL_ONLY,
             "Application only accepts SSL connections, reconnect using wss://",
         )
+    if state.draining:  # it would be closed by the next batch of the drain anyway
+        return app, protocol.GENERIC_RECONNECT, "Server is shutting down"
     return app, None, ""
 
 
@@ -467,8 +469,6 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = handshake_error(environ, state)
-    if code is None and state.draining:  # it would be closed by the next batch anyway
-        code, message = protocol.GENERIC_RECONNECT, "Server is shutting down"
     limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
@@ -496,7 +496,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     conn.start()
 
 
-def open_client(state: State, conn: Client, app: AppConfig, remote: str = "") -> None:
+def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None:
     """Register a new client (of any transport), greet it, and wire its messages to a Session."""
     session = Session(state, conn, app)
     state.hub.register(conn)
