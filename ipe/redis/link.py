@@ -155,12 +155,15 @@ class RedisLink:
         return self._sentinel
 
     def pubsub_client(self, **overrides: Any) -> Any:
-        """A client of its own for a Pub/Sub connection to the one server (or the Sentinels'
-        current master); `overrides` replace connection options."""
+        """A client of its own for a Pub/Sub connection to the one server (the Sentinels'
+        current master, any node of a Cluster); `overrides` replace connection options."""
         config = self.config
         kwargs = {**self.kwargs, **overrides}
         if config.sentinel_master:
             return self.sentinel.master_for(config.sentinel_master, db=config.db, **kwargs)
+        if config.cluster:  # unsharded Pub/Sub: PUBLISH reaches every node of a Cluster
+            node = self.client.get_random_node()
+            return redis.Redis(host=node.host, port=node.port, **kwargs)
         return redis.Redis(host=config.host, port=config.port, db=config.db, **kwargs)
 
     # --- state --------------------------------------------------------------------------------

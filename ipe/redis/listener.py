@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from ipe.redis.broker import RedisBroker
 
 log = logging.getLogger(__name__)
+# redis-py's parser logs every Pub/Sub message at DEBUG ("push_response"), payloads (and so
+# auth signatures) included; its own PubSub silences that logger the same way.
+logging.getLogger("push_response").setLevel(logging.INFO)
 
 COMMAND_CHUNK = 1000  # channels per (UN)SUBSCRIBE command
 
