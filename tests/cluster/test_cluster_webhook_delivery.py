@@ -9,12 +9,12 @@ the server logs and /ready, never the clock.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_support import (
-    FIXTURES,
+from support import (
+    Receiver,
+    Receivers,
     after_sweeps,
     join,
     metric,
@@ -22,11 +22,8 @@ from cluster_support import (
     redis_config,
     rest_users,
     wait_ready,
+    wait_until,
 )
-from conftest import wait_until
-from webhooks.receiver import Receiver, Receivers
-
-make_redis, redis_server, _ = FIXTURES
 
 ROOM = "presence-room"
 GRACE = 2.0  # long enough for a rejoin on a loaded machine, short enough for a fast test
@@ -37,12 +34,6 @@ SETTINGS = {
     "retry_backoff_max": 0.3,
 }
 
-
-@pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    made = Receivers()
-    yield made
-    made.close()
 
 
 @pytest.fixture

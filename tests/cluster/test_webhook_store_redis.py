@@ -11,14 +11,12 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
-from cluster_support import FIXTURES, RedisServer
+from support import RedisServer
 
 from ipe.config import AppConfig, RedisConfig, WebhookTarget
 from ipe.redisconn import RedisLink
 from ipe.webhook_store import Arrival, Batch
 from ipe.webhook_store_redis import RedisWebhookStore
-
-make_redis, redis_server, _ = FIXTURES
 
 APPS = (
     AppConfig(

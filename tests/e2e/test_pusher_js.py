@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import IpeServer
 from nodejs import MASTER_KEY, run_scenario, shared_server
+from support import IpeServer
 
 
 @pytest.fixture(scope="module")

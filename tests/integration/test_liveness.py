@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import websocket
-from conftest import config_with
+from support import config_with
 
 
 @pytest.fixture

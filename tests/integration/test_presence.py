@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
-from conftest import config_with
+from support import config_with, token
 
 ROOM = "presence-room"
-
-
-def token(string_to_sign: str) -> str:
-    """A demo-key token signed by hand: for the compact JSON that Node and PHP apps sign."""
-    digest = hmac.new(b"demo-secret", string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"demo-key:{digest}"
 
 
 def join(server, user_id: Any, user_info: Any = None, channel: str = ROOM, key: str = "demo-key"):

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
-
-
-def token(string_to_sign: str) -> str:
-    """A demo-key token signed by hand, for user_data the SDK would not produce."""
-    digest = hmac.new(b"demo-secret", string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"demo-key:{digest}"
+from support import token
 
 
 def signed_in(server, user_data: dict[str, Any]):

@@ -7,11 +7,11 @@ import json
 import ssl
 
 import pytest
-from conftest import config_with, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import config_with, free_port
 
 NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
 

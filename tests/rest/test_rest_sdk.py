@@ -11,8 +11,8 @@ import json
 
 import nacl.secret
 import pytest
-from conftest import wait_until
-from rest_support import SDKS, NodeSdk, PythonSdk, SdkError, sign_in, subscribe
+from support import wait_until
+from support.rest import SDKS, NodeSdk, PythonSdk, SdkError, sign_in, subscribe
 
 MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 

@@ -10,12 +10,10 @@ import socket
 import time
 
 import pytest
-from rest_support import TIGHT, Api, raw_query, shared_server, signed_query
+from support.rest import TIGHT, Api, raw_query, signed_query
 
 from ipe import protocol, rest
 from ipe.config import Limits
-
-rest_server = pytest.fixture(scope="module")(shared_server)
 
 
 @pytest.fixture

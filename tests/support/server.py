@@ -1,0 +1,278 @@
+"""ipe processes for tests: `python -m ipe` or gunicorn, on free loopback ports.
+
+Nothing here mocks ipe: every integration test talks to a real process over real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pusher
+import yaml
+
+from support.apps import APP_ID, KEY, ROOT, SECRET, config_with
+from support.client import WsClient
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class IpeServer:
+    """One `python -m ipe` process with its own config file and log."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        name: str = "ipe",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.port = free_port()
+        self.workdir = workdir
+        self.config_path = workdir / f"{name}.yml"
+        self.log_path = workdir / f"{name}.log"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.allow_tracebacks = False
+        self.clients: list[WsClient] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> IpeServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ipe",
+                "--config",
+                str(self.config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "debug",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ipe exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout, 0.05, "ipe to answer /health")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def metric(self, name: str) -> float:
+        """`metric(self, name)`: one sample of /metrics (see there for a missing one)."""
+        return metric(self, name)
+
+    def ready(self) -> int:
+        """The HTTP status of GET /ready (200 serving, 503 not ready or draining)."""
+        return ready_status(self)
+
+    def log_since(self, offset: int) -> str:
+        return self.log()[offset:]
+
+    def sdk(
+        self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
+    ) -> pusher.Pusher:
+        """The official Python server SDK pointed at this server."""
+        return pusher.Pusher(
+            app_id=app_id,
+            key=key,
+            secret=secret,
+            host="127.0.0.1",
+            port=self.port,
+            ssl=False,
+            **kwargs,
+        )
+
+    def ws(
+        self,
+        key: str = KEY,
+        query: str = "protocol=7&client=js&version=8.6.0&flash=false",
+        path: str | None = None,
+        origin: str | None = None,
+        **kwargs: Any,
+    ) -> WsClient:
+        """A raw WebSocket client connected to this server (or to `origin`, e.g. a wss:// one)."""
+        path = path if path is not None else f"/app/{key}"
+        origin = origin or f"ws://127.0.0.1:{self.port}"
+        url = f"{origin}{path}" + (f"?{query}" if query else "")
+        client = WsClient(url, key=key, **kwargs)
+        self.clients.append(client)
+        return client
+
+
+
+
+class Gunicorn(IpeServer):
+    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        env = {
+            **self.env,
+            "IPE_CONFIG": str(self.config_path),
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+        }
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if wait:
+            self.wait_healthy()
+        return self
+
+
+def metric(server: IpeServer, name: str) -> float:
+    """One sample of the server's /metrics, named as exported, labels included
+    (`ipe_x_total{code="4100"}`).
+
+    A sample not exported yet counts 0 when its family is declared (a labelled counter before
+    its first increment); a name /metrics does not declare at all fails, so a typo cannot pass
+    as zero.
+    """
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    families = set()
+    for line in lines:
+        if line.startswith("# TYPE "):
+            families.add(line.split()[2])
+        elif line and not line.startswith("#") and line.rsplit(" ", 1)[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    base = name.split("{", 1)[0]
+    declared = any(base == f or base.startswith(f + "_") for f in families)
+    assert declared, f"/metrics of {server.url} declares no {name}"
+    return 0.0
+
+
+def ready_status(server: IpeServer) -> int:
+    """The HTTP status of GET /ready."""
+    try:
+        with urllib.request.urlopen(server.url + "/ready", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def wait_ready(server: IpeServer, timeout: float = 15.0) -> None:
+    """Wait until GET /ready answers 200 (e.g. subscribed to Redis)."""
+    wait_until(lambda: ready_status(server) == 200, timeout, 0.05, f"{server.url}/ready = 200")
+
+
+def assert_no_traceback(server: IpeServer, since: int = 0) -> None:
+    """Fail when the server logged a traceback (after log offset `since`)."""
+    if not server.allow_tracebacks:
+        log = server.log()[since:]
+        assert "Traceback" not in log, f"{server.log_path}:\n{log}"
+
+
+def stop_all(servers: list[IpeServer]) -> None:
+    """Close every client, stop every server, then check their logs."""
+    for server in servers:
+        for client in server.clients:
+            client.close()
+        server.clients.clear()
+        server.stop()
+    for server in servers:
+        assert_no_traceback(server)
+
+
+@contextmanager
+def running(
+    workdir: Path, config: dict[str, Any] | None = None, name: str = "ipe", **kwargs: Any
+) -> Iterator[IpeServer]:
+    """One started ipe process, e.g. for a whole test module; stopped and its log checked
+    at the end."""
+    server = IpeServer(config or config_with(), workdir, name, **kwargs).start()
+    try:
+        yield server
+    finally:
+        stop_all([server])
+
+
+@contextmanager
+def within_test(server: IpeServer) -> Iterator[IpeServer]:
+    """One test's use of a shared server: fails at once if the process has died, then closes
+    the test's clients and checks the log it wrote meanwhile."""
+    if server.proc is None or server.proc.poll() is not None:
+        raise AssertionError(f"the shared ipe process has exited:\n{server.log()}")
+    offset = len(server.log())
+    try:
+        yield server
+    finally:
+        for client in server.clients:
+            client.close()
+        server.clients.clear()
+    assert_no_traceback(server, offset)
