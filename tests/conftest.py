@@ -16,14 +16,17 @@ from support import (  # noqa: F401 (older tests import these from conftest)
     APP_ID,
     BASE_CONFIG,
     KEY,
+    POOL_APPS,
     ROOT,
     SECRET,
+    AppServer,
     ConnectionClosed,
     IpeServer,
     Receivers,
     WsClient,
     config_with,
     free_port,
+    pool_config,
     running,
     stop_all,
     wait_until,
@@ -75,6 +78,29 @@ def shared_server(module_server: IpeServer) -> Iterator[IpeServer]:
     """
     with within_test(module_server) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def pool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpeServer]:
+    """One process with BASE_CONFIG plus POOL_APPS for a module; use it through `app_server`."""
+    with running(tmp_path_factory.mktemp("pool"), pool_config(), "pool") as server:
+        server.free_apps = list(POOL_APPS)  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture
+def app_server(pool_server: IpeServer) -> Iterator[AppServer]:
+    """An app of its own on a server shared by the module: as good as a fresh server for a test
+    whose state is per app (channels, members, users, counts), without the start.
+
+    Not for tests of process-wide things (metrics, logs of other tests, connection limits).
+    The test's clients are closed afterwards; a traceback logged meanwhile fails the test.
+    """
+    if not pool_server.free_apps:  # type: ignore[attr-defined]
+        pytest.fail(f"more than {len(POOL_APPS)} tests in one module use app_server")
+    app = pool_server.free_apps.pop(0)  # type: ignore[attr-defined]
+    with within_test(pool_server):
+        yield AppServer(pool_server, app)
 
 
 make_redis = pytest.fixture(_redis.make_redis)

@@ -35,7 +35,6 @@ SETTINGS = {
 }
 
 
-
 @pytest.fixture
 def hook(receivers: Receivers) -> Receiver:
     return receivers()

@@ -17,6 +17,12 @@ from support.rest import SDKS, NodeSdk, PythonSdk, SdkError, sign_in, subscribe
 MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
+@pytest.fixture
+def server(app_server):
+    """An app of its own on the module's shared server (channels and users are per app)."""
+    return app_server
+
+
 @pytest.fixture(params=sorted(SDKS))
 def sdk(request, server):
     return SDKS[request.param](server)

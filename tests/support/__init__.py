@@ -23,9 +23,11 @@ from support.apps import (
     OTHER_APP_ID,
     OTHER_KEY,
     OTHER_SECRET,
+    POOL_APPS,
     ROOT,
     SECRET,
     config_with,
+    pool_config,
 )
 from support.auth import (
     channel_auth,
@@ -56,6 +58,7 @@ from support.redis_server import (
     redis_config,
 )
 from support.server import (
+    AppServer,
     Gunicorn,
     IpeServer,
     assert_no_traceback,
@@ -81,10 +84,12 @@ __all__ = [
     "OTHER_APP_ID",
     "OTHER_KEY",
     "OTHER_SECRET",
+    "POOL_APPS",
     "REDIS_CLI",
     "REDIS_SERVER",
     "ROOT",
     "SECRET",
+    "AppServer",
     "ConnectionClosed",
     "Gunicorn",
     "Hook",
@@ -103,6 +108,7 @@ __all__ = [
     "join",
     "metric",
     "occupied",
+    "pool_config",
     "presence_auth",
     "presence_member",
     "private_auth",

@@ -53,9 +53,29 @@ BASE_CONFIG: dict[str, Any] = {
     ],
 }
 
+# Copies of the main app, each for one test on a shared server (`app_server`): channels, members
+# and users are per app, so a test sees only its own, counts included.
+POOL_APPS: list[dict[str, Any]] = [
+    {
+        "name": f"Pool{i}",
+        "app_id": str(5000 + i),
+        "key": f"pool{i}-key",
+        "secret": f"pool{i}-secret",
+        "user_events": True,
+    }
+    for i in range(64)
+]
+
 # The secret of each app above by key, so that signing needs only the key.
-SECRETS = {app["key"]: app["secret"] for app in BASE_CONFIG["apps"]}
-APP_IDS = {app["key"]: app["app_id"] for app in BASE_CONFIG["apps"]}
+SECRETS = {app["key"]: app["secret"] for app in BASE_CONFIG["apps"] + POOL_APPS}
+APP_IDS = {app["key"]: app["app_id"] for app in BASE_CONFIG["apps"] + POOL_APPS}
+
+
+def pool_config() -> dict[str, Any]:
+    """BASE_CONFIG plus POOL_APPS."""
+    config = config_with()
+    config["apps"] += copy.deepcopy(POOL_APPS)
+    return config
 
 
 def config_with(**overrides: Any) -> dict[str, Any]:

@@ -197,4 +197,3 @@ def _close_info(data: bytes) -> tuple[int | None, str]:
     if len(data) >= 2:
         return int.from_bytes(data[:2], "big"), data[2:].decode(errors="replace")
     return None, ""
-

@@ -166,7 +166,6 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.kill()
 
 
-
 def redis_server(make_redis: Callable[..., RedisServer]) -> RedisServer:
     """One redis-server."""
     return make_redis()

@@ -180,9 +180,9 @@ def node_sdk(server: IpeServer, *calls: list[Any], **options: Any) -> list[dict[
     if node is None or not (NODE_SDK.parent / "node_modules" / "pusher").is_dir():
         pytest.fail("the Node SDK needs node and `npm ci` in tests/e2e (scripts/test does both)")
     config = {
-        "appId": APP_ID,
-        "key": KEY,
-        "secret": SECRET,
+        "appId": server.app_id,
+        "key": server.key,
+        "secret": server.secret,
         "host": "127.0.0.1",
         "port": str(server.port),
         "useTLS": False,

@@ -52,6 +52,9 @@ def wait_until(
 class IpeServer:
     """One `python -m ipe` process with its own config file and log."""
 
+    # The app `ws()` and `sdk()` use by default (an AppServer has its own).
+    app_id, key, secret = APP_ID, KEY, SECRET
+
     def __init__(
         self,
         config: dict[str, Any],
@@ -141,13 +144,17 @@ class IpeServer:
         return self.log()[offset:]
 
     def sdk(
-        self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
+        self,
+        app_id: str | None = None,
+        key: str | None = None,
+        secret: str | None = None,
+        **kwargs: Any,
     ) -> pusher.Pusher:
-        """The official Python server SDK pointed at this server."""
+        """The official Python server SDK pointed at this server (default: this server's app)."""
         return pusher.Pusher(
-            app_id=app_id,
-            key=key,
-            secret=secret,
+            app_id=app_id or self.app_id,
+            key=key or self.key,
+            secret=secret or self.secret,
             host="127.0.0.1",
             port=self.port,
             ssl=False,
@@ -156,13 +163,15 @@ class IpeServer:
 
     def ws(
         self,
-        key: str = KEY,
+        key: str | None = None,
         query: str = "protocol=7&client=js&version=8.6.0&flash=false",
         path: str | None = None,
         origin: str | None = None,
         **kwargs: Any,
     ) -> WsClient:
-        """A raw WebSocket client connected to this server (or to `origin`, e.g. a wss:// one)."""
+        """A raw WebSocket client connected to this server (or to `origin`, e.g. a wss:// one),
+        for app `key` (default: this server's)."""
+        key = key or self.key
         path = path if path is not None else f"/app/{key}"
         origin = origin or f"ws://127.0.0.1:{self.port}"
         url = f"{origin}{path}" + (f"?{query}" if query else "")
@@ -171,6 +180,22 @@ class IpeServer:
         return client
 
 
+class AppServer:
+    """One app of a shared IpeServer, standing in for a server of its own: `ws()` and `sdk()`
+    default to this app's key and credentials; everything else is the shared server's."""
+
+    def __init__(self, server: IpeServer, app: dict[str, Any]) -> None:
+        self.shared = server
+        self.app_id, self.key, self.secret = app["app_id"], app["key"], app["secret"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.shared, name)
+
+    def ws(self, key: str | None = None, **kwargs: Any) -> WsClient:
+        return IpeServer.ws(self, key, **kwargs)  # type: ignore[arg-type]
+
+    def sdk(self, *args: Any, **kwargs: Any) -> pusher.Pusher:
+        return IpeServer.sdk(self, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class Gunicorn(IpeServer):

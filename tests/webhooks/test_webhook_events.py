@@ -13,7 +13,6 @@ from support import hook_config, presence_member, subscribe, wait_until
 FAST = {"batch_window": 0.05, "grace_period": 0}
 
 
-
 def test_every_event_type_with_its_fields(receivers, make_server):
     hook = receivers()
     server = make_server(hook_config([{"url": hook.url}], **FAST))
