@@ -26,7 +26,7 @@ from support import (  # noqa: F401 (older tests import these from conftest)
     WsClient,
     config_with,
     free_port,
-    pool_config,
+    pooled,
     running,
     stop_all,
     wait_until,
@@ -83,8 +83,7 @@ def shared_server(module_server: IpeServer) -> Iterator[IpeServer]:
 @pytest.fixture(scope="module")
 def pool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpeServer]:
     """One process with BASE_CONFIG plus POOL_APPS for a module; use it through `app_server`."""
-    with running(tmp_path_factory.mktemp("pool"), pool_config(), "pool") as server:
-        server.free_apps = list(POOL_APPS)  # type: ignore[attr-defined]
+    with pooled(tmp_path_factory.mktemp("pool")) as server:
         yield server
 
 

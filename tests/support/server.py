@@ -5,6 +5,7 @@ Nothing here mocks ipe: every integration test talks to a real process over real
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 import pusher
 import yaml
 
-from support.apps import APP_ID, KEY, ROOT, SECRET, config_with
+from support.apps import APP_ID, KEY, POOL_APPS, ROOT, SECRET, config_with
 from support.client import WsClient
 
 
@@ -285,6 +286,19 @@ def running(
         yield server
     finally:
         stop_all([server])
+
+
+@contextmanager
+def pooled(
+    workdir: Path, config: dict[str, Any] | None = None, name: str = "pool"
+) -> Iterator[IpeServer]:
+    """`running`, with POOL_APPS added to `config` and handed out one per test by the
+    `app_server` fixture (see tests/conftest.py)."""
+    config = config or config_with()
+    config["apps"] = config["apps"] + copy.deepcopy(POOL_APPS)
+    with running(workdir, config, name) as server:
+        server.free_apps = list(POOL_APPS)  # type: ignore[attr-defined]
+        yield server
 
 
 @contextmanager
