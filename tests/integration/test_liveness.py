@@ -94,7 +94,8 @@ def test_silent_presence_member_is_removed_for_the_others(server):
         assert closed.result()[0] == 4201
 
 
-def test_shutdown_tells_every_client_to_reconnect_at_once_with_4200(server):
+def test_shutdown_tells_every_client_to_reconnect_at_once_with_4200(make_server):
+    server = make_server()  # its own: it stops the process
     clients = [server.ws() for _ in range(3)]
     clients[0].subscribe("orders")
     with ThreadPoolExecutor(1) as pool:

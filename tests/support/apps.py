@@ -66,9 +66,25 @@ POOL_APPS: list[dict[str, Any]] = [
     for i in range(64)
 ]
 
+# An app with small limits, to prove every limit is read from the app's config.
+TIGHT = {
+    "name": "Tight",
+    "app_id": "1006",
+    "key": "tight-key",
+    "secret": "tight-secret",
+    "limits": {
+        "max_message_size": 100,
+        "max_channels_per_event": 3,
+        "max_channel_name_length": 20,
+        "max_event_name_length": 10,
+        "max_batch_size": 2,
+    },
+}
+
+
 # The secret of each app above by key, so that signing needs only the key.
-SECRETS = {app["key"]: app["secret"] for app in BASE_CONFIG["apps"] + POOL_APPS}
-APP_IDS = {app["key"]: app["app_id"] for app in BASE_CONFIG["apps"] + POOL_APPS}
+SECRETS = {app["key"]: app["secret"] for app in [*BASE_CONFIG["apps"], *POOL_APPS, TIGHT]}
+APP_IDS = {app["key"]: app["app_id"] for app in [*BASE_CONFIG["apps"], *POOL_APPS, TIGHT]}
 
 
 def pool_config() -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -16,26 +17,12 @@ import pusher.errors
 import pusher.signature
 import pytest
 
-from support.apps import APP_ID, KEY, ROOT, SECRET, config_with
+from support import auth
+from support.apps import APP_ID, KEY, ROOT, SECRET, TIGHT, config_with
 from support.client import WsClient
 from support.server import IpeServer, running
 
 NODE_SDK = ROOT / "tests" / "e2e" / "node_sdk.js"
-
-# An app with small limits, to prove every limit is read from the app's config.
-TIGHT = {
-    "name": "Tight",
-    "app_id": "1006",
-    "key": "tight-key",
-    "secret": "tight-secret",
-    "limits": {
-        "max_message_size": 100,
-        "max_channels_per_event": 3,
-        "max_channel_name_length": 20,
-        "max_event_name_length": 10,
-        "max_batch_size": 2,
-    },
-}
 
 
 def rest_config() -> dict[str, Any]:
@@ -43,6 +30,15 @@ def rest_config() -> dict[str, Any]:
     config = config_with()
     config["apps"].append(TIGHT)
     return config
+
+
+# app_id -> key of the apps of rest_config() a plain ws:// client can connect to, for the
+# watchers of a request.
+APP_KEYS = {
+    app["app_id"]: app["key"]
+    for app in [*config_with()["apps"], TIGHT]
+    if app.get("enabled", True) and not app.get("only_ssl")
+}
 
 
 class Reply:
@@ -103,10 +99,18 @@ def signed_query(
 
 
 class Api:
-    """Raw HTTP against one ipe process: nothing is encoded or checked that the test didn't ask."""
+    """Raw HTTP against one ipe process: nothing is encoded or checked that the test didn't ask.
 
-    def __init__(self, server: IpeServer) -> None:
+    Every request it sends is watched: clients subscribe beforehand to the channels the body
+    names (as the app of the path) and sign in as the user of a /users/ path; when the reply
+    is a rejection (4xx/5xx), each must have received nothing and still be connected (a ping
+    round trip proves it without waiting: the server publishes before it answers).
+    """
+
+    def __init__(self, server: IpeServer, watch: bool = True) -> None:
         self.server = server
+        self.watch = watch
+        self.watched = 0  # rejections checked to have published nothing
 
     def raw(
         self,
@@ -116,6 +120,50 @@ class Api:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Send `method target` as given (target = path plus raw query string)."""
+        watchers = self.watchers(target, body) if self.watch else []
+        try:
+            reply = self._send(method, target, body, headers)
+            if reply.status >= 400 and watchers:
+                for watcher in watchers:
+                    watcher.sync()  # fails on any event, or if the socket was closed
+                self.watched += 1
+            return reply
+        finally:
+            for watcher in watchers:
+                watcher.close()
+
+    def watchers(self, target: str, body: bytes) -> list[WsClient]:
+        """Clients placed to see what a request to `target` with `body` might publish or
+        terminate (for requests a test writes to a socket itself)."""
+        path = target.split("?", 1)[0].split("/")
+        key = APP_KEYS.get(path[2]) if len(path) > 2 and path[1] == "apps" else KEY
+        watchers = []
+        if "users" in path and path.index("users") + 1 < len(path):
+            # terminate_connections or send_to_user: a socket signed in as that user
+            user_id = path[path.index("users") + 1]
+            if key is not None and user_id:
+                client = self.server.ws(key=key)
+                try:
+                    auth.sign_in(client, {"id": urllib.parse.unquote(user_id)})
+                    watchers.append(client)
+                except Exception:  # an id the server refuses: nobody can be signed in as it
+                    client.close()
+        if key is None:
+            return watchers  # an app this server does not have: nothing to watch
+        for channel in _channels_named(body):
+            client = self.server.ws(key=key)
+            member = {"user_id": "watcher"} if channel.startswith("presence-") else None
+            try:
+                auth.subscribe(client, channel, member)
+            except Exception:  # a name the server refuses (or encrypted): not watchable
+                client.close()
+                continue
+            watchers.append(client)
+        return watchers
+
+    def _send(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
         try:
             conn.putrequest(method, target, skip_accept_encoding=True)
@@ -161,6 +209,25 @@ class Api:
     def trigger(self, app_id: str = APP_ID, **event: Any) -> Reply:
         """POST /apps/{app_id}/events with `event` as the body, signed with the main app."""
         return self.post(f"/apps/{app_id}/events", event)
+
+
+def _channels_named(body: bytes) -> list[str]:
+    """The channels a REST body names (events and batch_events), valid or not."""
+    try:
+        parsed = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return []
+    items = parsed.get("batch") if isinstance(parsed, dict) else None
+    items = items if isinstance(items, list) else [parsed]
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        channels = item.get("channels")
+        for name in [item.get("channel"), *(channels if isinstance(channels, list) else [])]:
+            if isinstance(name, str) and 0 < len(name) <= 164 and name not in names:
+                names.append(name)
+    return names[:20]
 
 
 def raw_query(params: Mapping[str, str]) -> str:
