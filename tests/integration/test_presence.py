@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+import support
 from support import config_with, token
 
 ROOM = "presence-room"
@@ -19,16 +20,8 @@ def server(app_server):
 
 def join(server, user_id: Any, user_info: Any = None, channel: str = ROOM, key: str | None = None):
     """A new socket that joined `channel` as `user_id`; returns (client, presence data)."""
-    client = server.ws(key=key)
-    member: dict[str, Any] = {"user_id": user_id}
-    if user_info is not None:
-        member["user_info"] = user_info
-    sdk = server.sdk() if key is None else server.sdk("1002", "other-key", "other-secret")
-    reply = client.subscribe_signed(sdk, channel, member)
-    assert reply["event"] == "pusher_internal:subscription_succeeded", reply
-    assert reply["channel"] == channel
-    assert isinstance(reply["data"], str), "presence data is a JSON string"
-    return client, json.loads(reply["data"])["presence"]
+    client = support.join(server, channel, user_id, user_info, key)
+    return client, client.joined
 
 
 def member_added(client, channel: str = ROOM) -> dict[str, Any]:

@@ -87,15 +87,17 @@ def subscribe(
 
 
 def join(
-    server: IpeServer, channel: str, user_id: Any, info: Any = None, key: str = KEY
+    server: IpeServer, channel: str, user_id: Any, info: Any = None, key: str | None = None
 ) -> WsClient:
-    """A new client on `server`, subscribed to a presence channel as `user_id`.
+    """A new client on `server` (app `key`, default the server's), subscribed to a presence
+    channel as `user_id`.
 
     Returns after a ping round trip, so the node has handled the whole subscribe
-    (member_added published included). The roster is in `client.joined`.
+    (member_added published included). The roster it got is in `client.joined`.
     """
     client = server.ws(key=key)
-    reply = subscribe(client, channel, presence_member(user_id, info), key)
+    reply = subscribe(client, channel, presence_member(user_id, info))
+    assert isinstance(reply["data"], str), f"presence data must be a JSON string: {reply}"
     client.joined = json.loads(reply["data"])["presence"]
     client.sync()
     return client
