@@ -34,10 +34,11 @@ def rest_config() -> dict[str, Any]:
 
 # app_id -> key of the apps of rest_config() a plain ws:// client can connect to, for the
 # watchers of a request.
+# (Not an app that counts subscriptions: a watcher would change the counts its clients hear.)
 APP_KEYS = {
     app["app_id"]: app["key"]
     for app in [*config_with()["apps"], TIGHT]
-    if app.get("enabled", True) and not app.get("only_ssl")
+    if app.get("enabled", True) and not app.get("only_ssl") and not app.get("subscription_count")
 }
 
 
@@ -152,9 +153,8 @@ class Api:
             return watchers  # an app this server does not have: nothing to watch
         for channel in _channels_named(body):
             client = self.server.ws(key=key)
-            member = {"user_id": "watcher"} if channel.startswith("presence-") else None
             try:
-                auth.subscribe(client, channel, member)
+                auth.subscribe(client, channel)
             except Exception:  # a name the server refuses (or encrypted): not watchable
                 client.close()
                 continue
@@ -212,7 +212,10 @@ class Api:
 
 
 def _channels_named(body: bytes) -> list[str]:
-    """The channels a REST body names (events and batch_events), valid or not."""
+    """The channels a REST body names (events and batch_events) that a watcher can join
+    unseen: none when the request asks for counts (`info`), which a watcher would change, and
+    no presence channel (a watcher would be announced) or cache channel (it would get a
+    cache_miss)."""
     try:
         parsed = json.loads(body) if body else None
     except (ValueError, RecursionError):
@@ -220,12 +223,16 @@ def _channels_named(body: bytes) -> list[str]:
     items = parsed.get("batch") if isinstance(parsed, dict) else None
     items = items if isinstance(items, list) else [parsed]
     names: list[str] = []
+    if any(isinstance(item, dict) and "info" in item for item in items):
+        return []
     for item in items:
         if not isinstance(item, dict):
             continue
         channels = item.get("channels")
         for name in [item.get("channel"), *(channels if isinstance(channels, list) else [])]:
-            if isinstance(name, str) and 0 < len(name) <= 164 and name not in names:
+            if not isinstance(name, str) or not 0 < len(name) <= 164 or name in names:
+                continue
+            if not name.startswith("presence-") and "cache-" not in name:
                 names.append(name)
     return names[:20]
 
