@@ -8,7 +8,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
-# The main test app's credentials (those of the protocol notes' test vectors).
+# The credentials of docs/protocol-notes.md's test vectors.
 APP_ID, KEY, SECRET = "1001", "demo-key", "demo-secret"
 # A second app, to prove nothing crosses between apps.
 OTHER_APP_ID, OTHER_KEY, OTHER_SECRET = "1002", "other-key", "other-secret"

@@ -79,8 +79,8 @@ def signed_query(
     sign_path: str | None = None,
     drop: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """Query parameters signed as the REST API wants them, built here piece by piece (so a
-    test can break any piece) and signed by the SDK's `pusher.signature.sign`."""
+    """Query parameters signed as docs/protocol-notes.md §6.2 describes, built here piece by
+    piece (so a test can break any piece) and signed by the SDK's `pusher.signature.sign`."""
     query = {
         "auth_key": key,
         "auth_timestamp": str(int(time.time()) if timestamp is None else timestamp),
