@@ -112,7 +112,7 @@ def test_port_comes_from_the_flag_then_PORT_then_the_config(tmp_path, env, args,
 class PlainIpe(IpeServer):
     """`python -m ipe -config FILE` with the port in $PORT, as a Heroku-style deploy runs it."""
 
-    def start(self, wait: bool = True) -> PlainIpe:
+    def spawn(self) -> None:
         self.env["PORT"] = str(self.port)
         self.env.pop("IPE_CONFIG", None)
         with open(self.log_path, "ab") as log:
@@ -123,9 +123,6 @@ class PlainIpe(IpeServer):
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
-        if wait:
-            self.wait_healthy()
-        return self
 
 
 def test_dash_config_and_PORT_choose_what_is_served(tmp_path):  # noqa: N802

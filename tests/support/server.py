@@ -79,30 +79,55 @@ class IpeServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> IpeServer:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ipe",
-                "--config",
-                str(self.config_path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "debug",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
-        log.close()
-        if wait:
-            self.wait_healthy()
+        """Start the process and (with `wait`) wait for /health.
+
+        free_port() only finds a port free at that moment: any process on the machine (other
+        test workers included) may take it before ipe binds it. Then ipe exits at once; that
+        start is retried on a fresh port, twice at most, with the failed log set aside.
+        """
+        for attempt in range(3):
+            self.spawn()
+            if not wait:
+                break
+            try:
+                self.wait_healthy()
+                break
+            except AssertionError:
+                if attempt == 2 or not self._lost_its_port():
+                    raise
         return self
+
+    def spawn(self) -> None:
+        """Start the process on self.port (subclasses start it another way)."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ipe",
+                    "--config",
+                    str(self.config_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "debug",
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+
+    def _lost_its_port(self) -> bool:
+        """True (and a fresh port) when the process exited because its port was taken."""
+        assert self.proc is not None
+        if self.proc.poll() is None or "Address already in use" not in self.log():
+            return False
+        self.log_path.rename(self.log_path.with_suffix(f".port-{self.port}-taken"))
+        self.port = free_port()
+        return True
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         def healthy() -> bool:
@@ -202,7 +227,7 @@ class AppServer:
 class Gunicorn(IpeServer):
     """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
 
-    def start(self, wait: bool = True) -> Gunicorn:
+    def spawn(self) -> None:
         env = {
             **self.env,
             "IPE_CONFIG": str(self.config_path),
@@ -216,9 +241,6 @@ class Gunicorn(IpeServer):
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        if wait:
-            self.wait_healthy()
-        return self
 
 
 def metric(server: IpeServer, name: str) -> float:
