@@ -19,13 +19,16 @@ from support import (  # noqa: F401 (older tests import these from conftest)
     POOL_APPS,
     ROOT,
     SECRET,
+    SIGNATURE,
     AppServer,
     ConnectionClosed,
+    Gunicorn,
     IpeServer,
     Receivers,
     WsClient,
     config_with,
     free_port,
+    parse_sample,
     pooled,
     running,
     stop_all,
@@ -46,8 +49,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., IpeServer]]:
         start: bool = True,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        launcher: type[IpeServer] = IpeServer,
     ) -> IpeServer:
-        server = IpeServer(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
+        server = launcher(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
         servers.append(server)
         return server.start() if start else server
 

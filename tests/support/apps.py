@@ -19,6 +19,9 @@ BASE_CONFIG: dict[str, Any] = {
     "host": "127.0.0.1:8080",  # --port overrides it
     "activity_timeout": 30,
     "pong_timeout": 30,
+    # Close every socket at once on SIGTERM, so that stopping a server never waits: the
+    # spread-out drain has its own tests (tests/integration/test_drain.py).
+    "drain_seconds": 0,
     "apps": [
         {"name": "Main", "app_id": APP_ID, "key": KEY, "secret": SECRET, "user_events": True},
         {"name": "Other", "app_id": OTHER_APP_ID, "key": OTHER_KEY, "secret": OTHER_SECRET},

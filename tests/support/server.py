@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,9 @@ import yaml
 
 from support.apps import APP_ID, KEY, POOL_APPS, ROOT, SECRET, config_with
 from support.client import WsClient
+
+# 64 hex digits: an HMAC-SHA256 (channel auth, REST auth_signature, webhook signature).
+SIGNATURE = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
 def free_port() -> int:
@@ -146,21 +150,42 @@ class IpeServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        """Signal the process and wait for it; then check its log (every server of the suite
+        passes here) for secrets and signatures."""
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(5)
+        finally:
+            self.assert_no_secrets_logged()
+
+    def assert_no_secrets_logged(self) -> None:
+        """No app secret and nothing shaped like a signature (64 hex digits: channel auth,
+        REST auth_signature, webhook signature) anywhere in this server's log."""
+        log = self.log()
+        for app in self.config.get("apps", ()):
+            secret = str(app.get("secret", ""))
+            assert len(secret) < 6 or secret not in log, f"secret logged in {self.log_path}"
+        found = SIGNATURE.search(log)
+        assert found is None, f"a signature logged in {self.log_path}: {found.group()}"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def metric(self, name: str) -> float:
-        """`metric(self, name)`: one sample of /metrics (see there for a missing one)."""
-        return metric(self, name)
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on /metrics: (name, labels, value)."""
+        return _scrape(self)[1]
+
+    def metric(self, name: str, required: bool = False) -> float:
+        """`metric(self, name, required)`: see there."""
+        return metric(self, name, required)
 
     def ready(self) -> int:
         """The HTTP status of GET /ready (200 serving, 503 not ready or draining)."""
@@ -243,24 +268,41 @@ class Gunicorn(IpeServer):
             )
 
 
-def metric(server: IpeServer, name: str) -> float:
-    """One sample of the server's /metrics, named as exported, labels included
-    (`ipe_x_total{code="4100"}`).
+def parse_sample(line: str) -> tuple[str, dict[str, str], float]:
+    """One line of the Prometheus text format: (name, labels, value)."""
+    head, _, value = line.rpartition(" ")
+    name, _, labels = head.partition("{")
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+    return name, dict(pairs), float(value)
 
-    A sample not exported yet counts 0 when its family is declared (a labelled counter before
-    its first increment); a name /metrics does not declare at all fails, so a typo cannot pass
-    as zero.
-    """
+
+def _scrape(server: IpeServer) -> tuple[set[str], list[tuple[str, dict[str, str], float]]]:
+    """(the metric families /metrics declares, every sample)."""
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
-    families = set()
-    for line in lines:
-        if line.startswith("# TYPE "):
-            families.add(line.split()[2])
-        elif line and not line.startswith("#") and line.rsplit(" ", 1)[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    base = name.split("{", 1)[0]
-    declared = any(base == f or base.startswith(f + "_") for f in families)
+    families = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
+    return families, [parse_sample(line) for line in lines if line and line[0] != "#"]
+
+
+def metric(server: IpeServer, name: str, required: bool = False) -> float:
+    """The sum of one metric's series on the server's /metrics whose labels include those
+    given (`ipe_x_total{code="4100"}`; a bare name sums every series, e.g. over apps).
+
+    No series yet counts 0 when /metrics declares the family (a labelled counter before its
+    first increment), unless `required`; a name /metrics does not declare at all fails, so a
+    typo cannot pass as zero.
+    """
+    wanted_name, wanted = parse_sample(name + " 0")[:2]
+    families, samples = _scrape(server)
+    values = [
+        value
+        for sample_name, labels, value in samples
+        if sample_name == wanted_name and wanted.items() <= labels.items()
+    ]
+    if values:
+        return sum(values)
+    assert not required, f"no {name} on /metrics of {server.url}"
+    declared = any(wanted_name == f or wanted_name.startswith(f + "_") for f in families)
     assert declared, f"/metrics of {server.url} declares no {name}"
     return 0.0
 
