@@ -124,7 +124,8 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_a_postgresql_table_in_soketis_layout(make_server: Any, postgres: str) -> None:
+def test_a_postgresql_table_in_soketis_layout(postgres: str, make_server: Any) -> None:
+    # postgres first: torn down last, so ipe is stopped before its database goes away.
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(postgres)
