@@ -21,6 +21,7 @@ from support import (
     free_port,
     ready_status,
     redis_config,
+    run_ipe,
     stop_all,
     wait_until,
 )
@@ -149,13 +150,7 @@ def test_sighup_reloads_every_worker_without_restarting_them(gunicorns, redis_se
 
     config["apps"].append(NEW_APP)
     server.config_path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "ipe", "reload", "--pid-file", str(pid_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_ipe("reload", "--pid-file", str(pid_file))
     assert done.returncode == 0, done.stderr
     wait_until(lambda: server.log().count("reloaded ") == 2, 5, message="both workers reloaded")
     assert re.findall(r"Booting worker with pid: (\d+)", server.log()) == booted

@@ -6,29 +6,15 @@ stderr that names the key, with exit status 2, and never a traceback.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from support import ROOT, IpeServer, config_with, free_port, stop_all
+from support import ROOT, IpeServer, config_with, free_port, run_ipe, stop_all
 
 APP = {"app_id": "77", "key": "cli-key", "secret": "cli-secret"}
-
-
-def ipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m ipe ARGS` to its end (for runs that must exit by themselves)."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("PORT", "IPE_CONFIG")}
-    return subprocess.run(
-        [sys.executable, "-m", "ipe", *args],
-        cwd=ROOT,
-        env={**environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -67,7 +53,7 @@ def test_a_config_error_is_one_line_naming_the_key_and_exit_status_2(
 ):
     path = write(tmp_path, text)
     # Serving and --check-config (`check`) load the config alike: the cases take both paths.
-    done = ipe("--config", path, "--port", str(free_port()), *(["--check-config"] * check))
+    done = run_ipe("--config", path, "--port", str(free_port()), *(["--check-config"] * check))
     assert done.returncode == 2, done
     assert done.stdout == ""
     assert done.stderr.endswith("\n") and done.stderr.count("\n") == 1, done.stderr
@@ -76,7 +62,7 @@ def test_a_config_error_is_one_line_naming_the_key_and_exit_status_2(
 
 
 def test_a_missing_config_file_is_one_line_and_exit_status_2(tmp_path):
-    done = ipe("--config", str(tmp_path / "absent.yml"))
+    done = run_ipe("--config", str(tmp_path / "absent.yml"))
     assert done.returncode == 2
     assert done.stderr == f"ipe: config error: {tmp_path / 'absent.yml'}: cannot read " + (
         "(No such file or directory)\n"
@@ -85,7 +71,7 @@ def test_a_missing_config_file_is_one_line_and_exit_status_2(tmp_path):
 
 def test_check_config_validates_prints_a_summary_and_exits(tmp_path):
     path = write(tmp_path, yaml.safe_dump({"host": "127.0.0.1:8080", "apps": [APP]}))
-    done = ipe("--check-config", "--config", path)
+    done = run_ipe("--check-config", "--config", path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"{path}: OK"
@@ -104,7 +90,7 @@ def test_check_config_validates_prints_a_summary_and_exits(tmp_path):
 )
 def test_port_comes_from_the_flag_then_PORT_then_the_config(tmp_path, env, args, port):  # noqa: N802
     path = write(tmp_path, yaml.safe_dump({"host": "127.0.0.1:8080", "apps": [APP]}))
-    done = ipe("-config", path, "--check-config", *args, env=env)
+    done = run_ipe("-config", path, "--check-config", *args, env=env)
     assert done.returncode == 0, done.stderr
     assert f"listening on http://127.0.0.1:{port}\n" in done.stdout
 

@@ -30,6 +30,20 @@ from support.client import WsClient
 SIGNATURE = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
+def run_ipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ipe ARGS` (a command that exits by itself: --check-config, reload, apps)
+    to its end, with the environment less PORT and IPE_CONFIG (plus `env`)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("PORT", "IPE_CONFIG")}
+    return subprocess.run(
+        [sys.executable, "-m", "ipe", *args],
+        cwd=ROOT,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:
