@@ -20,6 +20,7 @@ from ipe.connection import CLOSE_WAIT
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
+from ipe.quotas import Quotas
 from ipe.subscription_count import SubscriptionCounts
 from ipe.webhooks import Webhooks
 
@@ -38,6 +39,7 @@ class State:
     webhooks: Webhooks
     metrics: Metrics
     counts: SubscriptionCounts
+    quotas: Quotas
     draining: bool = False
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
@@ -96,7 +98,8 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
-    hub = Hub(config.activity_timeout, config.pong_timeout)
+    signin = [app.signin_timeout for app in config.apps if app.authorized_connections]
+    hub = Hub(config.activity_timeout, config.pong_timeout, min(signin) if signin else None)
     metrics = Metrics()
     if config.redis is None:
         broker = LocalBroker(hub)
@@ -111,6 +114,7 @@ def build_state(config: Config) -> State:
             webhooks=webhooks,
             metrics=metrics,
             counts=SubscriptionCounts(presence, broker, webhooks),
+            quotas=Quotas(metrics),
         )
     # Imported here: a single process never loads the Redis modules.
     from ipe.redis.broker import RedisBroker
@@ -118,6 +122,7 @@ def build_state(config: Config) -> State:
     from ipe.redis.janitor import Janitor
     from ipe.redis.link import RedisLink, node_id
     from ipe.redis.presence import RedisPresence
+    from ipe.redis.quotas import RedisQuotas
     from ipe.redis.webhook_store import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
@@ -125,6 +130,7 @@ def build_state(config: Config) -> State:
     link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
     broker = RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics)
     presence = RedisPresence(link)
+    quotas = RedisQuotas(link, metrics)
     state = State(
         config=config,
         hub=hub,
@@ -134,9 +140,10 @@ def build_state(config: Config) -> State:
         webhooks=webhooks,
         metrics=metrics,
         counts=SubscriptionCounts(presence, broker, webhooks),
+        quotas=quotas,
         redis=link,
     )
-    state.janitor = Janitor(config, link, presence, broker, webhooks, metrics, state.counts)
+    state.janitor = Janitor(config, link, presence, broker, webhooks, metrics, state.counts, quotas)
     return state
 
 

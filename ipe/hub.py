@@ -28,9 +28,16 @@ WATCH = "w"  # target: user id; payload: b"online" or b"offline"
 class Hub:
     """Registry of local connections: app_id → channel → sockets, plus users and watchers."""
 
-    def __init__(self, activity_timeout: int, pong_timeout: int) -> None:
+    def __init__(
+        self, activity_timeout: int, pong_timeout: int, signin_timeout: float | None = None
+    ) -> None:
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
+        # The shortest signin_timeout of an app with authorized connections (None: no such
+        # app): the reaper must look at least that often.
+        self.signin_timeout = signin_timeout
+        # Connections of such apps that have not signed in yet -> monotonic deadline.
+        self._unsigned: dict[Connection, float] = {}
         self.connections: dict[str, Connection] = {}
         self._channels: dict[str, dict[str, set[Connection]]] = {}
         self._users: dict[str, dict[str, set[Connection]]] = {}
@@ -52,6 +59,7 @@ class Hub:
     def unregister(self, conn: Connection) -> None:
         """Forget a connection that has ended; its channels must already be removed."""
         self.connections.pop(conn.socket_id, None)
+        self._unsigned.pop(conn, None)
         code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
         self.closes[code] = self.closes.get(code, 0) + 1
         if conn.user_id is not None:
@@ -111,7 +119,12 @@ class Hub:
     def sign_in(self, conn: Connection, user_id: str) -> None:
         """Index a signed-in connection by its user id."""
         conn.user_id = user_id
+        self._unsigned.pop(conn, None)
         self._users.setdefault(conn.app.app_id, {}).setdefault(user_id, set()).add(conn)
+
+    def expect_signin(self, conn: Connection, timeout: float) -> None:
+        """Close `conn` with 4009 unless it signs in within `timeout` seconds (the reaper's)."""
+        self._unsigned[conn] = time.monotonic() + timeout
 
     def user_connections(self, app_id: str, user_id: str) -> int:
         """Local connections signed in as `user_id`."""
@@ -226,7 +239,8 @@ class Hub:
             self._reaper = None
 
     def _reap_forever(self) -> None:
-        interval = min(5.0, max(0.25, min(self.activity_timeout, self.pong_timeout) / 4))
+        shortest = min(self.activity_timeout, self.pong_timeout, self.signin_timeout or 1e9)
+        interval = min(5.0, max(0.25, shortest / 4))
         while True:
             gevent.sleep(interval)
             try:
@@ -235,7 +249,15 @@ class Hub:
                 log.exception("activity check failed")
 
     def reap(self, now: float) -> None:
-        """Ping connections silent for activity_timeout; close those that never answered."""
+        """Ping connections silent for activity_timeout; close those that never answered,
+        and those of authorized-connections apps that did not sign in in time."""
+        if self._unsigned:
+            late = [conn for conn, deadline in self._unsigned.items() if deadline <= now]
+            for conn in late:
+                del self._unsigned[conn]
+                conn.close(
+                    protocol.UNAUTHORIZED, "Connection not signed in within the timeout", error=True
+                )
         for conn in tuple(self.connections.values()):
             if conn.closing:
                 continue

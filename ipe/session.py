@@ -7,6 +7,7 @@ one at a time; when the connection ends, `Session.cleanup` undoes everything it 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, protocol
+from ipe import auth, origins, protocol, quotas
 from ipe.connection import Connection
 from ipe.hub import EVENT, WATCH
 
@@ -106,6 +107,15 @@ class Session:
         channel, payload = self._subscribe_data(data)
         conn = self.conn
         limits = self.limits
+        cap = limits.max_subscriptions_per_connection
+        if cap and len(conn.channels) >= cap and channel not in conn.channels:
+            self.state.quotas.refused(self.app.app_id, quotas.SUBSCRIPTIONS)
+            return self._refuse(
+                channel,
+                "LimitReached",
+                f"More than {cap} channels subscribed on one connection",
+                4301,
+            )
         if len(channel) > limits.max_channel_name_length:
             return self._refuse(
                 channel,
@@ -151,15 +161,6 @@ class Session:
 
         state = self.state
         app_id = self.app.app_id
-        if member is not None:
-            roster = state.presence.members(app_id, channel)
-            if member[0] not in roster and len(roster) >= limits.max_presence_members:
-                return self._refuse(
-                    channel,
-                    "LimitReached",
-                    "The maximum members per presence channel limit was reached",
-                    4100,
-                )
         # Until the confirmation (and a cache channel's replay) has gone out, events for this
         # channel wait here (ipe.hub.deliver): with Redis, the round trips below let other
         # greenlets run, and no event may reach the client before subscription_succeeded.
@@ -171,15 +172,36 @@ class Session:
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
         try:
+            joined = None
+            if member is not None:
+                # Joining first: the member limit is enforced where the roster changes, in
+                # one step, so concurrent joins on several nodes cannot pass it together.
+                joined = state.presence.join(
+                    app_id,
+                    channel,
+                    conn.socket_id,
+                    member[0],
+                    member[1],
+                    limits.max_presence_members,
+                )
+                if joined is None:
+                    waiting.clear()  # nothing was confirmed: what waited is not for this socket
+                    state.hub.remove(app_id, channel, conn)
+                    del conn.channels[channel]
+                    return self._refuse(
+                        channel,
+                        "LimitReached",
+                        "The maximum members per presence channel limit was reached",
+                        4100,
+                    )
             count = state.presence.subscribe(app_id, channel, conn.socket_id)
             if count == 1:
                 state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
-            if member is None:
+            if joined is None:
                 self._confirm(channel, None)
             else:
-                first, members, version = state.presence.join(
-                    app_id, channel, conn.socket_id, member[0], member[1]
-                )
+                assert member is not None
+                first, members, version = joined
                 self._confirm(channel, members)
                 if first:
                     state.broker.publish(
@@ -342,6 +364,13 @@ class Session:
             )
         if len(user_id) > self.limits.max_user_id_length:
             raise protocol.PusherError(protocol.UNAUTHORIZED, "User id is too long")
+        if not protocol.CHANNEL_NAME_RE.fullmatch(user_id):
+            # The id names the user's channel (#server-to-user-<id>) and is the path of REST
+            # terminate_connections: an id that cannot be either could never be reached.
+            raise protocol.PusherError(
+                protocol.UNAUTHORIZED,
+                "User id may only contain A-Z, a-z, 0-9 and _-=@,.;",
+            )
         if conn.user_id is not None and conn.user_id != user_id:
             raise protocol.PusherError(
                 protocol.UNAUTHORIZED, "This connection is already signed in as another user"
@@ -492,6 +521,8 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
         return app, protocol.INVALID_VERSION, "Invalid version string format"
     if int(version) not in protocol.SUPPORTED_PROTOCOLS:
         return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"
+    if not _allowlist(app.allowed_origins).allows(environ.get("HTTP_ORIGIN")):
+        return app, protocol.UNAUTHORIZED, "Origin not allowed"
     if app.only_ssl and not _is_secure(environ):
         return (
             app,
@@ -499,6 +530,12 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
             "Application only accepts SSL connections, reconnect using wss://",
         )
     return app, None, ""
+
+
+@functools.lru_cache(maxsize=256)
+def _allowlist(patterns: tuple[str, ...]) -> origins.Allowlist:
+    """An app's compiled `allowed_origins` (compiled once per app)."""
+    return origins.Allowlist(patterns)
 
 
 def _query(query_string: str) -> dict[str, str]:
@@ -532,15 +569,19 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         on_overflow=state.metrics.slow_consumer_closes.inc,
         inline=state.handlers_never_block,
     )
+    maximum = app.limits.max_connections if code is None else 0
+    if maximum and not state.quotas.acquire_connection(app.app_id, maximum):
+        state.quotas.refused(app.app_id, quotas.CONNECTIONS)
+        code, message, maximum = protocol.OVER_QUOTA, "Over connection quota", 0
     if code is not None:
         log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
         conn.close(code, message, error=True)
     else:
-        _open(state, conn, app)
+        _open(state, conn, app, counted=bool(maximum))
     conn.start()
 
 
-def _open(state: State, conn: Connection, app: AppConfig) -> None:
+def _open(state: State, conn: Connection, app: AppConfig, counted: bool) -> None:
     """Register a new connection, greet it, and wire its messages to a Session."""
     session = Session(state, conn, app)
     state.hub.register(conn)
@@ -551,8 +592,12 @@ def _open(state: State, conn: Connection, app: AppConfig) -> None:
             session.cleanup()
         finally:
             state.hub.unregister(conn)
+            if counted:
+                state.quotas.release_connection(app.app_id)
             log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, conn.close_code)
 
     conn.on_message = session.on_message
     conn.on_end = on_end
+    if app.authorized_connections:
+        state.hub.expect_signin(conn, app.signin_timeout)
     conn.send_event(protocol.connection_established(conn.socket_id, state.config.activity_timeout))

@@ -135,11 +135,16 @@ if total <= 0 then redis.call('HDEL', ARGV[1], ARGV[2]) end
 return total
 """
 
-# ARGV: node, sockets key, user, node members key, node field, members key, info, k, channel
-# -> {sockets of the user, the roster as a flat list, the roster's version}
+# ARGV: node, sockets key, user, node members key, node field, members key, info, k, channel,
+# max members -> {sockets of the user, the roster as a flat list, the roster's version}, or 0
+# when the user is new and the channel already has max members (nothing changed)
 _JOIN = (
     _BUMP
     + r"""
+if redis.call('HEXISTS', ARGV[2], ARGV[3]) == 0
+   and redis.call('HLEN', ARGV[2]) >= tonumber(ARGV[10]) then
+  return 0
+end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
 local n = redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
@@ -318,14 +323,19 @@ class RedisPresence:
             return total
 
     def join(
-        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any], int]:
+        self,
+        app_id: str,
+        channel: str,
+        socket_id: str,
+        user_id: str,
+        user_info: Any,
+        max_members: int,
+    ) -> tuple[bool, dict[str, Any], int] | None:
         with self._lock:
-            local = self.local.join(app_id, channel, socket_id, user_id, user_info)
             if self.link.up:
                 k = self._k(app_id)
                 try:
-                    count, flat, version = self._join(
+                    joined = self._join(
                         keys=[k + ":nodes"],
                         args=[
                             self.node,
@@ -337,12 +347,19 @@ class RedisPresence:
                             protocol.dumps(user_info),
                             k,
                             channel,
+                            max_members,
                         ],
                     )
-                    return count == 1, _roster(flat), int(version)
                 except REDIS_ERRORS as exc:
                     self._failed(exc)
-            return local
+                else:
+                    if not joined:
+                        return None  # the cluster's roster is full
+                    # This node's share follows what Redis accepted, whatever its own count.
+                    self.local.join(app_id, channel, socket_id, user_id, user_info, 1 << 62)
+                    count, flat, version = joined
+                    return count == 1, _roster(flat), int(version)
+            return self.local.join(app_id, channel, socket_id, user_id, user_info, max_members)
 
     def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
         with self._lock:
