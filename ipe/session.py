@@ -177,12 +177,7 @@ class Session:
                 # Joining first: the member limit is enforced where the roster changes, in
                 # one step, so concurrent joins on several nodes cannot pass it together.
                 joined = state.presence.join(
-                    app_id,
-                    channel,
-                    conn.socket_id,
-                    member[0],
-                    member[1],
-                    limits.max_presence_members,
+                    app_id, channel, member[0], member[1], limits.max_presence_members
                 )
                 if joined is None:
                     waiting.clear()  # nothing was confirmed: what waited is not for this socket
@@ -194,13 +189,12 @@ class Session:
                         "The maximum members per presence channel limit was reached",
                         4100,
                     )
-            count = state.presence.subscribe(app_id, channel, conn.socket_id)
+            count = state.presence.subscribe(app_id, channel)
             if count == 1:
                 state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
             if joined is None:
                 self._confirm(channel, None)
             else:
-                assert member is not None
                 first, members, version = joined
                 self._confirm(channel, members)
                 if first:
@@ -322,7 +316,7 @@ class Session:
         if user_id is None:
             last, version = False, 0
         else:
-            last, version = state.presence.leave(app_id, channel, conn.socket_id, user_id)
+            last, version = state.presence.leave(app_id, channel, user_id)
         if last:
             state.broker.publish(
                 app_id,
@@ -334,7 +328,7 @@ class Session:
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )
-        count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
+        count = state.presence.unsubscribe(app_id, channel)
         # The count first: Pusher delays channel_vacated, so its receivers see 0 before it.
         state.counts.changed(self.app, channel, count)
         if count == 0:
@@ -384,7 +378,7 @@ class Session:
         conn.user_data = user
         state = self.state
         state.hub.sign_in(conn, user_id)
-        if state.presence.user_online(app.app_id, user_id, conn.socket_id):
+        if state.presence.user_online(app.app_id, user_id):
             state.broker.publish(app.app_id, WATCH, user_id, b"online")
         self._watch(user.get("watchlist"))
 
@@ -419,7 +413,7 @@ class Session:
         conn = self.conn
         app_id = self.app.app_id
         assert conn.user_id is not None
-        if self.state.presence.user_offline(app_id, conn.user_id, conn.socket_id):
+        if self.state.presence.user_offline(app_id, conn.user_id):
             self.state.broker.publish(app_id, WATCH, conn.user_id, b"offline")
 
     # --- client events ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import gevent
 
 from ipe import protocol
 from ipe.hub import EVENT, WATCH
+from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Janitor:
         self.quotas = quotas
         self.interval = config.redis.heartbeat_interval
         self.timeout = config.redis.node_timeout
-        self.key = f"{link.prefix}:node:{link.node}"
+        self.key = keys.heartbeat(link.prefix, link.node)
         self._up_since = time.monotonic()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -153,7 +154,7 @@ class Janitor:
         for app in self.config.apps:
             for node in self.presence.nodes(app.app_id):
                 if node not in alive:
-                    alive[node] = bool(self.link.client.exists(f"{prefix}:node:{node}"))
+                    alive[node] = bool(self.link.client.exists(keys.heartbeat(prefix, node)))
                 if alive[node]:
                     continue
                 self.quotas.reap(app.app_id, node)  # before the claim below drops the node
