@@ -156,3 +156,22 @@ def test_presence_member_limit_holds_under_concurrent_joins_on_both_nodes(pair):
             assert (reply["data"]["type"], reply["data"]["status"]) == ("LimitReached", 4100)
     assert len(rest_users(a, room)) == 5
     assert len(rest_users(b, room)) == 5
+
+
+def test_connection_counts_are_written_back_after_redis_lost_them(pair, redis_server):
+    a, b = pair
+    held = [connect(a), connect(a), connect(b), connect(b)]
+    assert all(c.socket_id for c in held)
+    redis_server.restart()  # no persistence: the counts are gone
+    for server in pair:
+        wait_ready(server)
+
+    def restored() -> bool:
+        counts = redis_server.client().hvals("{ipe:2001}:conns")
+        return sum(int(n) for n in counts) == 4
+
+    wait_until(restored, 15, 0.1, "both nodes' connection counts written back")
+    assert over_quota(connect(a))
+    assert over_quota(connect(b))
+    for client in held:
+        client.sync()  # still served
