@@ -29,15 +29,13 @@ WATCH = "w"  # target: user id; payload: b"online" or b"offline"
 class Hub:
     """Registry of local connections: app_id → channel → sockets, plus users and watchers."""
 
-    def __init__(
-        self, activity_timeout: int, pong_timeout: int, signin_timeout: float | None = None
-    ) -> None:
+    def __init__(self, activity_timeout: int, pong_timeout: int) -> None:
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
-        # The shortest signin_timeout of an app with authorized connections (None: no such
-        # app): the reaper must look at least that often.
-        self.signin_timeout = signin_timeout
-        # Connections of such apps that have not signed in yet -> monotonic deadline.
+        # Seconds between liveness checks; shortened when a sign-in deadline needs it.
+        self._interval = min(5.0, max(0.25, min(activity_timeout, pong_timeout) / 4))
+        # Connections of authorized-connections apps that have not signed in yet -> deadline
+        # (monotonic); the reaper closes them when it passes.
         self._unsigned: dict[Connection, float] = {}
         self.connections: dict[str, Connection] = {}
         self._channels: dict[str, dict[str, set[Connection]]] = {}
@@ -118,6 +116,14 @@ class Hub:
     def expect_signin(self, conn: Connection, timeout: float) -> None:
         """Close `conn` with 4009 unless it signs in within `timeout` seconds (the reaper's)."""
         self._unsigned[conn] = time.monotonic() + timeout
+        interval = max(0.25, timeout / 4)
+        if interval < self._interval:
+            # Apps come and go at runtime: the reaper speeds up for the shortest deadline seen
+            # (restarted, so that its current, longer sleep does not delay this one).
+            self._interval = interval
+            if self._reaper is not None:
+                self._reaper.kill(block=False)
+                self._reaper = gevent.spawn(self._reap_forever)
 
     def watch(self, conn: Connection, user_ids: Iterable[str]) -> None:
         """Register `conn` to be told when any of `user_ids` goes online or offline."""
@@ -228,10 +234,8 @@ class Hub:
             self._reaper = None
 
     def _reap_forever(self) -> None:
-        shortest = min(self.activity_timeout, self.pong_timeout, self.signin_timeout or 1e9)
-        interval = min(5.0, max(0.25, shortest / 4))
         while True:
-            gevent.sleep(interval)
+            gevent.sleep(self._interval)
             try:
                 self.reap(time.monotonic())
             except Exception:  # never let liveness checks die silently
@@ -256,6 +260,13 @@ class Hub:
             elif now - conn.last_seen >= self.activity_timeout:
                 conn.ping_sent = now
                 conn.send(PING_FRAME)
+
+    def close_app(self, app_id: str, code: int, reason: str) -> int:
+        """Close every local connection of one app (it was disabled or removed)."""
+        conns = [c for c in self.connections.values() if c.app.app_id == app_id]
+        for conn in conns:
+            conn.close(code, reason, error=True)
+        return len(conns)
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every local connection (shutdown: 4200 tells clients to reconnect at once)."""
