@@ -34,7 +34,7 @@ APPS = [
         "key": "signed-key",
         "secret": "signed-secret",
         "authorized_connections": True,
-        "signin_timeout": 1,
+        "signin_timeout": 3,
     },
 ]
 

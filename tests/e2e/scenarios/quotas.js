@@ -2,7 +2,7 @@
 // Quotas, allowed origins and authorized connections as pusher-js and the Node SDK see them.
 // The "quota" app allows 2 connections, 2 subscriptions per connection and 3 REST events a
 // second; "guarded" only pages of https://example.com (pusher-js under Node sends no Origin);
-// "signed" closes sockets that have not signed in within 1 s.
+// "signed" closes sockets that have not signed in within 3 s.
 
 module.exports = async (t) => {
   // --- max_connections: the third socket is refused with 4004 and does not retry ---------
