@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, channels, origins, protocol, quotas
+from ipe import auth, channels, logs, origins, protocol, quotas
 from ipe.connection import Connection, Gate
 from ipe.hub import EVENT, WATCH
 
@@ -37,12 +37,13 @@ class Session:
         self.conn = conn
         self.app = app
         self.limits = app.limits
+        self.tally = state.hub.tally(app.app_id)
 
     # --- messages -----------------------------------------------------------------------------
 
     def on_message(self, raw: str) -> None:
         """Handle one client message; errors become a pusher:error, never a dropped socket."""
-        self.state.hub.received += 1
+        self.tally.received += 1
         try:
             self.handle(raw)
         except protocol.PusherError as exc:
@@ -100,6 +101,13 @@ class Session:
 
     def _refuse(self, channel: str, kind: str, error: str, status: int) -> None:
         """Send the channel-scoped error Echo's `.error()` receives, and Pusher's own."""
+        log.debug(
+            "subscription of %s to %s refused: %s",
+            self.conn.socket_id,
+            channel[:200],
+            kind,
+            extra=self._fields(channel[:200], status),
+        )
         self.conn.send_event(protocol.subscription_error(channel, kind, error, status))
         self.conn.send_event(protocol.encode_error(None, error))
 
@@ -174,6 +182,17 @@ class Session:
             self._release_waiting(channel, gate, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("subscribed %s to %s", conn.socket_id, channel, extra=self._fields(channel))
+
+    def _fields(self, channel: str, status: int | None = None) -> dict[str, Any]:
+        """The structured log fields of this connection (see ipe.logs)."""
+        return {
+            "app_id": self.app.app_id,
+            "socket_id": self.conn.socket_id,
+            "channel": channel,
+            "status": status,
+        }
 
     def _joined(
         self, channel: str, member: channels.Member, joined: tuple[bool, dict[str, Any], int]
@@ -488,6 +507,8 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
+    if code is None and state.draining:  # it would be closed by the next batch anyway
+        code, message = protocol.GENERIC_RECONNECT, "Server is shutting down"
     limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
@@ -504,19 +525,33 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     if maximum and not state.quotas.acquire_connection(app.app_id, maximum):
         state.quotas.refused(app.app_id, quotas.CONNECTIONS)
         code, message, maximum = protocol.OVER_QUOTA, "Over connection quota", 0
+    remote = logs.remote_address(environ)
     if code is not None:
-        log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
+        log.info(
+            "refused connection to %s: %d %s",
+            environ.get("PATH_INFO"),
+            code,
+            message,
+            extra={"app_id": getattr(app, "app_id", None), "status": code, "remote_addr": remote},
+        )
         conn.close(code, message, error=True)
     else:
-        _open(state, conn, app, counted=bool(maximum))
+        _open(state, conn, app, remote, counted=bool(maximum))
     conn.start()
 
 
-def _open(state: State, conn: Connection, app: AppConfig, counted: bool) -> None:
+def _open(state: State, conn: Connection, app: AppConfig, remote: str, counted: bool) -> None:
     """Register a new connection, greet it, and wire its messages to a Session."""
     session = Session(state, conn, app)
     state.hub.register(conn)
-    log.debug("connected %s app=%s", conn.socket_id, app.app_id)
+    opened = time.monotonic()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "connected %s app=%s",
+            conn.socket_id,
+            app.app_id,
+            extra={"app_id": app.app_id, "socket_id": conn.socket_id, "remote_addr": remote},
+        )
 
     def on_end() -> None:
         try:
@@ -525,7 +560,20 @@ def _open(state: State, conn: Connection, app: AppConfig, counted: bool) -> None
             state.hub.unregister(conn)
             if counted:
                 state.quotas.release_connection(app.app_id)
-            log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, conn.close_code)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "disconnected %s app=%s code=%s",
+                    conn.socket_id,
+                    app.app_id,
+                    conn.close_code,
+                    extra={
+                        "app_id": app.app_id,
+                        "socket_id": conn.socket_id,
+                        "status": conn.close_code,
+                        "duration_ms": round((time.monotonic() - opened) * 1000),
+                        "remote_addr": remote,
+                    },
+                )
 
     conn.on_message = session.on_message
     conn.on_end = on_end

@@ -106,14 +106,18 @@ def test_100_connections_against_max_connections_10(server):
     wait_until(lambda: connect(server, "capped-key").socket_id is not None, 5)
 
 
+OPEN = 'ipe_connections{app_id="2001"}'
+
+
 def test_a_refused_connection_counts_nothing(server):
     for _ in range(3):  # every refusal is released: the quota never creeps down
         clients = [connect(server, "capped-key") for _ in range(11)]
         assert sum(c.socket_id is not None for c in clients) == 10
+        assert server.metric(OPEN) == 10
         for client in clients:
             client.close()
         # The gauge counts sockets the hub still holds; each releases its quota as it goes.
-        wait_until(lambda: server.metric("ipe_connections") == 0, 5)
+        wait_until(lambda: server.metric(OPEN) == 0, 5)
 
 
 # --- max_subscriptions_per_connection -----------------------------------------------------------
