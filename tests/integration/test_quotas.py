@@ -247,3 +247,31 @@ def test_signin_refuses_ids_that_cannot_name_a_user_channel(shared_server, user_
     reply = client.expect("pusher:error")
     assert reply["data"]["code"] == 4009, reply
     client.sync()
+
+
+# --- pusher-js's HTTP fallback sessions count as connections ------------------------------------
+
+
+def test_http_fallback_sessions_count_against_max_connections(server):
+    import requests
+
+    query = "?protocol=7&client=js&version=8.6.0&flash=false"
+    sockets = [connect(server, "capped-key") for _ in range(9)]
+    assert all(s.socket_id for s in sockets)
+
+    def poll(sid: str) -> list[str]:
+        url = f"{server.url}/pusher/app/capped-key/{sid}/xhr{query}"
+        answer = requests.post(url, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.text.splitlines()
+
+    assert poll("1/first") == ["o"]
+    (established,) = json.loads(poll("1/first")[0][1:])
+    assert json.loads(established)["event"] == "pusher:connection_established"
+    # The eleventh client, over HTTP, gets what a WebSocket gets: 4004.
+    assert poll("2/second") == ["o"]
+    (error,) = json.loads(poll("2/second")[0][1:])
+    assert json.loads(error)["data"]["code"] == 4004
+    assert poll("2/second") == ['c[4004,"Over connection quota"]']
+    # And a WebSocket is refused while the HTTP session holds the tenth slot.
+    assert refused(connect(server, "capped-key"), 4004) == "Over connection quota"
