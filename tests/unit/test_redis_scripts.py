@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import ipe.redis.http_routing
 import ipe.redis.presence
 import ipe.redis.quotas  # noqa: F401 (declares its scripts)
 import ipe.redis.webhook_store  # noqa: F401 (declares its scripts)
@@ -23,6 +24,7 @@ def test_every_script_is_declared():
     assert {"count_up", "count_down", "join", "leave", "restore", "reap"} <= names
     assert {"webhooks_pass", "webhooks_take", "webhooks_finish", "webhooks_renew"} <= names
     assert {"connection_acquire", "connection_release", "rate_take"} <= names
+    assert "http_release" in names
     assert len(names) == len(SCRIPTS), "two scripts share a name"
 
 
