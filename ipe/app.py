@@ -22,6 +22,7 @@ from ipe.connection import CLOSE_WAIT
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
+from ipe.quotas import Quotas
 from ipe.subscription_count import SubscriptionCounts
 from ipe.webhooks import Webhooks
 
@@ -41,6 +42,7 @@ class State:
     webhooks: Webhooks
     metrics: Metrics
     counts: SubscriptionCounts
+    quotas: Quotas
     draining: bool = False
     http: Any = None  # ipe.http_transport.HttpSessions: pusher-js's HTTP fallback sessions
     # ipe.redis.http_routing.HttpRouter: those sessions' requests that reach another process
@@ -214,6 +216,7 @@ def _build_state(config: Config) -> State:
             webhooks=webhooks,
             metrics=metrics,
             counts=SubscriptionCounts(presence, broker, webhooks),
+            quotas=Quotas(metrics),
         )
     # Imported here: a single process never loads the Redis modules.
     from ipe.redis.broker import RedisBroker
@@ -221,6 +224,7 @@ def _build_state(config: Config) -> State:
     from ipe.redis.janitor import Janitor
     from ipe.redis.link import RedisLink, node_id
     from ipe.redis.presence import RedisPresence
+    from ipe.redis.quotas import RedisQuotas
     from ipe.redis.webhook_store import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
@@ -229,6 +233,7 @@ def _build_state(config: Config) -> State:
     link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
     broker = RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics)
     presence = RedisPresence(link)
+    quotas = RedisQuotas(link, metrics)
     state = State(
         config=config,
         apps=apps,
@@ -239,9 +244,12 @@ def _build_state(config: Config) -> State:
         webhooks=webhooks,
         metrics=metrics,
         counts=SubscriptionCounts(presence, broker, webhooks),
+        quotas=quotas,
         redis=link,
     )
-    state.janitor = Janitor(config, apps, link, presence, broker, webhooks, metrics, state.counts)
+    state.janitor = Janitor(
+        config, apps, link, presence, broker, webhooks, metrics, state.counts, quotas
+    )
     return state
 
 

@@ -10,11 +10,12 @@ client receives. The kinds (prefixes in `ipe.protocol`):
 - `private-`, `private-cache-`, `private-encrypted-[cache-]`: a signature over
   `socket_id:channel[:channel_data]` (encrypted payloads are never read by the server);
 - `presence-[cache-]`: that signature, then a member from `channel_data` (or, without it,
-  from the sign-in), within the user id and user_info limits; `check_room` then keeps the
-  roster within `max_presence_members`.
+  from the sign-in), within the user id and user_info limits. The roster's own limit,
+  `max_presence_members`, is kept by the join itself (`Presence.join`), where the roster
+  changes in one step, so that concurrent joins on several nodes cannot pass it together.
 
 What follows an admission (joining, announcing, a cache channel's replay) is `ipe.session`'s.
-These functions do no I/O beyond reading a roster in `check_room`.
+These functions do no I/O.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from ipe import auth, protocol
 
 if TYPE_CHECKING:
     from ipe.config import AppConfig, Limits
-    from ipe.presence import Presence
 
 Member = tuple[str, Any]  # (user_id, user_info)
 
@@ -84,9 +84,7 @@ def check_name(channel: str, limits: Limits) -> None:
             protocol.SUB_TOO_LONG,
         )
     if not protocol.valid_channel_name(channel, limits.max_channel_name_length):
-        raise Refused(
-            protocol.SUB_INVALID_CHANNEL, "Invalid channel name", protocol.SUB_INVALID
-        )
+        raise Refused(protocol.SUB_INVALID_CHANNEL, "Invalid channel name", protocol.SUB_INVALID)
 
 
 def check_signature(
@@ -153,16 +151,3 @@ def presence_member(who: Subscriber, limits: Limits, channel_data: str | None) -
             protocol.SUB_USER_INFO_TOO_BIG,
         )
     return user_id, info
-
-
-def check_room(
-    presence: Presence, app_id: str, limits: Limits, channel: str, user_id: str
-) -> None:
-    """A new member fits in the presence channel (a returning user always does)."""
-    roster = presence.members(app_id, channel)
-    if user_id not in roster and len(roster) >= limits.max_presence_members:
-        raise Refused(
-            protocol.SUB_LIMIT_REACHED,
-            "The maximum members per presence channel limit was reached",
-            protocol.SUB_PRESENCE_FULL,
-        )

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
+from ipe import origins
+
 DEFAULT_PORT = 8080
 WEBHOOK_EVENT_TYPES = (
     "channel_occupied",
@@ -47,6 +49,22 @@ class Limits:
     max_batch_size: int = 10
     max_watchlist_size: int = 100
     cache_ttl: int = 1800
+    # Quotas (ipe's; 0 = unlimited). With Redis they count the whole cluster.
+    max_connections: int = 0
+    max_subscriptions_per_connection: int = 1000
+    max_backend_events_per_second: int = 0
+    max_read_requests_per_second: int = 0
+
+
+# Limits for which 0 means "no limit" rather than an invalid value.
+UNLIMITED_ALLOWED = frozenset(
+    {
+        "max_connections",
+        "max_subscriptions_per_connection",
+        "max_backend_events_per_second",
+        "max_read_requests_per_second",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,11 @@ class AppConfig:
     subscription_count: bool = False  # Pusher's "subscription counting" toggle (off there too)
     webhooks: tuple[WebhookTarget, ...] = ()
     limits: Limits = Limits()
+    # Origins whose pages may open WebSockets ("https://*.example.com"); empty: any origin.
+    allowed_origins: tuple[str, ...] = ()
+    # Pusher's "authorized connections": a socket must sign in within signin_timeout seconds.
+    authorized_connections: bool = False
+    signin_timeout: float = 30.0
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -336,7 +359,8 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
 def _limits(section: _Section, base: Limits) -> Limits:
     values = {}
     for name in Limits.__dataclass_fields__:
-        values[name] = section.int(name, getattr(base, name), minimum=1)
+        minimum = 0 if name in UNLIMITED_ALLOWED else 1
+        values[name] = section.int(name, getattr(base, name), minimum=minimum)
     section.done()
     return Limits(**values)
 
@@ -402,6 +426,25 @@ def _webhooks(raw: Any, where: str) -> tuple[WebhookTarget, ...]:
     return (WebhookTarget(url=url),)
 
 
+def _allowed_origins(raw: Any, where: str) -> tuple[str, ...]:
+    """The app's origin patterns, checked now; `*` alone (or nothing) allows any origin."""
+    path = f"{where}.allowed_origins"
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError(f"{path}: must be a list of origins")
+    if "*" in raw:
+        return ()
+    for i, item in enumerate(raw):
+        try:
+            origins.parse_pattern(item)
+        except ValueError as exc:
+            raise ConfigError(f"{path}[{i}]: {exc}") from None
+    return tuple(raw)
+
+
 def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
     section = _Section(raw, where)
     secrets = _secrets(section, where)
@@ -417,6 +460,9 @@ def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
         subscription_count=section.bool("subscription_count", False),
         webhooks=_webhooks(section.get("webhooks", None), f"{where}.webhooks"),
         limits=_limits(section.section("limits"), limits),
+        allowed_origins=_allowed_origins(section.get("allowed_origins", None), where),
+        authorized_connections=section.bool("authorized_connections", False),
+        signin_timeout=section.float("signin_timeout", AppConfig.signin_timeout, minimum=0.1),
     )
     section.done()
     for name in ("app_id", "key"):

@@ -73,6 +73,11 @@ class Hub:
     def __init__(self, activity_timeout: int, pong_timeout: int) -> None:
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
+        # Seconds between liveness checks; shortened when a sign-in deadline needs it.
+        self._interval = min(5.0, max(0.25, min(activity_timeout, pong_timeout) / 4))
+        # Connections of authorized-connections apps that have not signed in yet -> deadline
+        # (monotonic); the reaper closes them when it passes.
+        self._unsigned: dict[Connection, float] = {}
         self.connections: dict[str, Connection] = {}
         self._channels: dict[str, dict[str, set[Connection]]] = {}
         self._users: dict[str, dict[str, set[Connection]]] = {}
@@ -102,6 +107,7 @@ class Hub:
 
     def unregister(self, conn: Connection) -> None:
         """Forget a connection that has ended; its channels must already be removed."""
+        self._unsigned.pop(conn, None)
         if self.connections.pop(conn.socket_id, None) is not None:
             tally = self.tally(conn.app.app_id)
             tally.open -= 1
@@ -174,7 +180,20 @@ class Hub:
     def sign_in(self, conn: Connection, user_id: str) -> None:
         """Index a signed-in connection by its user id."""
         conn.user_id = user_id
+        self._unsigned.pop(conn, None)
         self._put(self._users, USER, conn.app.app_id, user_id, conn)
+
+    def expect_signin(self, conn: Connection, timeout: float) -> None:
+        """Close `conn` with 4009 unless it signs in within `timeout` seconds (the reaper's)."""
+        self._unsigned[conn] = time.monotonic() + timeout
+        interval = max(0.25, timeout / 4)
+        if interval < self._interval:
+            # Apps come and go at runtime: the reaper speeds up for the shortest deadline seen
+            # (restarted, so that its current, longer sleep does not delay this one).
+            self._interval = interval
+            if self._reaper is not None:
+                self._reaper.kill(block=False)
+                self._reaper = gevent.spawn(self._reap_forever)
 
     def watch(self, conn: Connection, user_ids: Iterable[str]) -> None:
         """Register `conn` to be told when any of `user_ids` goes online or offline."""
@@ -293,16 +312,23 @@ class Hub:
             self._reaper = None
 
     def _reap_forever(self) -> None:
-        interval = min(5.0, max(0.25, min(self.activity_timeout, self.pong_timeout) / 4))
         while True:
-            gevent.sleep(interval)
+            gevent.sleep(self._interval)
             try:
                 self.reap(time.monotonic())
             except Exception:  # never let liveness checks die silently
                 log.exception("activity check failed")
 
     def reap(self, now: float) -> None:
-        """Ping connections silent for activity_timeout; close those that never answered."""
+        """Ping connections silent for activity_timeout; close those that never answered,
+        and those of authorized-connections apps that did not sign in in time."""
+        if self._unsigned:
+            late = [conn for conn, deadline in self._unsigned.items() if deadline <= now]
+            for conn in late:
+                del self._unsigned[conn]
+                conn.close(
+                    protocol.UNAUTHORIZED, "Connection not signed in within the timeout", error=True
+                )
         for conn in tuple(self.connections.values()):
             if conn.state:  # closing or gone
                 continue

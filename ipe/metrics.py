@@ -159,6 +159,12 @@ class Metrics:
             "Shares (one app of one dead node) removed by this process's janitor",
             registry=r,
         )
+        self.rate_limited = Counter(
+            "ipe_rate_limited",
+            "Connections, subscriptions and REST requests refused by a per-app quota",
+            ["app_id", "limit"],
+            registry=r,
+        )
         self.webhooks_sent = Counter(
             "ipe_webhooks_sent_total",
             "Webhook requests acknowledged by receivers",

@@ -33,10 +33,11 @@ class Presence(Protocol):
         ...
 
     def join(
-        self, app_id: str, channel: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any], int]:
+        self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
+    ) -> tuple[bool, dict[str, Any], int] | None:
         """Add a member's socket: (True if the user's first socket, the member map after, the
-        roster version that map reflects, which is this change's when it was one)."""
+        roster version that map reflects, which is this change's when it was one); None, with
+        nothing changed, when a new user would make more than `max_members` users."""
         ...
 
     def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
@@ -98,10 +99,14 @@ class InMemoryPresence:
         return 0
 
     def join(
-        self, app_id: str, channel: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any], int]:
-        members = self._members.setdefault((app_id, channel), {})
-        entry = members.get(user_id)
+        self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
+    ) -> tuple[bool, dict[str, Any], int] | None:
+        members = self._members.get((app_id, channel))
+        entry = members.get(user_id) if members else None
+        if entry is None and members and len(members) >= max_members:
+            return None
+        if members is None:
+            members = self._members[(app_id, channel)] = {}
         if entry is None:
             members[user_id] = [1, user_info]
             version = self._tick()

@@ -37,6 +37,7 @@ SUB_UNAUTHORIZED = 401
 SUB_TOO_LONG = UNAUTHORIZED  # a channel name or user id over its limit
 SUB_PRESENCE_FULL = OVER_CAPACITY
 SUB_USER_INFO_TOO_BIG = CLIENT_EVENT_REJECTED
+SUB_TOO_MANY = CLIENT_EVENT_REJECTED  # max_subscriptions_per_connection
 
 # Plain WebSocket close codes (RFC 6455 §7.4.1).
 WS_NORMAL = 1000

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ipe import auth, logs, protocol
+from ipe import auth, logs, protocol, quotas
 from ipe.hub import EVENT, TERMINATE
 
 if TYPE_CHECKING:
@@ -33,10 +33,11 @@ EVENT_INFO = frozenset({"user_count", "subscription_count"})
 class ApiError(Exception):
     """A request rejected with an HTTP status and a message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 def _state() -> State:
@@ -106,7 +107,30 @@ def _app(app_id: str) -> tuple[AppConfig, bytes]:
     g.ipe_app_id = app.app_id  # a served app's id: a bounded metrics label
     body = _read_body(app.limits)
     _authenticate(app, body)
+    if request.method == "GET" and app.limits.max_read_requests_per_second:
+        _take(app, quotas.READ_REQUESTS, 1, app.limits.max_read_requests_per_second)
     return app, body
+
+
+def _take(app: AppConfig, limit: str, amount: int, maximum: int) -> None:
+    """Use `amount` of the app's per-second `limit`, or refuse the request with 429.
+
+    Called once per request (never per channel or subscriber), and only for a limit that is
+    set: a limit of 0 costs nothing, not even a Redis round trip.
+    """
+    state = _state()
+    if not state.quotas.take(app.app_id, limit, amount, maximum):
+        state.quotas.refused(app.app_id, limit)
+        raise ApiError(
+            429, f"Rate limit exceeded: {limit} is {maximum}", retry_after=quotas.RETRY_AFTER
+        )
+
+
+def _take_events(app: AppConfig, events: list[_Event]) -> None:
+    """Count a request's events (one per event and channel) against the app's rate."""
+    maximum = app.limits.max_backend_events_per_second
+    if maximum:
+        _take(app, quotas.BACKEND_EVENTS, sum(len(e.channels) for e in events), maximum)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -245,6 +269,7 @@ def trigger(app_id: str) -> Response:
     app, body = _app(app_id)
     state = _state()
     event = _Event(_json_object(body), app.limits, batch=False)
+    _take_events(app, [event])
     event.publish(state, app)
     if event.info:
         return jsonify(
@@ -264,6 +289,7 @@ def trigger_batch(app_id: str) -> Response:
     if len(batch) > app.limits.max_batch_size:
         raise ApiError(400, f"Cannot batch-send more than {app.limits.max_batch_size} events")
     events = [_Event(raw, app.limits, batch=True) for raw in batch]
+    _take_events(app, events)
     for event in events:
         event.publish(state, app)
     if any(e.info for e in events):
@@ -369,7 +395,10 @@ def terminate_without_app(user_id: str) -> Response:
 
 @blueprint.app_errorhandler(ApiError)
 def _api_error(exc: ApiError) -> tuple[Response, int]:
-    return jsonify({"error": exc.message}), exc.status
+    response = jsonify({"error": exc.message})
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response, exc.status
 
 
 @blueprint.app_errorhandler(HTTPException)

@@ -7,6 +7,7 @@ one at a time; when the connection ends, `Session.cleanup` undoes everything it 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, channels, logs, protocol
+from ipe import auth, channels, logs, origins, protocol, quotas
 from ipe.connection import Client, Connection, Gate
 from ipe.hub import EVENT, WATCH
 
@@ -113,6 +114,15 @@ class Session:
     def on_subscribe(self, _channel: str | None, data: Any) -> None:
         channel, payload = self._subscribe_data(data)
         conn = self.conn
+        cap = self.limits.max_subscriptions_per_connection
+        if cap and len(conn.channels) >= cap and channel not in conn.channels:
+            self.state.quotas.refused(self.app.app_id, quotas.SUBSCRIPTIONS)
+            return self._refuse(
+                channel,
+                protocol.SUB_LIMIT_REACHED,
+                f"More than {cap} channels subscribed on one connection",
+                protocol.SUB_TOO_MANY,
+            )
         try:
             who = channels.Subscriber(conn.socket_id, conn.user_id, conn.user_data)
             # Signed with the app as it is now (its secrets may have rotated since connecting).
@@ -121,10 +131,6 @@ class Session:
             if channel in conn.channels:
                 # Subscribing twice is harmless: confirm again, change nothing.
                 return self._confirm(channel, self._roster(channel) if member else None)
-            if member is not None:
-                channels.check_room(
-                    self.state.presence, self.app.app_id, self.limits, channel, member[0]
-                )
         except channels.Refused as refused:
             return self._refuse(channel, refused.kind, refused.error, refused.status)
         self._subscribe(channel, member)
@@ -145,14 +151,32 @@ class Session:
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
         try:
+            joined = None
+            if member is not None:
+                # Joining first: the member limit is enforced where the roster changes, in
+                # one step, so concurrent joins on several nodes cannot pass it together.
+                joined = state.presence.join(
+                    app_id, channel, *member, self.limits.max_presence_members
+                )
+                if joined is None:
+                    gate.waiting = None  # nothing was confirmed: what waited is not for us
+                    state.hub.remove(app_id, channel, conn)
+                    del conn.channels[channel]
+                    return self._refuse(
+                        channel,
+                        protocol.SUB_LIMIT_REACHED,
+                        "The maximum members per presence channel limit was reached",
+                        protocol.SUB_PRESENCE_FULL,
+                    )
             count = state.presence.subscribe(app_id, channel)
             state.broker.routed(app_id, channel)  # its Redis subscription went out meanwhile
             if count == 1:
                 state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
-            if member is None:
+            if joined is None:
                 self._confirm(channel, None)
             else:
-                version = self._join(channel, member)
+                assert member is not None
+                version = self._joined(channel, member, joined)
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
@@ -171,11 +195,14 @@ class Session:
             "status": status,
         }
 
-    def _join(self, channel: str, member: channels.Member) -> int:
-        """Join a presence channel and confirm it with the roster; the roster's version."""
+    def _joined(
+        self, channel: str, member: channels.Member, joined: tuple[bool, dict[str, Any], int]
+    ) -> int:
+        """Confirm a joined presence channel with its roster and announce a new member; the
+        roster's version."""
         state = self.state
         app_id = self.app.app_id
-        first, members, version = state.presence.join(app_id, channel, *member)
+        first, members, version = joined
         self._confirm(channel, members)
         if first:
             state.broker.publish(
@@ -191,9 +218,7 @@ class Session:
             )
         return version
 
-    def _release_waiting(
-        self, channel: str, gate: Gate, version: int | None
-    ) -> None:
+    def _release_waiting(self, channel: str, gate: Gate, version: int | None) -> None:
         """Send what waited for the confirmation, in order; from now on events flow directly.
 
         A presence channel keeps its roster's `version`, and member events no newer than
@@ -290,6 +315,13 @@ class Session:
             )
         if len(user_id) > self.limits.max_user_id_length:
             raise protocol.PusherError(protocol.UNAUTHORIZED, "User id is too long")
+        if not protocol.CHANNEL_NAME_RE.fullmatch(user_id):
+            # The id names the user's channel (#server-to-user-<id>) and is the path of REST
+            # terminate_connections: an id that cannot be either could never be reached.
+            raise protocol.PusherError(
+                protocol.UNAUTHORIZED,
+                "User id may only contain A-Z, a-z, 0-9 and _-=@,.;",
+            )
         if conn.user_id is not None and conn.user_id != user_id:
             raise protocol.PusherError(
                 protocol.UNAUTHORIZED, "This connection is already signed in as another user"
@@ -440,6 +472,8 @@ def handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | N
         return app, protocol.INVALID_VERSION, "Invalid version string format"
     if int(version) not in protocol.SUPPORTED_PROTOCOLS:
         return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"
+    if not _allowlist(app.allowed_origins).allows(environ.get("HTTP_ORIGIN")):
+        return app, protocol.UNAUTHORIZED, "Origin not allowed"
     if app.only_ssl and not _is_secure(environ):
         return (
             app,
@@ -449,6 +483,12 @@ def handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | N
     if state.draining:  # it would be closed by the next batch of the drain anyway
         return app, protocol.GENERIC_RECONNECT, "Server is shutting down"
     return app, None, ""
+
+
+@functools.lru_cache(maxsize=256)
+def _allowlist(patterns: tuple[str, ...]) -> origins.Allowlist:
+    """An app's compiled `allowed_origins` (compiled once per app)."""
+    return origins.Allowlist(patterns)
 
 
 def _query(query_string: str) -> dict[str, str]:
@@ -498,7 +538,20 @@ def serve(state: State, environ: dict[str, Any]) -> None:
 
 
 def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None:
-    """Register a new client (of any transport), greet it, and wire its messages to a Session."""
+    """Register a new client (of any transport), greet it, and wire its messages to a Session;
+    or refuse it with 4004 when its app is at `max_connections`."""
+    maximum = app.limits.max_connections
+    if maximum and not state.quotas.acquire_connection(app.app_id, maximum):
+        state.quotas.refused(app.app_id, quotas.CONNECTIONS)
+        log.info(
+            "refused connection to app %s: %d Over connection quota",
+            app.app_id,
+            protocol.OVER_QUOTA,
+            extra={"app_id": app.app_id, "status": protocol.OVER_QUOTA, "remote_addr": remote},
+        )
+        conn.close(protocol.OVER_QUOTA, "Over connection quota", error=True)
+        return
+    counted = bool(maximum)
     session = Session(state, conn, app)
     state.hub.register(conn)
     opened = time.monotonic()
@@ -515,6 +568,8 @@ def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None
             session.cleanup()
         finally:
             state.hub.unregister(conn)
+            if counted:
+                state.quotas.release_connection(app.app_id)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "disconnected %s app=%s code=%s",
@@ -532,4 +587,6 @@ def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None
 
     conn.on_message = session.on_message
     conn.on_end = on_end
+    if app.authorized_connections:
+        state.hub.expect_signin(conn, app.signin_timeout)
     conn.send_event(protocol.connection_established(conn.socket_id, state.config.activity_timeout))

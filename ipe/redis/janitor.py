@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ipe.metrics import Metrics
     from ipe.redis.link import RedisLink
     from ipe.redis.presence import Changes, RedisPresence
+    from ipe.redis.quotas import RedisQuotas
     from ipe.subscription_count import SubscriptionCounts
     from ipe.webhooks import Webhooks
 
@@ -54,6 +55,7 @@ class Janitor:
         webhooks: Webhooks,
         metrics: Metrics,
         counts: SubscriptionCounts,
+        quotas: RedisQuotas,
     ) -> None:
         assert config.redis is not None
         self.apps = apps  # follows reloads: the apps whose shares this node keeps and reaps
@@ -63,6 +65,7 @@ class Janitor:
         self.webhooks = webhooks
         self.metrics = metrics
         self.counts = counts
+        self.quotas = quotas
         self.interval = config.redis.heartbeat_interval
         self.timeout = config.redis.node_timeout
         self.key = keys.heartbeat(link.prefix, link.node)
@@ -99,6 +102,7 @@ class Janitor:
     def restore(self) -> None:
         """Re-register every app's share; announce what other nodes had not seen."""
         for app in self.apps.all:
+            self.quotas.restore(app.app_id)
             seen, changes = self.presence.restore(app.app_id)
             if not seen or not any(changes):
                 continue
@@ -155,6 +159,7 @@ class Janitor:
                     alive[node] = bool(self.link.client.exists(keys.heartbeat(prefix, node)))
                 if alive[node]:
                     continue
+                self.quotas.reap(app.app_id, node)  # before the claim below drops the node
                 changes = self.presence.reap(app.app_id, node, TOMBSTONE_SECONDS)
                 if any(changes):  # empty too when another janitor got there first
                     log.info("reaped dead node %s of app %s: %s", node, app.app_id, _n(changes))

@@ -7,6 +7,7 @@ here themselves; a change of layout touches this module and those scripts' sourc
 
   {P:A}:subs  :sockets:<ch>  :members:<ch>  :online  :ver  :nodes  :reaped:<N>
   {P:A}:node:<N>:subs  :members  :online  :reg             (ipe.redis.presence)
+  {P:A}:conns  :rate:<limit>:<second>                      (ipe.redis.quotas)
   {P:A}:cache:<ch>                                         (ipe.redis.cache)
   {P:A}:wh:held  :due  :ret:<key>  :q:<i>  :dd:<i>  :fl:<i>  :lease:<i>
                                                            (ipe.redis.webhook_store)
@@ -66,6 +67,17 @@ def nodes(tag: str) -> str:
 def member_field(channel: str, user_id: str) -> str:
     """The field of one member in a node's `members` share."""
     return f"{channel}\n{user_id}"
+
+
+def connections(tag: str) -> str:
+    """Hash: node -> that node's open connections of the app (its max_connections quota)."""
+    return f"{tag}:conns"
+
+
+def rate(tag: str, limit: str) -> str:
+    """The prefix of an app's per-second windows of one rate limit (the script appends
+    `:<second>`; each window expires after two seconds)."""
+    return f"{tag}:rate:{limit}"
 
 
 def cache(prefix: str, app_id: str, channel: str) -> str:

@@ -146,11 +146,17 @@ return total
     args=("total_key", "field", "share_key", "share_field"),
 )
 
-# -> {sockets of the user, the roster as a flat list, the roster's version}
+# -> {sockets of the user, the roster as a flat list, the roster's version}, or 0 when the
+# user is new and the channel already has max_members users (nothing changed): the member
+# limit is checked where the roster changes, so concurrent joins on many nodes cannot pass it.
 JOIN = Script(
     "join",
     _BUMP
     + r"""
+if redis.call('HEXISTS', ARGV[2], ARGV[3]) == 0
+   and redis.call('HLEN', ARGV[2]) >= tonumber(ARGV[10]) then
+  return 0
+end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
 local n = redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
@@ -171,6 +177,7 @@ return {n, redis.call('HGETALL', ARGV[6]), v}
         "user_info",
         "tag",
         "channel",
+        "max_members",
     ),
 )
 
@@ -262,6 +269,9 @@ def _member(field: str) -> tuple[str, str]:
     return channel, user_id
 
 
+UNLIMITED = 1 << 62  # a member limit that is never reached
+
+
 class RedisPresence:
     """The Presence store for many nodes: counts and rosters in Redis, this node's share here."""
 
@@ -316,14 +326,13 @@ class RedisPresence:
             return total
 
     def join(
-        self, app_id: str, channel: str, user_id: str, user_info: Any
-    ) -> tuple[bool, dict[str, Any], int]:
+        self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
+    ) -> tuple[bool, dict[str, Any], int] | None:
         with self._lock:
-            local = self.local.join(app_id, channel, user_id, user_info)
             k = self._k(app_id)
 
-            def remote(client: Any) -> tuple[bool, dict[str, Any], int]:
-                count, flat, version = JOIN(
+            def remote(client: Any) -> tuple[bool, dict[str, Any], int] | None:
+                joined = JOIN(
                     client,
                     nodes=keys.nodes(k),
                     node=self.node,
@@ -335,10 +344,19 @@ class RedisPresence:
                     user_info=protocol.dumps(user_info),
                     tag=k,
                     channel=channel,
+                    max_members=max_members,
                 )
+                if not joined:
+                    return None  # the cluster's roster is full
+                # This node's share follows what Redis accepted, whatever its own count says.
+                self.local.join(app_id, channel, user_id, user_info, UNLIMITED)
+                count, flat, version = joined
                 return count == 1, _roster(flat), int(version)
 
-            return self.link.either(remote, lambda: local)
+            def local() -> tuple[bool, dict[str, Any], int] | None:
+                return self.local.join(app_id, channel, user_id, user_info, max_members)
+
+            return self.link.either(remote, local)
 
     def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         with self._lock:

@@ -508,6 +508,70 @@ def test_sample_config_is_valid():
     assert cfg.apps and cfg.apps[0].key == "app-key"
 
 
+# --- quotas, origins, authorized connections (issue 10) ---------------------------------------
+
+
+def test_quotas_default_off_except_subscriptions_per_connection():
+    limits = parse().apps[0].limits
+    assert limits.max_connections == 0
+    assert limits.max_subscriptions_per_connection == 1000
+    assert limits.max_backend_events_per_second == 0
+    assert limits.max_read_requests_per_second == 0
+
+
+def test_quotas_top_level_and_per_app_with_zero_meaning_unlimited():
+    cfg = parse(
+        {
+            "limits": {"max_connections": 10, "max_backend_events_per_second": 50},
+            "apps": [
+                app(),
+                app(app_id="2", key="k2", limits={"max_connections": 0}),
+            ],
+        }
+    )
+    first, second = cfg.apps
+    assert first.limits.max_connections == 10
+    assert second.limits.max_connections == 0
+    assert second.limits.max_backend_events_per_second == 50
+
+
+def test_negative_quota_and_zero_classic_limit_are_refused():
+    fails("limits.max_connections: must be at least 0", limits={"max_connections": -1})
+    fails("limits.max_batch_size: must be at least 1", limits={"max_batch_size": 0})
+
+
+def test_allowed_origins_and_authorized_connections():
+    only = parse(
+        {
+            "apps": [
+                app(
+                    allowed_origins=["https://example.com", "https://*.example.com"],
+                    authorized_connections=True,
+                    signin_timeout=5,
+                )
+            ]
+        }
+    ).apps[0]
+    assert only.allowed_origins == ("https://example.com", "https://*.example.com")
+    assert only.authorized_connections and only.signin_timeout == 5.0
+    defaults = parse().apps[0]
+    assert defaults.allowed_origins == () and not defaults.authorized_connections
+    assert defaults.signin_timeout == 30.0
+    # `*` alone allows any origin, like an absent key.
+    assert parse({"apps": [app(allowed_origins=["*"])]}).apps[0].allowed_origins == ()
+
+
+def test_invalid_origin_pattern_names_the_entry():
+    fails(
+        "apps[0].allowed_origins[1]: expected scheme://host[:port]",
+        {"apps": [app(allowed_origins=["https://ok.example", "example.com"])]},
+    )
+    fails(
+        "apps[0].allowed_origins: must be a list of origins",
+        {"apps": [app(allowed_origins={"a": 1})]},
+    )
+
+
 def test_drain_seconds_default_and_the_stop_budget_it_sets():
     assert parse().drain_seconds == 10
     cfg = parse(drain_seconds=2, webhooks={"flush_timeout": 1})
