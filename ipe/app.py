@@ -141,7 +141,7 @@ def build_state(config: Config) -> State:
 
 
 class _WebSocketRouter:
-    """WSGI middleware: upgraded requests go to `ipe.websocket`, everything else to Flask."""
+    """WSGI middleware: upgraded requests go to `ipe.websocket`, everything else on."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -172,9 +172,13 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask("ipe")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["ipe"] = state
-    app.wsgi_app = _WebSocketRouter(state, app.wsgi_app)  # type: ignore[method-assign]
-
     from ipe import rest
+    from ipe.rest_wsgi import LeanRest
+
+    # WebSockets first, then the hot REST routes without Flask, then Flask for the rest.
+    app.wsgi_app = _WebSocketRouter(  # type: ignore[method-assign]
+        state, LeanRest(state, app.wsgi_app)
+    )
 
     app.register_blueprint(rest.blueprint)
 

@@ -93,6 +93,13 @@ class Metrics:
             "Webhook events dropped because the webhook queue was full",
             registry=r,
         )
+        # REST requests by (endpoint, status), folded into http_requests with the tallies.
+        self._requests: dict[tuple[str, int], int] = {}
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        """Tally one answered HTTP request (a dict update: no lock, no label lookup)."""
+        key = (endpoint, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
 
     def add_tallies(
         self, open_now: int, opened: int, received: int, delivered: int, closes: dict[int, int]
@@ -108,6 +115,9 @@ class Metrics:
             self.messages_sent.inc(delivered)
         for code, n in closes.items():
             self.disconnections.labels(code=str(code)).inc(n)
+        requests, self._requests = self._requests, {}
+        for (endpoint, status), n in requests.items():
+            self.http_requests.labels(endpoint=endpoint, status=str(status)).inc(n)
 
     def render(self) -> bytes:
         """The Prometheus text exposition, summed over workers in multiprocess mode."""
