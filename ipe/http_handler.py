@@ -1,0 +1,106 @@
+"""gevent-websocket's request handler, with the per-request costs of keep-alive HTTP cut.
+
+A backend publishing over a persistent connection pays pywsgi's handler on every request. Three
+of its costs are not needed:
+
+- Headers are parsed by the `email` package (a feed parser built per request). Ordinary header
+  lines (`Name: value`, one per line) are split here into the same message object; anything
+  else (folded lines, a line that is not a header) goes to the stock parser.
+- The response's headers and body are two `send()` calls; one is enough for a small body.
+- gevent-websocket formats an access-log line for every request even when its logger
+  (silenced by `ipe.app`) drops it.
+
+Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `_write_with_headers`) of the
+gevent version pinned in requirements.txt; without `http.client._read_headers` it falls back to
+the stock parser.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import logging
+import re
+from collections.abc import Iterator
+from http import client
+from typing import Any
+
+from gevent.pywsgi import OldMessage  # type: ignore[attr-defined]
+from geventwebsocket.handler import WebSocketHandler
+
+_read_headers = getattr(client, "_read_headers", None)
+
+# A header line that email's parser reads as one whole header: a name of printable ASCII other
+# than ':' (its headerRE), then a value of printable ASCII and tabs. Anything else (Latin-1,
+# control characters, folding) is left to the stock parser rather than reasoned about.
+_SIMPLE_HEADER = re.compile(r"([!-9;-~]+):[ \t]*([\t -~]*)\r?\n")
+
+# Bodies up to this size go out in the same send() as the headers (copying is cheaper).
+_JOIN_LIMIT = 64 * 1024
+
+
+def parse_headers(fp: Any) -> Any:
+    """`http.client.parse_headers(fp, _class=OldMessage)`, with ordinary lines split here."""
+    lines = _read_headers(fp)  # type: ignore[misc]
+    headers = []
+    for raw in lines:
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        line = raw.decode("iso-8859-1")
+        match = _SIMPLE_HEADER.fullmatch(line)
+        if match is None:
+            return email.parser.Parser(_class=OldMessage).parsestr(
+                b"".join(lines).decode("iso-8859-1")
+            )
+        headers.append(match.groups())
+    message = OldMessage()
+    message._headers = headers  # what the email parser stores: (name, value) pairs
+    return message
+
+
+class Handler(WebSocketHandler):  # type: ignore[misc]
+    """WebSocketHandler with cheaper header parsing, one send per response and lazy logging."""
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
+        """The request's headers (pywsgi's `headers_factory`, faster for ordinary lines)."""
+        if _read_headers is None:
+            return super().MessageClass(fp, *args)
+        try:
+            return parse_headers(fp)
+        except client.LineTooLong:
+            message = OldMessage()
+            message.status = "Line too long"
+            return message
+
+    def _headers(self) -> Iterator[tuple[str, str]]:
+        # pywsgi formats every header back into a line and splits it again; same result.
+        for name, value in self.headers._headers:
+            if "_" in name:
+                continue  # pywsgi drops these (they would clash with CGI variables)
+            key = name.replace("-", "_").upper()
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield "HTTP_" + key, value.strip()
+
+    def _write_with_headers(self, data: bytes) -> None:
+        # pywsgi's, but a small body goes out in the same send() as the headers.
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for header, value in self.response_headers:
+            towrite += header
+            towrite += b": "
+            towrite += value
+            towrite += b"\r\n"
+        towrite += b"\r\n"
+        if data and not self.response_use_chunked and len(data) <= _JOIN_LIMIT:
+            towrite += data
+            self._sendall(towrite)
+        else:
+            self._sendall(towrite)
+            self._write(data)
+
+    def log_request(self) -> None:
+        """gevent-websocket's access log line, formatted only if its logger would write it."""
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request()
