@@ -100,6 +100,20 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             self._sendall(towrite)
             self._write(data)
 
+    def _sendall(self, data: bytes) -> None:
+        # gevent's sendall() asks the kernel for SO_SNDBUF on every call to size its chunks;
+        # a small response is taken whole by one send().
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as ex:  # what pywsgi's _sendall does with a socket error
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
     def log_request(self) -> None:
         """gevent-websocket's access log line, formatted only if its logger would write it."""
         if self.logger.isEnabledFor(logging.INFO):

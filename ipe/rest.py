@@ -69,12 +69,20 @@ class Call:
     def args(self) -> dict[str, str]:
         """The percent-decoded query parameters; the first value of a repeated key."""
         if self._args is None:
-            query = self.environ.get("QUERY_STRING", "").encode("latin1").decode()
+            query = self.environ.get("QUERY_STRING", "")
             args: dict[str, str] = {}
-            for name, value in parse_qsl(
-                query, keep_blank_values=True, errors="werkzeug.url_quote"
-            ):
-                args.setdefault(name, value)
+            if query.isascii() and "%" not in query and "+" not in query:
+                # What parse_qsl does when there is nothing to decode (an SDK's usual query).
+                for pair in query.split("&"):
+                    if pair:
+                        name, _, value = pair.partition("=")
+                        args.setdefault(name, value)
+            else:
+                query = query.encode("latin1").decode()
+                for name, value in parse_qsl(
+                    query, keep_blank_values=True, errors="werkzeug.url_quote"
+                ):
+                    args.setdefault(name, value)
             self._args = args
         return self._args
 
@@ -120,8 +128,18 @@ def read_body(call: Call, limits: Limits) -> bytes:
     what it read, so one byte more is allowed through to tell "too large" from "exactly full".
     """
     cap = body_cap(limits)
+    environ = call.environ
+    length = environ.get("CONTENT_LENGTH", "")
+    if (
+        environ.get("wsgi.input_terminated")
+        and "HTTP_TRANSFER_ENCODING" not in environ
+        and (not length or (length.isascii() and length.isdigit() and int(length) <= cap))
+    ):
+        # The server ends the stream at the declared length (at once without one): werkzeug's
+        # wrapper would add nothing but its own read loop.
+        return environ["wsgi.input"].read()  # type: ignore[no-any-return]
     try:
-        body = get_input_stream(call.environ, max_content_length=cap + 1).read()
+        body = get_input_stream(environ, max_content_length=cap + 1).read()
     except RequestEntityTooLarge:
         body = None
     if body is None or len(body) > cap:
