@@ -8,7 +8,7 @@ of its costs are not needed:
   else (folded lines, a line that is not a header) goes to the stock parser.
 - The response's headers and body are two `send()` calls; one is enough for a small body.
 - gevent-websocket formats an access-log line for every request even when its logger
-  (silenced by `ipe.app`) drops it.
+  (silenced by `ipe.app`) drops it, and runs its upgrade checks on requests that ask for none.
 
 Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `_write_with_headers`) of the
 gevent version pinned in requirements.txt; without `http.client._read_headers` it falls back to
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from http import client
 from typing import Any
 
-from gevent.pywsgi import OldMessage  # type: ignore[attr-defined]
+from gevent.pywsgi import OldMessage, WSGIHandler  # type: ignore[attr-defined]
 from geventwebsocket.handler import WebSocketHandler
 
 _read_headers = getattr(client, "_read_headers", None)
@@ -59,6 +59,16 @@ def parse_headers(fp: Any) -> Any:
 
 class Handler(WebSocketHandler):  # type: ignore[misc]
     """WebSocketHandler with cheaper header parsing, one send per response and lazy logging."""
+
+    def run_application(self) -> None:
+        """Plain HTTP goes straight to the app; only an `Upgrade: websocket` needs the checks
+        (and debug-log calls) of gevent-websocket's run_application."""
+        if self.environ.get("HTTP_UPGRADE", "").lower() != "websocket" and not getattr(
+            self.server, "pre_start_hook", None
+        ):
+            WSGIHandler.run_application(self)
+            return
+        super().run_application()
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         """The request's headers (pywsgi's `headers_factory`, faster for ordinary lines)."""
