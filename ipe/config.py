@@ -145,7 +145,7 @@ class Config:
     activity_timeout: int = 30
     pong_timeout: int = 30
     max_outbox_bytes: int = 1 << 20
-    profiling: bool = False
+    profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
     ssl: SSLConfig = SSLConfig()
     redis: RedisConfig | None = None
     instance_id: str = ""
