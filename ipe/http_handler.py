@@ -1,18 +1,19 @@
 """gevent-websocket's request handler, with the per-request costs of keep-alive HTTP cut.
 
-A backend publishing over a persistent connection pays pywsgi's handler on every request. Three
+A backend publishing over a persistent connection pays pywsgi's handler on every request. These
 of its costs are not needed:
 
 - Headers are parsed by the `email` package (a feed parser built per request). Ordinary header
   lines (`Name: value`, one per line) are split here into the same message object; anything
   else (folded lines, a line that is not a header) goes to the stock parser.
 - The response's headers and body are two `send()` calls; one is enough for a small body.
+- The `Date` header was formatted for every response; once a second is enough.
 - gevent-websocket formats an access-log line for every request even when its logger
   (silenced by `ipe.app`) drops it, and runs its upgrade checks on requests that ask for none.
 
-Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `_write_with_headers`) of the
-gevent version pinned in requirements.txt; without `http.client._read_headers` it falls back to
-the stock parser.
+Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `finalize_headers`,
+`_write_with_headers`, `_sendall`) of the gevent version pinned in requirements.txt; without
+`http.client._read_headers` it falls back to the stock parser.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import email.parser
 import logging
 import re
+import time
 from collections.abc import Iterator
 from http import client
 from typing import Any
 
-from gevent.pywsgi import OldMessage, WSGIHandler  # type: ignore[attr-defined]
+from gevent.pywsgi import OldMessage, WSGIHandler, format_date_time  # type: ignore[attr-defined]
 from geventwebsocket.handler import WebSocketHandler
 
 _read_headers = getattr(client, "_read_headers", None)
@@ -36,6 +38,30 @@ _SIMPLE_HEADER = re.compile(r"([!-9;-~]+):[ \t]*([\t -~]*)\r?\n")
 
 # Bodies up to this size go out in the same send() as the headers (copying is cheaper).
 _JOIN_LIMIT = 64 * 1024
+
+
+class _Headers(OldMessage):  # type: ignore[misc]
+    """The message of ordinary header lines: `get` without email's per-value policy pass
+    (which returns an ASCII value unchanged anyway)."""
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._headers:
+            if key.lower() == name:
+                return value
+        return failobj
+
+
+_date: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The `Date` header's value, formatted once a second rather than once a response."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, format_date_time(now))
+    return _date[1]
 
 
 def parse_headers(fp: Any) -> Any:
@@ -52,7 +78,7 @@ def parse_headers(fp: Any) -> Any:
                 b"".join(lines).decode("iso-8859-1")
             )
         headers.append(match.groups())
-    message = OldMessage()
+    message = _Headers()
     message._headers = headers  # what the email parser stores: (name, value) pairs
     return message
 
@@ -89,6 +115,12 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             key = name.replace("-", "_").upper()
             if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 yield "HTTP_" + key, value.strip()
+
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:
+            self.response_headers.append((b"Date", _http_date()))
+            self.provided_date = True  # so that pywsgi's adds no second one
+        super().finalize_headers()
 
     def _write_with_headers(self, data: bytes) -> None:
         # pywsgi's, but a small body goes out in the same send() as the headers.

@@ -41,6 +41,8 @@ def exchange(server, method, path, body=b"", *, headers=None, **signing):
             conn.putheader(name, value)
         conn.endheaders(body or None)
         response = conn.getresponse()
+        dates = [v for k, v in response.getheaders() if k.lower() == "date"]
+        assert len(dates) == 1 and dates[0].endswith(" GMT"), response.getheaders()
         kept = [(k, v) for k, v in response.getheaders() if k.lower() != "date"]
         return f"{response.status} {response.reason}", kept, response.read()
     finally:
