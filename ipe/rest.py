@@ -101,7 +101,7 @@ class Call:
 
 def find_app(state: State, app_id: str) -> AppConfig:
     """The app of the path (404 if none)."""
-    app = state.config.app_by_id(app_id)
+    app = state.apps.by_id(app_id)
     if app is None:
         raise ApiError(404, f"Unknown app: {app_id[:64]}")
     return app
@@ -151,7 +151,7 @@ def authenticate(app: AppConfig, call: Call, body: bytes) -> None:
     """Check the request signature (401) and that the app is enabled (403)."""
     try:
         auth.verify_rest(
-            app.key, app.secret, call.method, call.signed_paths(), call.args, body, time.time()
+            app.key, app.secrets, call.method, call.signed_paths(), call.args, body, time.time()
         )
     except auth.RestAuthError as exc:
         raise ApiError(401, str(exc)) from None
@@ -395,7 +395,7 @@ def terminate(state: State, call: Call, app_id: str, user_id: str) -> dict[str, 
 
 def terminate_without_app(state: State, call: Call, user_id: str) -> dict[str, Any]:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
-    app = state.config.app_by_key(call.args.get("auth_key", ""))
+    app = state.apps.by_key(call.args.get("auth_key", ""))
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
