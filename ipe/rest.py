@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from ipe import auth, protocol
+from ipe import auth, logs, protocol
 from ipe.hub import EVENT, TERMINATE
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Call:
     request: the path decoded as UTF-8, the query's first value of each key.
     """
 
-    __slots__ = ("environ", "method", "path", "_args")
+    __slots__ = ("environ", "method", "path", "app_id", "_args")
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
@@ -63,6 +63,7 @@ class Call:
         if not path.isascii():
             path = path.encode("latin1").decode(errors="replace")
         self.path = "/" + path.lstrip("/")
+        self.app_id = ""  # the served app's id once found: a bounded metrics label
         self._args: dict[str, str] | None = None
 
     @property
@@ -162,6 +163,7 @@ def authenticate(app: AppConfig, call: Call, body: bytes) -> None:
 def authorize(state: State, call: Call, app_id: str) -> tuple[AppConfig, bytes]:
     """The app of the path, after authenticating the request; and the request body."""
     app = find_app(state, app_id)
+    call.app_id = app.app_id
     body = read_body(call, app.limits)
     authenticate(app, call, body)
     return app, body
@@ -396,6 +398,8 @@ def terminate(state: State, call: Call, app_id: str, user_id: str) -> dict[str, 
 def terminate_without_app(state: State, call: Call, user_id: str) -> dict[str, Any]:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
     app = state.apps.by_key(call.args.get("auth_key", ""))
+    if app is not None:
+        call.app_id = app.app_id
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
@@ -453,12 +457,39 @@ def unexpected(call_method: str, path: str) -> dict[str, str]:
 
 
 def finished(
-    state: State, method: str, path: str, endpoint: str, status: int, started: float | None
+    state: State,
+    environ: dict[str, Any],
+    endpoint: str,
+    status: int,
+    started: float | None,
+    app_id: str = "",
+    path_app_id: str | None = None,
 ) -> None:
-    """Count and log one answered HTTP request (any route, either front end)."""
+    """Count and log one answered HTTP request (any route, either front end).
+
+    `app_id` is the served app the request was for ("" if none was found): the metrics
+    label. `path_app_id` is the app id as the path gave it, for the log line.
+    """
+    state.metrics.count_request(app_id, endpoint, status)
+    if not log.isEnabledFor(logging.INFO):
+        return
     elapsed = (time.monotonic() - started) * 1000 if started else 0.0
-    state.metrics.count_request(endpoint, status)
-    log.info("%s %s %d %.1fms", method, path, status, elapsed)
+    call = Call(environ)
+    log.info(
+        "%s %s %d %.1fms",
+        call.method,
+        call.path,
+        status,
+        elapsed,
+        extra={
+            "app_id": str(path_app_id)[:64] if path_app_id is not None else None,
+            "method": call.method,
+            "path": call.path,
+            "status": status,
+            "duration_ms": round(elapsed, 1),
+            "remote_addr": logs.remote_address(environ),
+        },
+    )
 
 
 # --- the Flask front end ------------------------------------------------------------------------
@@ -470,7 +501,8 @@ def _state() -> State:
 
 def _flask_view(route: Route) -> Callable[..., Response]:
     def view(**parts: str) -> Response:
-        return jsonify(route(_state(), Call(request.environ), **parts))
+        call = g.ipe_call = Call(request.environ)  # the after-request hook reads its app_id
+        return jsonify(route(_state(), call, **parts))
 
     view.__name__ = route.__name__
     view.__doc__ = route.__doc__
@@ -515,13 +547,14 @@ def _start_timer() -> None:
 
 @blueprint.after_app_request
 def _log_request(response: Response) -> Response:
-    endpoint = request.endpoint or "unknown"
+    call = g.get("ipe_call")
     finished(
         _state(),
-        request.method,
-        request.path,
-        endpoint,
+        request.environ,
+        request.endpoint or "unknown",
         response.status_code,
         g.get("ipe_started"),
+        call.app_id if call is not None else "",
+        (request.view_args or {}).get("app_id"),
     )
     return response

@@ -93,5 +93,5 @@ class LeanRest:
         body = rest.encode_reply(reply)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         start_response(_STATUS[status], headers + extra if extra else headers)
-        rest.finished(self.state, call.method, call.path, endpoint, status, started)
+        rest.finished(self.state, environ, endpoint, status, started, call.app_id, args[0])
         return [body]

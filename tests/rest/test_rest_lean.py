@@ -161,11 +161,14 @@ def test_pipelined_requests_on_one_keep_alive_connection(rest_server):
 
 
 def test_lean_requests_are_counted_in_metrics(api, rest_server):
-    before = rest_server.metric('ipe_http_requests_total{endpoint="rest.trigger",status="400"}')
+    name = 'ipe_http_requests_total{app_id="1001",endpoint="rest.trigger",status="400"}'
+    unknown = 'ipe_http_requests_total{app_id="",endpoint="rest.trigger",status="404"}'
+    before, before_unknown = rest_server.metric(name), rest_server.metric(unknown)
     for _ in range(3):
         assert api.post("/apps/1001/events", b"{").status == 400
-    after = rest_server.metric('ipe_http_requests_total{endpoint="rest.trigger",status="400"}')
-    assert after == before + 3
+    assert api.post("/apps/nope/events", b"{").status == 404
+    assert rest_server.metric(name) == before + 3
+    assert rest_server.metric(unknown) == before_unknown + 1  # no label for a made-up id
 
 
 def test_body_md5_of_an_empty_get(rest_server):
