@@ -11,7 +11,8 @@ import signal
 
 # gunicorn binds 0.0.0.0:$PORT by itself when PORT is set (Heroku); this is the default else.
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
-worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# GeventWebSocketWorker with the handler of ipe.http_handler (cheaper keep-alive REST).
+worker_class = "ipe.worker.Worker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # The gevent pool size caps concurrent WebSockets per worker (gunicorn's default is 1000).
 worker_connections = int(os.environ.get("IPE_WORKER_CONNECTIONS", "10000"))

@@ -259,7 +259,7 @@ _HTTP_TRANSPORT_ENDINGS = ("/xhr_streaming", "/xhr", "/xhr_send")
 
 class _WebSocketRouter:
     """WSGI middleware: upgraded requests go to `ipe.session`, pusher-js's HTTP fallback to
-    `ipe.http_transport`, everything else to Flask."""
+    `ipe.http_transport`, everything else on (to the lean REST routes, then Flask)."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -292,9 +292,13 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask("ipe")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["ipe"] = state
-    app.wsgi_app = _WebSocketRouter(state, app.wsgi_app)  # type: ignore[method-assign]
-
     from ipe import rest
+    from ipe.rest_wsgi import LeanRest
+
+    # WebSockets first, then the hot REST routes without Flask, then Flask for the rest.
+    app.wsgi_app = _WebSocketRouter(  # type: ignore[method-assign]
+        state, LeanRest(state, app.wsgi_app)
+    )
 
     app.register_blueprint(rest.blueprint)
 

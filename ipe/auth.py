@@ -16,7 +16,8 @@ def sign(secret: str, message: str | bytes) -> str:
     """Lowercase hex HMAC-SHA256 of `message` keyed with `secret`."""
     if isinstance(message, str):
         message = message.encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    # hmac.digest with a digest name is OpenSSL's one-shot HMAC: no HMAC object per call.
+    return hmac.digest(secret.encode(), message, "sha256").hex()
 
 
 # One secret, or every secret an app accepts while one rotates out (the current one first).

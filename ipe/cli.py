@@ -15,10 +15,10 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
-from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from ipe import __version__, logs  # noqa: E402
 from ipe import config as config_module  # noqa: E402
+from ipe.http_handler import Handler  # noqa: E402
 
 log = logging.getLogger("ipe")
 # gevent listens with a backlog of 128: a burst of reconnecting clients (a deploy, a network
@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(cfg)
     state = app.extensions["ipe"]
     servers = [
-        WSGIServer(
-            _listener(host, port), app, handler_class=WebSocketHandler, log=None, error_log=log
-        )
+        WSGIServer(_listener(host, port), app, handler_class=Handler, log=None, error_log=log)
     ]
     if cfg.ssl.enabled:
         ssl_host, ssl_port = config_module.parse_listen(cfg.ssl.host, "ssl.host")
@@ -185,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             WSGIServer(
                 _listener(ssl_host, ssl_port),
                 app,
-                handler_class=WebSocketHandler,
+                handler_class=Handler,
                 log=None,
                 error_log=log,
                 keyfile=cfg.ssl.key_file,

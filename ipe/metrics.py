@@ -208,6 +208,14 @@ class Metrics:
                 self.webhooks_dropped,
             ):
                 metric.labels(app_id=app_id)
+        # HTTP requests by (app_id, endpoint, status), folded into http_requests with the
+        # hub's tallies: a dict update per request, not a lock and a label lookup.
+        self._requests: dict[tuple[str, str, int], int] = {}
+
+    def count_request(self, app_id: str, endpoint: str, status: int) -> None:
+        """Tally one answered HTTP request (`app_id` "" when no served app was found)."""
+        key = (app_id, endpoint, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
 
     def add_tallies(self, tallies: dict[str, AppTally]) -> None:
         """Fold the hub's plain-int tallies in (counting per message in prometheus_client
@@ -230,6 +238,10 @@ class Metrics:
                 buckets[label] = buckets.get(label, 0) + n
             for label, n in buckets.items():
                 self.disconnections.labels(app_id=app_id, code=label).inc(n)
+
+        requests, self._requests = self._requests, {}
+        for (app_id, endpoint, status), n in requests.items():
+            self.http_requests.labels(app_id=app_id, endpoint=endpoint, status=str(status)).inc(n)
 
     def add_pubsub(self, received: int, dropped: int, published: int, topics: int) -> None:
         """Fold the broker's Pub/Sub tallies in."""

@@ -1,5 +1,10 @@
 """The Pusher HTTP API: signed requests in, events to the broker, channel state out.
 
+The rules live here once, as plain functions of a `Call` (one request, read from its WSGI
+environ). Two front ends serve them: `ipe.rest_wsgi` answers the hot routes (publishing and the
+channel reads) without Flask's per-request machinery, and the Flask blueprint below serves
+every route (whatever the lean router passes on: other methods, odd paths, the rest of the API).
+
 Every rejection is the status Pusher gives with a JSON body `{"error": "..."}`.
 """
 
@@ -9,10 +14,13 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from ipe import auth, logs, protocol, quotas
 from ipe.hub import EVENT, TERMINATE
@@ -40,8 +48,65 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
-def _state() -> State:
-    return current_app.extensions["ipe"]  # type: ignore[no-any-return]
+class Call:
+    """One REST request as the checks see it: method, path, query and (unread) body.
+
+    Read from the WSGI environ the way werkzeug reads it, so that both front ends see the same
+    request: the path decoded as UTF-8, the query's first value of each key.
+    """
+
+    __slots__ = ("environ", "method", "path", "app_id", "_args")
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        path = environ.get("PATH_INFO") or ""
+        if not path.isascii():
+            path = path.encode("latin1").decode(errors="replace")
+        self.path = "/" + path.lstrip("/")
+        self.app_id = ""  # the served app's id once found: a bounded metrics label
+        self._args: dict[str, str] | None = None
+
+    @property
+    def args(self) -> dict[str, str]:
+        """The percent-decoded query parameters; the first value of a repeated key."""
+        if self._args is None:
+            query = self.environ.get("QUERY_STRING", "")
+            args: dict[str, str] = {}
+            if query.isascii() and "%" not in query and "+" not in query:
+                # What parse_qsl does when there is nothing to decode (an SDK's usual query).
+                for pair in query.split("&"):
+                    if pair:
+                        name, _, value = pair.partition("=")
+                        args.setdefault(name, value)
+            else:
+                query = query.encode("latin1").decode()
+                for name, value in parse_qsl(
+                    query, keep_blank_values=True, errors="werkzeug.url_quote"
+                ):
+                    args.setdefault(name, value)
+            self._args = args
+        return self._args
+
+    def signed_paths(self) -> tuple[str, ...]:
+        """The paths the client may have signed: as routed, and as sent (a proxy's prefix)."""
+        raw = self.environ.get("RAW_URI") or self.environ.get("REQUEST_URI")
+        if raw:
+            raw_path = raw.split("?", 1)[0]
+            if raw_path != self.path:
+                return (self.path, raw_path)
+        return (self.path,)
+
+
+# --- the checks, in the order every request meets them ------------------------------------------
+
+
+def find_app(state: State, app_id: str) -> AppConfig:
+    """The app of the path (404 if none)."""
+    app = state.apps.by_id(app_id)
+    if app is None:
+        raise ApiError(404, f"Unknown app: {app_id[:64]}")
+    return app
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,16 +123,25 @@ def body_cap(limits: Limits) -> int:
     return max(one, batch) + 4096
 
 
-def _read_body(limits: Limits) -> bytes:
+def read_body(call: Call, limits: Limits) -> bytes:
     """The request body, refused with 413 before reading if it is declared too large.
 
     A chunked body has no declared length: werkzeug stops reading at the limit and returns
     what it read, so one byte more is allowed through to tell "too large" from "exactly full".
     """
     cap = body_cap(limits)
-    request.max_content_length = cap + 1
+    environ = call.environ
+    length = environ.get("CONTENT_LENGTH", "")
+    if (
+        environ.get("wsgi.input_terminated")
+        and "HTTP_TRANSFER_ENCODING" not in environ
+        and (not length or (length.isascii() and length.isdigit() and int(length) <= cap))
+    ):
+        # The server ends the stream at the declared length (at once without one): werkzeug's
+        # wrapper would add nothing but its own read loop.
+        return environ["wsgi.input"].read()  # type: ignore[no-any-return]
     try:
-        body = request.get_data(cache=True)
+        body = get_input_stream(environ, max_content_length=cap + 1).read()
     except RequestEntityTooLarge:
         body = None
     if body is None or len(body) > cap:
@@ -75,23 +149,11 @@ def _read_body(limits: Limits) -> bytes:
     return body
 
 
-def _authenticate(app: AppConfig, body: bytes) -> None:
+def authenticate(app: AppConfig, call: Call, body: bytes) -> None:
     """Check the request signature (401) and that the app is enabled (403)."""
-    paths = [request.path]
-    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
-    if raw:
-        raw_path = raw.split("?", 1)[0]
-        if raw_path != request.path:
-            paths.append(raw_path)
     try:
         auth.verify_rest(
-            app.key,
-            app.secrets,
-            request.method,
-            tuple(paths),
-            request.args.to_dict(flat=True),
-            body,
-            time.time(),
+            app.key, app.secrets, call.method, call.signed_paths(), call.args, body, time.time()
         )
     except auth.RestAuthError as exc:
         raise ApiError(401, str(exc)) from None
@@ -99,26 +161,23 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
         raise ApiError(403, "Application disabled")
 
 
-def _app(app_id: str) -> tuple[AppConfig, bytes]:
+def authorize(state: State, call: Call, app_id: str) -> tuple[AppConfig, bytes]:
     """The app of the path, after authenticating the request; and the request body."""
-    app = _state().apps.by_id(app_id)
-    if app is None:
-        raise ApiError(404, f"Unknown app: {app_id[:64]}")
-    g.ipe_app_id = app.app_id  # a served app's id: a bounded metrics label
-    body = _read_body(app.limits)
-    _authenticate(app, body)
-    if request.method == "GET" and app.limits.max_read_requests_per_second:
-        _take(app, quotas.READ_REQUESTS, 1, app.limits.max_read_requests_per_second)
+    app = find_app(state, app_id)
+    call.app_id = app.app_id
+    body = read_body(call, app.limits)
+    authenticate(app, call, body)
+    if call.method == "GET" and app.limits.max_read_requests_per_second:
+        _take(state, app, quotas.READ_REQUESTS, 1, app.limits.max_read_requests_per_second)
     return app, body
 
 
-def _take(app: AppConfig, limit: str, amount: int, maximum: int) -> None:
+def _take(state: State, app: AppConfig, limit: str, amount: int, maximum: int) -> None:
     """Use `amount` of the app's per-second `limit`, or refuse the request with 429.
 
     Called once per request (never per channel or subscriber), and only for a limit that is
     set: a limit of 0 costs nothing, not even a Redis round trip.
     """
-    state = _state()
     if not state.quotas.take(app.app_id, limit, amount, maximum):
         state.quotas.refused(app.app_id, limit)
         raise ApiError(
@@ -126,11 +185,11 @@ def _take(app: AppConfig, limit: str, amount: int, maximum: int) -> None:
         )
 
 
-def _take_events(app: AppConfig, events: list[_Event]) -> None:
+def _take_events(state: State, app: AppConfig, events: list[_Event]) -> None:
     """Count a request's events (one per event and channel) against the app's rate."""
     maximum = app.limits.max_backend_events_per_second
     if maximum:
-        _take(app, quotas.BACKEND_EVENTS, sum(len(e.channels) for e in events), maximum)
+        _take(state, app, quotas.BACKEND_EVENTS, sum(len(e.channels) for e in events), maximum)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -141,7 +200,8 @@ def _reject_constant(name: str) -> NoReturn:
 _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object (400 if it is not one)."""
     try:
         # Strict UTF-8: json.loads(bytes) would also take UTF-16/32 and decode UTF-8-encoded
         # surrogates ("surrogatepass").
@@ -263,50 +323,42 @@ def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict
     return counts
 
 
-@blueprint.post("/apps/<app_id>/events", provide_automatic_options=False)
-def trigger(app_id: str) -> Response:
+# --- the routes: each takes the State, the Call and the path's parts, and returns the reply ------
+
+
+def trigger(state: State, call: Call, app_id: str) -> dict[str, Any]:
     """Publish one event to up to 100 channels."""
-    app, body = _app(app_id)
-    state = _state()
-    event = _Event(_json_object(body), app.limits, batch=False)
-    _take_events(app, [event])
+    app, body = authorize(state, call, app_id)
+    event = _Event(json_object(body), app.limits, batch=False)
+    _take_events(state, app, [event])
     event.publish(state, app)
     if event.info:
-        return jsonify(
-            {"channels": {ch: _counts(state, app, ch, event.info) for ch in event.channels}}
-        )
-    return jsonify({})
+        return {"channels": {ch: _counts(state, app, ch, event.info) for ch in event.channels}}
+    return {}
 
 
-@blueprint.post("/apps/<app_id>/batch_events", provide_automatic_options=False)
-def trigger_batch(app_id: str) -> Response:
+def trigger_batch(state: State, call: Call, app_id: str) -> dict[str, Any]:
     """Publish up to 10 events; one invalid event rejects the whole batch."""
-    app, body = _app(app_id)
-    state = _state()
-    batch = _json_object(body).get("batch")
+    app, body = authorize(state, call, app_id)
+    batch = json_object(body).get("batch")
     if not isinstance(batch, list):
         raise ApiError(400, "Missing batch")
     if len(batch) > app.limits.max_batch_size:
         raise ApiError(400, f"Cannot batch-send more than {app.limits.max_batch_size} events")
     events = [_Event(raw, app.limits, batch=True) for raw in batch]
-    _take_events(app, events)
+    _take_events(state, app, events)
     for event in events:
         event.publish(state, app)
     if any(e.info for e in events):
-        return jsonify({"batch": [_counts(state, app, e.channels[0], e.info) for e in events]})
-    return jsonify({})
+        return {"batch": [_counts(state, app, e.channels[0], e.info) for e in events]}
+    return {}
 
 
-# --- channels -----------------------------------------------------------------------------------
-
-
-@blueprint.get("/apps/<app_id>/channels", provide_automatic_options=False)
-def channels(app_id: str) -> Response:
+def channels(state: State, call: Call, app_id: str) -> dict[str, Any]:
     """Occupied channels, optionally filtered by prefix, with optional user counts."""
-    app, _ = _app(app_id)
-    state = _state()
-    prefix = request.args.get("filter_by_prefix", "")
-    attrs = _info(request.args.get("info"), CHANNELS_INFO)
+    app, _ = authorize(state, call, app_id)
+    prefix = call.args.get("filter_by_prefix", "")
+    attrs = _info(call.args.get("info"), CHANNELS_INFO)
     if "user_count" in attrs and not prefix.startswith("presence-"):
         raise ApiError(400, "info=user_count requires filter_by_prefix=presence-")
     result = {}
@@ -321,16 +373,14 @@ def channels(app_id: str) -> Response:
         if "subscription_count" in attrs:
             info["subscription_count"] = count
         result[channel] = info
-    return jsonify({"channels": result})
+    return {"channels": result}
 
 
-@blueprint.get("/apps/<app_id>/channels/<channel>", provide_automatic_options=False)
-def channel(app_id: str, channel: str) -> Response:
+def channel(state: State, call: Call, app_id: str, channel: str) -> dict[str, Any]:
     """One channel's state: occupied, and the requested counts and cache."""
-    app, _ = _app(app_id)
-    state = _state()
+    app, _ = authorize(state, call, app_id)
     channel = _channel(channel, app.limits)
-    attrs = _info(request.args.get("info"), CHANNEL_INFO)
+    attrs = _info(call.args.get("info"), CHANNEL_INFO)
     if "user_count" in attrs and not protocol.is_presence(channel):
         raise ApiError(400, "info=user_count is only available for presence channels")
     if "cache" in attrs and not protocol.is_cache(channel):
@@ -344,80 +394,182 @@ def channel(app_id: str, channel: str) -> Response:
     if "cache" in attrs:
         cached = state.cache.get(app.app_id, channel)
         result["cache"] = None if cached is None else {"data": cached.data, "ttl": cached.ttl}
-    return jsonify(result)
+    return result
 
 
-@blueprint.get("/apps/<app_id>/channels/<channel>/users", provide_automatic_options=False)
-def users(app_id: str, channel: str) -> Response:
+def users(state: State, call: Call, app_id: str, channel: str) -> dict[str, Any]:
     """The distinct user ids of a presence channel."""
-    app, _ = _app(app_id)
+    app, _ = authorize(state, call, app_id)
     channel = _channel(channel, app.limits)
     if not protocol.is_presence(channel):
         raise ApiError(400, "Users are only available for presence channels")
-    members = _state().presence.members(app.app_id, channel)
-    return jsonify({"users": [{"id": user_id} for user_id in members]})
+    members = state.presence.members(app.app_id, channel)
+    return {"users": [{"id": user_id} for user_id in members]}
 
 
-# --- users --------------------------------------------------------------------------------------
-
-
-def _terminate(app: AppConfig, user_id: str) -> Response:
+def _terminate(state: State, app: AppConfig, user_id: str) -> dict[str, Any]:
     if not protocol.CHANNEL_NAME_RE.fullmatch(user_id):
         raise ApiError(400, "Invalid user id")
-    _state().broker.publish(app.app_id, TERMINATE, user_id)
-    return jsonify({})
+    state.broker.publish(app.app_id, TERMINATE, user_id)
+    return {}
 
 
-@blueprint.post(
-    "/apps/<app_id>/users/<user_id>/terminate_connections", provide_automatic_options=False
-)
-def terminate(app_id: str, user_id: str) -> Response:
+def terminate(state: State, call: Call, app_id: str, user_id: str) -> dict[str, Any]:
     """Close every connection signed in as `user_id`."""
-    app, _ = _app(app_id)
-    return _terminate(app, user_id)
+    app, _ = authorize(state, call, app_id)
+    return _terminate(state, app, user_id)
 
 
-@blueprint.post("/users/<user_id>/terminate_connections", provide_automatic_options=False)
-def terminate_without_app(user_id: str) -> Response:
+def terminate_without_app(state: State, call: Call, user_id: str) -> dict[str, Any]:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
-    app = _state().apps.by_key(request.args.get("auth_key", ""))
+    app = state.apps.by_key(call.args.get("auth_key", ""))
     if app is not None:
-        g.ipe_app_id = app.app_id
+        call.app_id = app.app_id
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
-    _authenticate(app, _read_body(app.limits))
-    return _terminate(app, user_id)
+    authenticate(app, call, read_body(call, app.limits))
+    return _terminate(state, app, user_id)
 
 
-# --- errors and logging -------------------------------------------------------------------------
+Route = Callable[..., dict[str, Any]]
+
+# (method, Flask rule, route); the Flask endpoint is "rest." + the route's name.
+ROUTES: tuple[tuple[str, str, Route], ...] = (
+    ("POST", "/apps/<app_id>/events", trigger),
+    ("POST", "/apps/<app_id>/batch_events", trigger_batch),
+    ("GET", "/apps/<app_id>/channels", channels),
+    ("GET", "/apps/<app_id>/channels/<channel>", channel),
+    ("GET", "/apps/<app_id>/channels/<channel>/users", users),
+    ("POST", "/apps/<app_id>/users/<user_id>/terminate_connections", terminate),
+    ("POST", "/users/<user_id>/terminate_connections", terminate_without_app),
+)
+
+
+# --- replies and bookkeeping, shared by both front ends -----------------------------------------
+
+# What Flask's jsonify writes (compact, ASCII, keys in order, a newline), without a Response.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def encode_reply(value: Any) -> bytes:
+    """A reply body exactly as `flask.jsonify` writes it."""
+    return (_encode_json(value) + "\n").encode()
+
+
+def error_reply(exc: ApiError) -> dict[str, str]:
+    """The body of a rejection."""
+    return {"error": exc.message}
+
+
+def error_headers(exc: ApiError) -> list[tuple[str, str]]:
+    """The extra headers of a rejection: `Retry-After` on a 429."""
+    return [] if exc.retry_after is None else [("Retry-After", str(exc.retry_after))]
+
+
+HTTP_ERRORS = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+
+
+def http_error_reply(exc: HTTPException) -> tuple[int, dict[str, str], list[tuple[str, str]]]:
+    """Status, body and extra headers (`Allow` on 405) for one of werkzeug's HTTP errors."""
+    status = exc.code or 500
+    extra = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    return status, {"error": HTTP_ERRORS.get(status, exc.name)}, extra
+
+
+INTERNAL_ERROR = {"error": "Internal server error"}
+
+
+def unexpected(call_method: str, path: str) -> dict[str, str]:
+    """Log the exception being handled; the body of the 500 that answers it."""
+    log.exception("error serving %s %s", call_method, path)
+    return INTERNAL_ERROR
+
+
+def finished(
+    state: State,
+    environ: dict[str, Any],
+    endpoint: str,
+    status: int,
+    started: float | None,
+    app_id: str = "",
+    path_app_id: str | None = None,
+) -> None:
+    """Count and log one answered HTTP request (any route, either front end).
+
+    `app_id` is the served app the request was for ("" if none was found): the metrics
+    label. `path_app_id` is the app id as the path gave it, for the log line.
+    """
+    state.metrics.count_request(app_id, endpoint, status)
+    if not log.isEnabledFor(logging.INFO):
+        return
+    elapsed = (time.monotonic() - started) * 1000 if started else 0.0
+    call = Call(environ)
+    log.info(
+        "%s %s %d %.1fms",
+        call.method,
+        call.path,
+        status,
+        elapsed,
+        extra={
+            "app_id": str(path_app_id)[:64] if path_app_id is not None else None,
+            "method": call.method,
+            "path": call.path,
+            "status": status,
+            "duration_ms": round(elapsed, 1),
+            "remote_addr": logs.remote_address(environ),
+        },
+    )
+
+
+# --- the Flask front end ------------------------------------------------------------------------
+
+
+def _state() -> State:
+    return current_app.extensions["ipe"]  # type: ignore[no-any-return]
+
+
+def _flask_view(route: Route) -> Callable[..., Response]:
+    def view(**parts: str) -> Response:
+        call = g.ipe_call = Call(request.environ)  # the after-request hook reads its app_id
+        return jsonify(route(_state(), call, **parts))
+
+    view.__name__ = route.__name__
+    view.__doc__ = route.__doc__
+    return view
+
+
+for _method, _rule, _route in ROUTES:
+    blueprint.add_url_rule(
+        _rule,
+        _route.__name__,
+        _flask_view(_route),
+        methods=[_method],
+        provide_automatic_options=False,
+    )
 
 
 @blueprint.app_errorhandler(ApiError)
 def _api_error(exc: ApiError) -> tuple[Response, int]:
-    response = jsonify({"error": exc.message})
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(exc.retry_after)
+    response = jsonify(error_reply(exc))
+    response.headers.extend(error_headers(exc))
     return response, exc.status
 
 
 @blueprint.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     """Routing and body-size errors of werkzeug, with ipe's JSON body (and `Allow` on 405)."""
-    status = exc.code or 500
-    messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-    response = jsonify({"error": messages.get(status, exc.name)})
+    status, body, extra = http_error_reply(exc)
+    response = jsonify(body)
     response.status_code = status
-    for name, value in exc.get_headers():
-        if name.lower() != "content-type":
-            response.headers[name] = value
+    for name, value in extra:
+        response.headers[name] = value
     return response
 
 
 @blueprint.app_errorhandler(Exception)
 def _unexpected(exc: Exception) -> tuple[Response, int]:
-    log.exception("error serving %s %s", request.method, request.path)
-    return jsonify({"error": "Internal server error"}), 500
+    return jsonify(unexpected(request.method, request.path)), 500
 
 
 @blueprint.before_app_request
@@ -427,26 +579,14 @@ def _start_timer() -> None:
 
 @blueprint.after_app_request
 def _log_request(response: Response) -> Response:
-    started = g.get("ipe_started")
-    elapsed = (time.monotonic() - started) * 1000 if started else 0.0
-    endpoint = request.endpoint or "unknown"
-    app_id = (request.view_args or {}).get("app_id")
-    _state().metrics.http_requests.labels(
-        app_id=g.get("ipe_app_id", ""), endpoint=endpoint, status=str(response.status_code)
-    ).inc()
-    log.info(
-        "%s %s %d %.1fms",
-        request.method,
-        request.path,
+    call = g.get("ipe_call")
+    finished(
+        _state(),
+        request.environ,
+        request.endpoint or "unknown",
         response.status_code,
-        elapsed,
-        extra={
-            "app_id": str(app_id)[:64] if app_id is not None else None,
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round(elapsed, 1),
-            "remote_addr": logs.remote_address(request.environ),
-        },
+        g.get("ipe_started"),
+        call.app_id if call is not None else "",
+        (request.view_args or {}).get("app_id"),
     )
     return response

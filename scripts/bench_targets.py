@@ -1,7 +1,7 @@
-"""Issue 6's targets from one `scripts/bench --soketi` run: ipe as a ratio of soketi.
+"""The targets (issues 6 and 16) from one `scripts/bench --soketi` run: ipe as a ratio of soketi.
 
 usage: python scripts/bench_targets.py RESULTS_DIR   (the directory holding soketi/ and ipe/,
-and optionally ipe-2w/ from a `--workers 2` run); prints Markdown: the target table, then a
+and optionally ipe-Nw/ from a `--workers N` run); prints Markdown: the target table, then a
 Mermaid chart of the ratios. Medians over the repeats of each run. Standard library only.
 """
 
@@ -35,6 +35,20 @@ def _cpu_us_per_delivery(result: dict[str, Any]) -> float:
     return cpu_seconds / result["delivery"]["deliveries_received"] * 1e6
 
 
+def _requests_per_s(result: dict[str, Any]) -> float:
+    return float(result["publish"]["requests"] / result["publish"]["seconds"])
+
+
+def _batch_events(result: dict[str, Any]) -> float:
+    return float(result["publish"]["event_rate_achieved"])
+
+
+def _cpu_us_per_request(result: dict[str, Any]) -> float:
+    window = result["publish_window"]
+    cpu_seconds = window["server_cpu_pct"] / 100 * window["seconds"]
+    return float(cpu_seconds / result["publish"]["requests"] * 1e6)
+
+
 # (target, run name, how to read it, unit, better: "higher" or "lower", bound on the ratio)
 TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, str, float]] = [
     ("fan-out 1k subscribers, max rate: deliveries/s", "fanout-1k-max",
@@ -55,6 +69,14 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, str, float
      lambda r: r["delivery"]["delivered_per_s"], "msg/s", "higher", 0.7),
     ("1k presence members: join p99", "presence-1000",
      lambda r: r["join_ms"]["p99"], "ms", "lower", 1.0),
+    ("REST, one event a request, max rate: requests/s", "channels-1k-max",
+     _requests_per_s, "req/s", "higher", 1.0),
+    ("REST, batches of 10, max rate: events/s", "channels-1k-max-batch10",
+     _batch_events, "ev/s", "higher", 1.0),
+    ("REST at 2,000 requests/s: server CPU per request", "channels-1k-2000ps",
+     _cpu_us_per_request, "µs", "lower", 1.0),
+    ("REST at 2,000 requests/s: p99 latency", "channels-1k-2000ps",
+     lambda r: r["delivery"]["latency_ms"]["p99"], "ms", "lower", 1.0),
 ]
 
 
@@ -96,6 +118,29 @@ def report(root: Path) -> str:
         f"presence-1000 member_added missing (median): ipe {_fmt(missing[0])}, "
         f"soketi {_fmt(missing[1])}."
     )
+    base = root / "ipe-base"
+    if base.is_dir():
+        lines += ["", "| REST before and after (same run) | before | after | after / before |",
+                  "| --- | --- | --- | --- |"]
+        for label, run, pick, unit, _, _ in TARGETS:
+            if run.startswith("channels-"):
+                old, new = _median(base, run, pick), _median(ipe, run, pick)
+                ratio = new / old if old and new else None
+                lines.append(
+                    f"| {label} | {_fmt(old)} {unit} | {_fmt(new)} {unit} | {_fmt(ratio)} |"
+                )
+    workers = sorted(
+        (int(d.name[4:-1]), d) for d in root.glob("ipe-*w") if d.name[4:-1].isdigit()
+    )
+    if workers:
+        lines += ["", "| REST: one process, or gunicorn + Redis | req/s | events/s (batch 10) |",
+                  "| --- | --- | --- |"]
+        for name, directory in [("one process, no Redis", ipe)] + [
+            (f"{n} worker{'s' if n > 1 else ''} + Redis", d) for n, d in workers
+        ]:
+            single = _median(directory, "channels-1k-max", _requests_per_s)
+            batched = _median(directory, "channels-1k-max-batch10", _batch_events)
+            lines.append(f"| {name} | {_fmt(single)} | {_fmt(batched)} |")
     two = root / "ipe-2w"
     if two.is_dir():
         lines += ["", "| two workers + Redis vs one process | one | two | two / one |",

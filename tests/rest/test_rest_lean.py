@@ -1,0 +1,177 @@
+"""The lean REST front end (ipe.rest_wsgi) answers exactly as the Flask one does.
+
+Publishing and the channel reads bypass Flask; the rest of the API (terminate_connections,
+errors of routing) is still Flask's. Each pair below asks both front ends for the same
+rejection or success, and the two answers must match byte for byte (status line, headers,
+body), so a client cannot tell which one answered. Keep-alive and pipelined requests mix both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+
+import pytest
+from rest_support import Api, raw_query, shared_server, signed_query
+
+from ipe import rest
+from ipe.config import Limits
+
+rest_server = pytest.fixture(scope="module")(shared_server)
+
+EVENT = {"name": "lean", "channels": ["lean-a"], "data": "1"}
+
+
+@pytest.fixture
+def api(rest_server):
+    return Api(rest_server)
+
+
+def exchange(server, method, path, body=b"", *, headers=None, **signing):
+    """One signed request on its own connection: (status line, headers but Date, body)."""
+    if isinstance(body, dict):
+        body = json.dumps(body, separators=(",", ":")).encode()
+    query = raw_query(signed_query(method, path, None, body, **signing))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.putrequest(method, f"{path}?{query}", skip_accept_encoding=True)
+        for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            conn.putheader(name, value)
+        conn.endheaders(body or None)
+        response = conn.getresponse()
+        dates = [v for k, v in response.getheaders() if k.lower() == "date"]
+        assert len(dates) == 1 and dates[0].endswith(" GMT"), response.getheaders()
+        kept = [(k, v) for k, v in response.getheaders() if k.lower() != "date"]
+        return f"{response.status} {response.reason}", kept, response.read()
+    finally:
+        conn.close()
+
+
+LEAN = "/apps/{app}/events"  # answered by ipe.rest_wsgi
+FLASK = "/apps/{app}/users/someone/terminate_connections"  # answered by Flask
+
+
+@pytest.mark.parametrize(
+    ("case", "app", "body", "signing"),
+    [
+        ("200", "1001", EVENT, {}),
+        ("404 unknown app", "9999", EVENT, {}),
+        ("403 disabled app", "1003", EVENT, {"key": "off-key", "secret": "off-secret"}),
+        ("401 unknown key", "1001", EVENT, {"key": "nobody"}),
+        ("401 body_md5", "1001", EVENT, {"body_md5": "0" * 32}),
+        ("401 old timestamp", "1001", EVENT, {"timestamp": 1}),
+    ],
+)
+def test_same_answer_from_both_front_ends(rest_server, case, app, body, signing):
+    lean = exchange(rest_server, "POST", LEAN.format(app=app), body, **signing)
+    flask = exchange(rest_server, "POST", FLASK.format(app=app), body, **signing)
+    assert lean == flask
+    assert lean[1][0] == ("Content-Type", "application/json")
+    assert lean[0].split()[0] == case.split()[0]
+
+
+def test_same_413_from_both_front_ends(rest_server):
+    headers = {"Content-Length": "100000000000"}  # declared, never sent: refused unread
+    lean = exchange(rest_server, "POST", LEAN.format(app="1001"), headers=headers)
+    flask = exchange(rest_server, "POST", FLASK.format(app="1001"), headers=headers)
+    assert lean == flask
+    assert lean[0] == "413 REQUEST ENTITY TOO LARGE"
+    cap = rest.body_cap(Limits())
+    assert json.loads(lean[2]) == {"error": f"Request body larger than {cap} bytes"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error"),
+    [
+        ("POST", "/apps/1001/events", b"{", 400, "Request body is not valid JSON"),
+        ("POST", "/apps/1001/batch_events", b"[]", 400, "Request body must be a JSON object"),
+        ("POST", "/apps/1001/events", {**EVENT, "data": "x" * 10241}, 413, "Event data larger"),
+        ("GET", "/apps/1001/channels/bad%20name", b"", 400, "Invalid channel name"),
+        ("GET", "/apps/1001/channels/orders/users", b"", 400, "Users are only available"),
+        ("GET", "/apps/1001/channels", b"", 401, "Invalid signature"),
+        ("GET", "/apps/9999/channels/x", b"", 404, "Unknown app: 9999"),
+    ],
+)
+def test_error_bodies_on_the_lean_routes(rest_server, method, path, body, status, error):
+    signing = {"secret": "wrong"} if status == 401 else {}
+    if "%20" in path:
+        signing["sign_path"] = path.replace("%20", " ")  # the path as routed
+    status_line, headers, raw = exchange(rest_server, method, path, body, **signing)
+    assert int(status_line.split()[0]) == status, raw
+    assert dict(headers)["Content-Type"] == "application/json"
+    assert int(dict(headers)["Content-Length"]) == len(raw)
+    assert raw.endswith(b"}\n")  # jsonify's layout: compact, one newline
+    reply = json.loads(raw)
+    assert list(reply) == ["error"] and reply["error"].startswith(error), raw
+
+
+def test_other_methods_and_paths_still_reach_flask(api):
+    assert api.request("HEAD", "/apps/1001/channels").status == 200
+    reply = api.request("PUT", "/apps/1001/events")
+    assert (reply.status, reply.headers["allow"]) == (405, "POST")
+    assert api.request("POST", "/apps/1001/events/").status == 404
+    assert api.request("GET", "/apps/1001/channels/orders/").status == 404
+
+
+def _request_bytes(method, path, body=b""):
+    query = raw_query(signed_query(method, path, None, body))
+    head = f"{method} {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def _read_response(reader):
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, json.loads(reader.read(length))
+
+
+def test_pipelined_requests_on_one_keep_alive_connection(rest_server):
+    client = rest_server.ws()
+    client.subscribe("lean-a")
+    event = json.dumps(EVENT).encode()
+    batch = json.dumps({"batch": [{"name": "lean", "channel": "lean-a", "data": "2"}]}).encode()
+    requests = [
+        (_request_bytes("POST", "/apps/1001/events", event), 200, {}),
+        (_request_bytes("POST", "/apps/1001/events", b"{"), 400, None),
+        (_request_bytes("POST", "/apps/1001/users/u/terminate_connections"), 200, {}),
+        (_request_bytes("GET", "/apps/1001/channels/lean-a"), 200, {"occupied": True}),
+        (_request_bytes("GET", "/apps/1001/nothing"), 404, {"error": "Not found"}),
+        (_request_bytes("POST", "/apps/1001/batch_events", batch), 200, {}),
+    ]
+    with socket.create_connection(("127.0.0.1", rest_server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(2):  # all at once, then again on the same connection
+            sock.sendall(b"".join(request for request, _, _ in requests))
+            for _, status, body in requests:
+                got_status, got_body = _read_response(reader)
+                assert got_status == status
+                if body is not None:
+                    assert got_body == body
+                else:
+                    assert list(got_body) == ["error"]
+            assert client.expect("lean", "lean-a")["data"] == "1"
+            assert client.expect("lean", "lean-a")["data"] == "2"
+    client.sync()
+
+
+def test_lean_requests_are_counted_in_metrics(api, rest_server):
+    name = 'ipe_http_requests_total{app_id="1001",endpoint="rest.trigger",status="400"}'
+    unknown = 'ipe_http_requests_total{app_id="",endpoint="rest.trigger",status="404"}'
+    before, before_unknown = rest_server.metric(name), rest_server.metric(unknown)
+    for _ in range(3):
+        assert api.post("/apps/1001/events", b"{").status == 400
+    assert api.post("/apps/nope/events", b"{").status == 404
+    assert rest_server.metric(name) == before + 3
+    assert rest_server.metric(unknown) == before_unknown + 1  # no label for a made-up id
+
+
+def test_body_md5_of_an_empty_get(rest_server):
+    md5 = hashlib.md5(b"").hexdigest()
+    status_line, _, raw = exchange(rest_server, "GET", "/apps/1001/channels", body_md5=md5)
+    assert status_line == "200 OK", raw
