@@ -9,10 +9,13 @@ import signal
 
 # gunicorn binds 0.0.0.0:$PORT by itself when PORT is set (Heroku); this is the default else.
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# post_worker_init below swaps in ipe's server and handler (ipe.http_server): HTTP deadlines
+# (http_timeout, http_keepalive_timeout) and a bounded HTTP phase (http_max_connections).
+# `-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker` on the command line works too.
 worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# The gevent pool size caps concurrent WebSockets per worker (gunicorn's default is 1000).
-worker_connections = int(os.environ.get("IPE_WORKER_CONNECTIONS", "10000"))
+# gunicorn's worker_connections caps nothing under ipe's server: WebSockets are not bounded
+# by a greenlet pool, and connections still in the HTTP phase by http_max_connections.
 # Open WebSockets never finish by themselves: ipe closes them with 4200 on SIGTERM, so
 # clients reconnect at once, and the worker does not need long to drain.
 graceful_timeout = 10
@@ -63,9 +66,13 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, close every WebSocket with 4200 before gunicorn waits for handlers."""
+    """Serve with ipe's HTTP server; on SIGTERM, close every WebSocket with 4200 before
+    gunicorn waits for handlers."""
     import gevent
 
+    from ipe import http_server
+
+    http_server.install(worker)
     state = worker.wsgi.extensions["ipe"]
     stop_serving = worker.handle_exit
 

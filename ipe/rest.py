@@ -69,13 +69,22 @@ def _read_body(limits: Limits) -> bytes:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         body = None
+    except OSError:
+        # The client stopped sending within http_timeout (ipe.http_server shut the socket):
+        # nobody is left to read an answer.
+        raise ApiError(408, "Request body not received in time") from None
     if body is None or len(body) > cap:
         raise ApiError(413, f"Request body larger than {cap} bytes")
     return body
 
 
-def _authenticate(app: AppConfig, body: bytes) -> None:
-    """Check the request signature (401) and that the app is enabled (403)."""
+def _authenticate(app: AppConfig) -> bytes:
+    """Check the request signature (401) and that the app is enabled (403); then read the
+    body and check it against the signed body_md5 (401).
+
+    The body is read only once the query's signature holds, so that nobody without the
+    secret can make ipe read (or wait for) a body; reading it is bounded by http_timeout.
+    """
     paths = [request.path]
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if raw:
@@ -89,13 +98,19 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
             request.method,
             tuple(paths),
             request.args.to_dict(flat=True),
-            body,
+            None,
             time.time(),
         )
     except auth.RestAuthError as exc:
         raise ApiError(401, str(exc)) from None
     if not app.enabled:
         raise ApiError(403, "Application disabled")
+    body = _read_body(app.limits)
+    try:
+        auth.verify_body_md5(request.args, body)
+    except auth.RestAuthError as exc:
+        raise ApiError(401, str(exc)) from None
+    return body
 
 
 def _app(app_id: str) -> tuple[AppConfig, bytes]:
@@ -103,9 +118,7 @@ def _app(app_id: str) -> tuple[AppConfig, bytes]:
     app = _state().config.app_by_id(app_id)
     if app is None:
         raise ApiError(404, f"Unknown app: {app_id[:64]}")
-    body = _read_body(app.limits)
-    _authenticate(app, body)
-    return app, body
+    return app, _authenticate(app)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -357,7 +370,7 @@ def terminate_without_app(user_id: str) -> Response:
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
-    _authenticate(app, _read_body(app.limits))
+    _authenticate(app)
     return _terminate(app, user_id)
 
 

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, protocol
+from ipe import auth, forwarded, protocol
 from ipe.connection import Connection
 from ipe.hub import EVENT, WATCH
 
@@ -492,7 +492,7 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
         return app, protocol.INVALID_VERSION, "Invalid version string format"
     if int(version) not in protocol.SUPPORTED_PROTOCOLS:
         return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"
-    if app.only_ssl and not _is_secure(environ):
+    if app.only_ssl and not forwarded.is_secure(environ, state.config.trusted_proxies):
         return (
             app,
             protocol.SSL_ONLY,
@@ -503,13 +503,6 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
 
 def _query(query_string: str) -> dict[str, str]:
     return dict(parse_qsl(query_string, keep_blank_values=True))
-
-
-def _is_secure(environ: dict[str, Any]) -> bool:
-    if environ.get("wsgi.url_scheme") == "https":
-        return True
-    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
-    return forwarded.split(",")[0].strip().lower() in ("https", "wss")
 
 
 def serve(state: State, environ: dict[str, Any]) -> None:
