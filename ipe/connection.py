@@ -45,6 +45,10 @@ READ_SIZE = 65536
 # Messages read but not yet handled; beyond this the socket is not read until the handler
 # catches up, so a client cannot queue unbounded work (TCP then slows it down).
 INBOX_HIGH, INBOX_LOW = 64, 16
+# Frames one message may be cut into. Each costs memory beyond its payload (a list slot, an
+# object), and empty continuation frames cost nothing against the size limit: uncapped, a
+# client could grow one message's list of parts without end.
+MAX_FRAGMENTS = 128
 
 _unpack_h = struct.Struct("!H").unpack
 _unpack_h_from = struct.Struct("!H").unpack_from
@@ -154,6 +158,7 @@ class Connection:
         "_detached",
         "_watcher",
         "_rbuf",
+        "_need",
         "_skip_left",
         "_parts",
         "_size",
@@ -163,6 +168,7 @@ class Connection:
         "_worker",
         "_ended",
         "_finished",
+        "_resume",
         "_released",
         "_outbox",
         "_outbox_bytes",
@@ -209,7 +215,11 @@ class Connection:
         self._raw = sock._sock if detached else None
         self._raw_send = self._raw.send if detached else None
         self._watcher: Any = None
-        self._rbuf = pending
+        # The start of an incomplete frame (None when there is none), grown in place as bytes
+        # arrive, and how long it must be before parsing is worth trying again: a large frame
+        # arriving a few bytes at a time is then copied once, not once per read.
+        self._rbuf: bytearray | None = bytearray(pending) if pending else None
+        self._need = 0
         self._skip_left = 0
         self._parts: list[bytes] = []
         self._size = 0
@@ -221,6 +231,7 @@ class Connection:
         self._worker: Any = None
         self._ended = False
         self._finished: Any = None
+        self._resume: Any = None  # TLS: set when the handler has caught up (see start)
         self._released = False
         self._outbox: deque[bytes] | None = None
         self._outbox_bytes = 0
@@ -238,7 +249,7 @@ class Connection:
         """Start reading. Returns at once for a plain socket; a TLS socket is read here until
         the connection has ended, because pywsgi closes it when this greenlet returns."""
         if self._rbuf:
-            data, self._rbuf = self._rbuf, b""
+            data, self._rbuf = bytes(self._rbuf), None
             self._feed(data)
         if self._detached:
             if not self._ended:
@@ -246,9 +257,17 @@ class Connection:
                 self._watcher.start(self._on_readable)
             return
         self._finished = gevent.event.Event()
+        resume = self._resume = gevent.event.Event()
         recv = self._sock.recv
         try:
             while not self._ended:
+                inbox = self._inbox
+                if inbox is not None and len(inbox) >= INBOX_HIGH:
+                    # As the plain socket's watcher stops: do not read while the handler is
+                    # behind, so that a client cannot queue unbounded work (TCP slows it).
+                    resume.clear()
+                    resume.wait()
+                    continue
                 data = recv(READ_SIZE)
                 if not data:
                     break
@@ -281,6 +300,8 @@ class Connection:
             return
         self._ended = True
         self.closing = True
+        if self._resume is not None:
+            self._resume.set()  # a paused TLS reader must see the end
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.close()
@@ -294,9 +315,12 @@ class Connection:
         try:
             while inbox:
                 text = inbox.popleft()
-                watcher = self._watcher
-                if watcher is not None and not watcher.active and len(inbox) <= INBOX_LOW:
-                    watcher.start(self._on_readable)  # resume reading: we have caught up
+                if len(inbox) <= INBOX_LOW:  # resume reading: we have caught up
+                    watcher = self._watcher
+                    if watcher is not None and not watcher.active:
+                        watcher.start(self._on_readable)
+                    elif self._resume is not None:
+                        self._resume.set()
                 try:
                     self.on_message(text)
                 except Exception:
@@ -472,10 +496,15 @@ class Connection:
             return protocol.WS_PROTOCOL_ERROR, "Expected a continuation frame"
         if self._size + length > self._max_frame:
             return protocol.WS_MESSAGE_TOO_BIG, "Message too big"
+        if len(self._parts) >= MAX_FRAGMENTS:
+            return protocol.WS_MESSAGE_TOO_BIG, "Message in too many fragments"
         return None
 
     def _feed(self, data: bytes) -> None:
         """Parse every complete frame in what has arrived; keep the incomplete rest.
+
+        A frame that arrives in pieces is accumulated in place and parsed once complete: the
+        work per read is proportional to what was read, however the client cuts its bytes.
 
         Once the connection is closing, every frame but the peer's close is read and dropped,
         and a payload being dropped is never buffered.
@@ -488,10 +517,18 @@ class Connection:
             data = data[n:]
             if not data:
                 return
-        buf = self._rbuf + data if self._rbuf else data
-        pos, end = 0, len(buf)
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
+        rbuf = self._rbuf
+        if rbuf is not None:
+            rbuf += data
+            if len(rbuf) < self._need:
+                return  # the frame is still incomplete: no need to look at it again yet
+            buf: bytes | bytearray = rbuf
+        else:
+            buf = data
+        pos, end = 0, len(buf)
+        need = 2  # bytes the frame at `pos` needs before it can be parsed further
         while end - pos >= 2 and not self._ended:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -501,17 +538,20 @@ class Connection:
             head = 2
             if length == 126:
                 if end - pos < 4:
+                    need = 4
                     break
                 (length,) = _unpack_h_from(buf, pos + 2)
                 head = 4
             elif length == 127:
                 if end - pos < 10:
+                    need = 10
                     break
                 (length,) = _unpack_q_from(buf, pos + 2)
                 head = 10
             if masked:
                 head += 4
             if end - pos < head:
+                need = head
                 break
             if not self.closing:
                 error = self._frame_error(b0, masked, opcode, length)
@@ -526,14 +566,23 @@ class Connection:
                 pos = end
                 break
             if end - pos - head < length:
+                need = head + length
                 break
             start = pos + head
             payload = buf[start : start + length]
             if masked and length:
                 payload = _unmask(payload, buf[start - 4 : start])
             pos = start + length
+            need = 2
             self._frame(b0, opcode, payload)
-        self._rbuf = buf[pos:] if pos < end else b""
+        # Keep the incomplete rest at the start of a bytearray that later reads extend.
+        if pos >= end:
+            self._rbuf = None
+        elif buf is rbuf:
+            del rbuf[:pos]
+        else:
+            self._rbuf = bytearray(memoryview(buf)[pos:])
+        self._need = need
 
     def _frame(self, b0: int, opcode: int, payload: bytes) -> None:
         """Act on one complete frame."""

@@ -148,8 +148,15 @@ class Server(WSGIServer):  # type: ignore[misc]
 
     handler_class = Handler
 
-    def __init__(self, listener: Any, application: Any = None, *, deadlines: Deadlines,
-                 spawn: Any = "default", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        application: Any = None,
+        *,
+        deadlines: Deadlines,
+        spawn: Any = "default",
+        **kwargs: Any,
+    ) -> None:
         if isinstance(spawn, gevent.pool.Pool):
             # gunicorn's pool of `worker_connections`: a full pool stops accepting, which
             # must not happen because of open TLS WebSockets or half-open sockets (the

@@ -40,7 +40,7 @@ class Hub:
         self.opened = 0
         self.received = 0
         self.delivered = 0
-        self.closes: dict[int, int] = {}
+        self.closes: dict[str, int] = {}  # by protocol.close_code_label
 
     # --- connections --------------------------------------------------------------------------
 
@@ -53,12 +53,13 @@ class Hub:
         """Forget a connection that has ended; its channels must already be removed."""
         self.connections.pop(conn.socket_id, None)
         code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
-        self.closes[code] = self.closes.get(code, 0) + 1
+        label = protocol.close_code_label(code)
+        self.closes[label] = self.closes.get(label, 0) + 1
         if conn.user_id is not None:
             self._discard(self._users, conn.app.app_id, conn.user_id, conn)
         self.unwatch(conn)
 
-    def take_tallies(self) -> tuple[int, int, int, dict[int, int]]:
+    def take_tallies(self) -> tuple[int, int, int, dict[str, int]]:
         """(opened, received, delivered, closes by code) since the last call."""
         tallies = (self.opened, self.received, self.delivered, self.closes)
         self.opened = self.received = self.delivered = 0

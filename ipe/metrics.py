@@ -31,7 +31,7 @@ class Metrics:
         )
         self.disconnections = Counter(
             "ipe_disconnections_total",
-            "WebSocket connections ended, by close code",
+            "WebSocket connections ended, by close code (codes clients chose: 3xxx/4xxx)",
             ["code"],
             registry=r,
         )
@@ -95,7 +95,7 @@ class Metrics:
         )
 
     def add_tallies(
-        self, open_now: int, opened: int, received: int, delivered: int, closes: dict[int, int]
+        self, open_now: int, opened: int, received: int, delivered: int, closes: dict[str, int]
     ) -> None:
         """Fold the hub's plain-int tallies in (counting per message in prometheus_client
         would cost a lock and several calls on the hottest paths)."""
@@ -107,7 +107,7 @@ class Metrics:
         if delivered:
             self.messages_sent.inc(delivered)
         for code, n in closes.items():
-            self.disconnections.labels(code=str(code)).inc(n)
+            self.disconnections.labels(code=code).inc(n)
 
     def render(self) -> bytes:
         """The Prometheus text exposition, summed over workers in multiprocess mode."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import random
+import math
 import re
+import secrets
 from typing import Any
 
 PROTOCOL_VERSION = 7
@@ -34,6 +35,22 @@ WS_PROTOCOL_ERROR = 1002
 WS_UNSUPPORTED_DATA = 1003
 WS_INVALID_PAYLOAD = 1007
 WS_MESSAGE_TOO_BIG = 1009
+
+# The close codes ipe itself sends, and RFC 6455's: each is its own metrics label.
+_KNOWN_CLOSE_CODES = frozenset(
+    {c for c in range(1000, 1016)} | {c for c in range(4000, 4010)} | {4100, 4200, 4201}
+)
+
+
+def close_code_label(code: int) -> str:
+    """The metrics label of a close code: a code a client chose (3000-4999, echoed back)
+    falls into "3xxx"/"4xxx", so that clients cannot create label values (series)."""
+    if code in _KNOWN_CLOSE_CODES:
+        return str(code)
+    if 3000 <= code < 5000:
+        return f"{code // 1000}xxx"
+    return "other"
+
 
 CONNECTION_ESTABLISHED = "pusher:connection_established"
 ERROR = "pusher:error"
@@ -74,6 +91,38 @@ class PusherError(Exception):
 def dumps(value: Any) -> str:
     """Compact JSON, as every Pusher client and SDK writes it."""
     return _compact(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: Python reads it as inf and would write Infinity
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+# One decoder for every message (json.loads with options builds a new one per call).
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads(text: str) -> Any:
+    """Strict JSON, ValueError for anything else: NaN and Infinity, numbers beyond a double,
+    nesting deeper than Python's recursion limit, and strings with lone surrogates (which
+    UTF-8 cannot carry: re-sending them would fail)."""
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            _compact(value).encode()
+        except UnicodeEncodeError:
+            raise ValueError("JSON string with a lone surrogate") from None
+    return value
 
 
 # --- channels ---------------------------------------------------------------------------------
@@ -133,7 +182,9 @@ def valid_socket_id(socket_id: object) -> bool:
 
 def new_socket_id() -> str:
     """A fresh, practically unique socket id in Pusher's `\\d+.\\d+` shape."""
-    return f"{random.randrange(1, 1 << 31)}.{random.randrange(1, 1 << 31)}"
+    # secrets, not random: socket ids are not secret, but a predictable one would let a
+    # client guess another's and exclude it from events (REST socket_id) or impersonate it.
+    return f"{secrets.randbelow((1 << 31) - 1) + 1}.{secrets.randbelow((1 << 31) - 1) + 1}"
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -213,7 +264,7 @@ def presence_data(members: dict[str, Any]) -> str:
 def parse_client_message(raw: str) -> tuple[str, str | None, Any]:
     """Parse one client frame into (event, channel, data) or raise PusherError."""
     try:
-        message = json.loads(raw)
+        message = loads(raw)
     except ValueError:
         raise PusherError(GENERIC_RECONNECT, "Invalid JSON") from None
     if not isinstance(message, dict):
@@ -231,7 +282,7 @@ def event_data_object(data: Any) -> dict[str, Any] | None:
     """The `data` of a pusher:* client event as an object; old clients send a JSON string."""
     if isinstance(data, str):
         try:
-            data = json.loads(data)
+            data = loads(data)
         except ValueError:
             return None
     return data if isinstance(data, dict) else None

@@ -238,7 +238,7 @@ class Session:
             user_id, info = conn.user_id, conn.user_data.get("user_info")
         else:
             try:
-                parsed = json.loads(channel_data)
+                parsed = protocol.loads(channel_data)
             except ValueError:
                 parsed = None
             if not isinstance(parsed, dict) or parsed.get("user_id") in (None, ""):
@@ -332,7 +332,7 @@ class Session:
         ):
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signature for sign-in")
         try:
-            user = json.loads(user_data)
+            user = protocol.loads(user_data)
         except ValueError:
             user = None
         user_id = user.get("id") if isinstance(user, dict) else None
