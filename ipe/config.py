@@ -154,7 +154,7 @@ class Config:
     http_max_connections: int = 1000
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    profiling: bool = False
+    profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
     ssl: SSLConfig = SSLConfig()
     redis: RedisConfig | None = None
     instance_id: str = ""

@@ -20,7 +20,6 @@ starts within 300 s of its `time_ms` (clocks in sync).
 from __future__ import annotations
 
 import logging
-import random
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from gevent import Greenlet
 
 from ipe import __version__, protocol
 from ipe.auth import webhook_signature
+from ipe.backoff import Backoff
 from ipe.config import AppConfig, WebhookSettings, WebhookTarget
 from ipe.webhook_store import (
     Arrival,
@@ -281,7 +281,8 @@ class Webhooks:
         }
         settings = self.settings
         store = self.store
-        delay = settings.retry_backoff
+        # Doubling up to retry_backoff_max; the jitter spreads retries of many batches.
+        backoff = Backoff(settings.retry_backoff, settings.retry_backoff_max, jitter=0.2)
         attempts = 0
         try:
             while True:
@@ -297,7 +298,7 @@ class Webhooks:
                         safe_url(target.url),
                     )
                     break
-                wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
+                wait = backoff.next()
                 if self._stopping.is_set():
                     if store.durable:
                         store.abandon(batch)  # another node (or this one restarted) resumes it

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from ipe.hub import Hub
+from ipe.redis import keys
+from ipe.redis.link import REDIS_ERRORS, reconnect_backoff
 
 if TYPE_CHECKING:
     from ipe.metrics import Metrics
@@ -31,25 +33,18 @@ PUBLISH_BATCH = 512  # messages per pipeline
 STOP_FLUSH = 2.0  # seconds a stopping node gives its waiting messages to reach Redis
 
 
-def channel_name(prefix: str, app_id: str) -> str:
-    """The Pub/Sub channel of one app: every node subscribes to it once."""
-    return f"{prefix}:app:{app_id}"
-
-
 class RedisBroker:
     """Pub/Sub through Redis: one PUBLISH per message, one listener per process (per shard)."""
 
     def __init__(
         self, hub: Hub, link: RedisLink, app_ids: tuple[str, ...], metrics: Metrics
     ) -> None:
-        from ipe.redis.link import REDIS_ERRORS  # redis is imported only when Redis is used
-
         self.hub = hub
         self.link = link
         self.node = link.node
         self.metrics = metrics
         self.errors = REDIS_ERRORS
-        self.channels = {app_id: channel_name(link.prefix, app_id) for app_id in app_ids}
+        self.channels = {app_id: keys.pubsub_channel(link.prefix, app_id) for app_id in app_ids}
         self._apps = {name.encode(): app_id for app_id, name in self.channels.items()}
         self._groups: list[_Listener] = []
         self._sharded = False
@@ -163,15 +158,14 @@ class RedisBroker:
         names = sorted(self.channels.values())
         if self.link.config.cluster and self.link.config.sharded_pubsub != "false":
             # Sharded Pub/Sub needs to know the servers; wait for Redis like everyone else.
-            backoff = 0.5
+            backoff = reconnect_backoff()
             while True:
                 try:
                     self._sharded = self.link.sharded()
                     break
                 except self.errors as exc:
                     self.link.mark_down(exc)
-                    gevent.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    gevent.sleep(backoff.next())
         if self._sharded:
             # SSUBSCRIBE takes channels of one slot at a time; each listener finds its shard.
             self._groups = [_Listener(self, [name]) for name in names]
@@ -261,7 +255,7 @@ class _Listener:
         broker = self.broker
         link = broker.link
         interval = link.config.health_check_interval
-        backoff = 0.5
+        backoff = reconnect_backoff()
         failed = False
         while not self._stopped:
             try:
@@ -294,7 +288,7 @@ class _Listener:
                         pending -= 1
                         if pending <= 0 and not self.live:
                             self.live = True
-                            backoff = 0.5
+                            backoff.reset()
                             if failed:
                                 broker.metrics.redis_reconnects.inc()
                                 log.info("resubscribed to %s", ", ".join(self.channels))
@@ -307,17 +301,20 @@ class _Listener:
                 self.live = False
                 failed = True
                 link.mark_down(exc)
+                delay = backoff.next()
                 log.warning(
-                    "Redis listener lost its connection (%s); retrying in %.1fs", exc, backoff
+                    "Redis listener lost its connection (%s); retrying in %.1fs", exc, delay
                 )
             except Exception:  # never exit silently: log, back off, subscribe again
                 if self._stopped:
                     break
                 self.live = False
                 failed = True
-                log.exception("Redis listener failed; retrying in %.1fs", backoff)
+                delay = backoff.next()
+                log.exception("Redis listener failed; retrying in %.1fs", delay)
             finally:
                 self._close()
-            gevent.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            if self._stopped:
+                break
+            gevent.sleep(delay)
         self.live = False
