@@ -170,7 +170,9 @@ def test_retries_back_off_doubling_up_to_retry_backoff_max(receivers, make_serve
     server = make_server(hook_config([{"url": hook.url}], **settings))
     server.ws().subscribe("c1")
     pattern = re.compile(r"webhook to \S+ failed \(HTTP 500\); attempt (\d+), next in ([0-9.]+)s")
-    wait_until(lambda: len(pattern.findall(server.log())) >= 5, 15, message="five failed attempts")
+    wait_until(
+        lambda: len(pattern.findall(server.log())) >= 5, 15, message="five failed attempts"
+    )
     waits = {int(n): float(s) for n, s in pattern.findall(server.log())}
     for attempt in range(1, 6):
         expected = min(0.8, 0.2 * 2 ** (attempt - 1))
