@@ -20,15 +20,16 @@ injected into application code.
 
 from __future__ import annotations
 
+import _socket
 import functools
 import logging
+import os
 import socket
 import sys
 from typing import Any
 
 import gevent
 import gevent.pool
-import gevent.socket
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
@@ -36,12 +37,14 @@ log = logging.getLogger(__name__)
 
 
 class _Waiting:
-    """One connection in the HTTP phase: its socket and the timer that closes it."""
+    """One connection in the HTTP phase: its descriptor and the timer that closes it."""
 
-    __slots__ = ("sock", "timer")
+    __slots__ = ("fd", "timer")
 
     def __init__(self, sock: Any) -> None:
-        self.sock = sock
+        # The descriptor, not the socket object: a TLS handshake moves the descriptor from
+        # the accepted socket into an SSLSocket, which must be woken the same way.
+        self.fd: int = sock.fileno()
         self.timer: Any = None
 
 
@@ -95,14 +98,24 @@ class Deadlines:
         self._expire(waiting)
 
     def _expire(self, waiting: _Waiting) -> None:
-        """Shut the socket down (in the hub: never blocks); its reader then sees the end."""
+        """Shut the connection down (in the hub: never blocks); its reader then sees the end.
+
+        Through a duplicate of the descriptor: shutdown acts on the connection, so whichever
+        object reads it (socket, SSLSocket mid-handshake, pywsgi's buffered file) sees EOF.
+        The descriptor is still the connection's: a handler releases its deadline before
+        its greenlet can yield after closing the socket.
+        """
         self.release(waiting)
         try:
-            # gevent's socket.shutdown, also for an SSLSocket: it wakes a blocked reader or
-            # writer, where SSLSocket.shutdown would first drop the TLS state under it.
-            gevent.socket.socket.shutdown(waiting.sock, socket.SHUT_RDWR)
-        except (OSError, AttributeError, ValueError):
-            pass  # already closed, or handed over
+            dup = _socket.socket(fileno=os.dup(waiting.fd))
+        except OSError:
+            return
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+        finally:
+            dup.close()
 
 
 class Handler(WebSocketHandler):  # type: ignore[misc]
@@ -180,7 +193,6 @@ class Server(WSGIServer):  # type: ignore[misc]
             self.deadlines.release(waiting)
             log.debug("TLS handshake with %s failed: %s", address, exc)
             return
-        waiting.sock = ssl_socket
         self._serve(ssl_socket, address, waiting)
 
     def _serve(self, sock: Any, address: Any, waiting: _Waiting | None) -> None:
