@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import socket
-import sys
 from typing import Any
 
 import gevent
@@ -175,7 +174,7 @@ class Server(WSGIServer):  # type: ignore[misc]
             # must not happen because of open TLS WebSockets or half-open sockets (the
             # deadlines bound those). A pool of practically unbounded size keeps gunicorn's
             # drain check (free_count() == size once no handler runs) working.
-            spawn = gevent.pool.Pool(sys.maxsize)
+            spawn = gevent.pool.Pool(2**31 - 1)  # the largest a gevent Semaphore takes
         kwargs["handler_class"] = Handler
         super().__init__(listener, application, spawn=spawn, **kwargs)
         self.deadlines = deadlines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -148,3 +149,32 @@ def test_metrics_sum_every_worker(gunicorns, redis_server, tmp_path):
     )
     for _ in range(6):
         assert server.metric("ipe_connections") == len(clients)
+
+
+def test_http_deadlines_hold_under_gunicorn(gunicorns, tmp_path):
+    """Slowloris under gunicorn: ipe's server and handler are installed in the worker, so an
+    idle socket, half a request line and an idle keep-alive are closed, and WebSockets live."""
+    config = {**BASE_CONFIG, "http_timeout": 1, "http_keepalive_timeout": 0.5}
+    server = Gunicorn(config, tmp_path, "gunicorn")
+    gunicorns.append(server)
+    server.start()
+    client = server.ws()
+    client.subscribe("orders")
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    half = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    keep = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    try:
+        half.sendall(b"GET /hea")
+        keep.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(1) == b""
+        assert half.recv(1) == b""
+        reply = b""
+        while chunk := keep.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in (idle, half, keep):
+            sock.close()
+    # The WebSocket outlived every HTTP deadline.
+    server.sdk().trigger("orders", "still", "here")
+    assert client.expect("still", "orders")["data"] == "here"
