@@ -21,7 +21,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 graceful_timeout = 10
 timeout = 30
 max_requests = 0  # recycling a worker would drop every socket it holds
-# TLS ends at the proxy (Heroku's router, nginx): trust its X-Forwarded-Proto for only_ssl.
+# gunicorn's own setting; ipe itself believes X-Forwarded-Proto/-For only from the config's
+# trusted_proxies (IPE_TRUSTED_PROXIES in config.yml.sample).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Two gunicorns on one host would otherwise fight over one control socket path.
 control_socket_disable = True
