@@ -524,7 +524,13 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         inline=state.handlers_never_block,
     )
     if code is not None:
-        log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
+        log.info(
+            "refused connection from %s to %s: %d %s",
+            forwarded.client_address(environ, config.trusted_proxies),
+            environ.get("PATH_INFO"),
+            code,
+            message,
+        )
         conn.close(code, message, error=True)
     else:
         _open(state, conn, app)
