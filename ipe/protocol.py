@@ -109,15 +109,15 @@ _decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def loads(text: str) -> Any:
+def loads(text: str, surrogates: bool = False) -> Any:
     """Strict JSON, ValueError for anything else: NaN and Infinity, numbers beyond a double,
-    nesting deeper than Python's recursion limit, and strings with lone surrogates (which
-    UTF-8 cannot carry: re-sending them would fail)."""
+    nesting deeper than Python's recursion limit, and (unless `surrogates`, for a caller that
+    checks each string itself) lone surrogates, which UTF-8 cannot carry to anyone."""
     try:
         value = _decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+    if not surrogates and "\\u" in text and _SURROGATE_ESCAPE.search(text):
         try:
             _compact(value).encode()
         except UnicodeEncodeError:

@@ -125,8 +125,9 @@ def _json_object(body: bytes) -> dict[str, Any]:
         # Strict UTF-8: json.loads(bytes) would also take UTF-16/32 and decode UTF-8-encoded
         # surrogates ("surrogatepass").
         # protocol.loads: no NaN, Infinity or 1e999 (re-sent as Infinity), no nesting past
-        # the recursion limit (100 000 brackets are within the size cap), no lone surrogates.
-        parsed = protocol.loads(body.decode())
+        # the recursion limit (100 000 brackets are within the size cap). Lone surrogates are
+        # refused by _Event, which names the field that holds one.
+        parsed = protocol.loads(body.decode(), surrogates=True)
     except ValueError:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(parsed, dict):

@@ -192,9 +192,10 @@ def test_rest_timestamp_of_thousands_of_digits_gets_401(server):
         b'{"name":"e","channels":["c"],"data":{"v":-Infinity}}',
         b'{"name":"e","channels":["c"],"data":{"v":1' + b"0" * 5000 + b"}}",
         b'{"name":"e","channels":["\\ud800"],"data":"x"}',
+        b'{"name":"e","channels":["c"],"data":{"v":"\\udc00"}}',
         b'{"name":"e","channels":["c"],"data":' + b"[" * 40000 + b"]" * 40000 + b"}",
     ],
-    ids=["1e999", "nan", "infinity", "5000-digits", "lone-surrogate", "nested"],
+    ids=["1e999", "nan", "infinity", "5000-digits", "lone-channel", "lone-data", "nested"],
 )
 def test_rest_body_with_absurd_json_gets_400(server, bystander, body):
     path = f"/apps/{APP_ID}/events"
