@@ -245,7 +245,7 @@ class Connection:
                 if not data:
                     break
                 self._feed(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: _abort shut the SSLSocket down under us
             pass
         self._end()
         self._finished.wait()
