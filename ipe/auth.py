@@ -59,9 +59,7 @@ def channel_auth_valid(
     return _token_valid(key, secret, token, f"{socket_id}:{channel}")
 
 
-def signin_valid(
-    key: str, secret: Secrets, socket_id: str, user_data: str, token: object
-) -> bool:
+def signin_valid(key: str, secret: Secrets, socket_id: str, user_data: str, token: object) -> bool:
     """Check a `pusher:signin` token over `socket_id::user::user_data`."""
     return _token_valid(key, secret, token, f"{socket_id}::user::{user_data}")
 

@@ -29,10 +29,12 @@ from typing import Any
 
 import gevent
 import gevent.pool
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 log = logging.getLogger(__name__)
+
+REPORT_EVERY = 10.0  # seconds between log lines about closed connections
 
 
 class _Waiting:
@@ -55,8 +57,10 @@ class Deadlines:
         self.keepalive_timeout = keepalive_timeout
         self.max_connections = max_connections
         self._waiting: dict[_Waiting, None] = {}  # insertion order: longest waiting first
-        self.expired = 0  # deadlines missed, for tests and logs
+        self.expired = 0  # deadlines missed
         self.evicted = 0  # connections closed to make room
+        self._reported = (0, 0)
+        self._report: Any = None  # a timer while a log line is due
 
     @classmethod
     def from_config(cls, config: Any) -> Deadlines:
@@ -96,6 +100,26 @@ class Deadlines:
         self.expired += 1
         self._expire(waiting)
 
+    def _closed_one(self) -> None:
+        """Log what was closed, at most once every REPORT_EVERY seconds: under a flood, one
+        line per connection would be the attacker's to write."""
+        if self._report is None:
+            self._report = gevent.get_hub().loop.timer(REPORT_EVERY)
+            self._report.start(self._log_closed)
+
+    def _log_closed(self) -> None:
+        self._report.close()
+        self._report = None
+        expired, evicted = self._reported
+        self._reported = (self.expired, self.evicted)
+        log.info(
+            "closed %d connections that did not send a request within http_timeout or "
+            "http_keepalive_timeout, and %d to stay within http_max_connections=%d",
+            self.expired - expired,
+            self.evicted - evicted,
+            self.max_connections,
+        )
+
     def _expire(self, waiting: _Waiting) -> None:
         """Shut the connection down (in the hub: never blocks); its reader then sees the end.
 
@@ -105,6 +129,7 @@ class Deadlines:
         its greenlet can yield after closing the socket.
         """
         self.release(waiting)
+        self._closed_one()
         try:
             dup = _socket.socket(fileno=os.dup(waiting.fd))
         except OSError:
@@ -146,7 +171,12 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
                 return ""
             deadlines.arm(waiting, deadlines.timeout)
         self._requests += 1
-        return super().read_requestline()  # type: ignore[no-any-return]
+        line: str = super().read_requestline()
+        if line and not line.endswith("\n") and len(line) < MAX_REQUEST_LINE:
+            # Cut off by the end of the stream (our deadline, or the client): pywsgi would
+            # serve "GET /hea" as an HTTP/0.9 request and log it. Close without an answer.
+            return ""
+        return line
 
     def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Any:
         """A `101` ends the HTTP phase: a WebSocket is not bound by the HTTP deadlines."""
