@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,24 @@ def test_sighup_reloads_every_worker_without_restarting_them(gunicorns, redis_se
     old._pusher_client.http.session.close()
     for client in clients:
         client.wait_for("still-here", "orders")
+
+
+def test_worker_connections_caps_nothing(gunicorns, tmp_path):
+    """gunicorn's pool of worker_connections would stop accepting once that many sockets sit
+    in the HTTP phase; under ipe's server, half-open sockets beyond it change nothing."""
+    config = {**BASE_CONFIG, "http_timeout": 60}
+    server = Gunicorn(config, tmp_path, "gunicorn", {"GUNICORN_CMD_ARGS": "--worker-connections 5"})
+    gunicorns.append(server)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=8) for _ in range(10)]
+    try:
+        clients = [server.ws() for _ in range(10)]
+        for i, client in enumerate(clients):
+            client.subscribe(f"room-{i}")
+        with urllib.request.urlopen(server.url + "/health", timeout=8) as reply:
+            assert reply.status == 200
+        server.sdk().trigger("room-9", "tick", "ok")
+        assert clients[9].expect("tick", "room-9")["data"] == "ok"
+    finally:
+        for sock in idle:
+            sock.close()
