@@ -57,6 +57,9 @@ READ_SIZE = 65536
 # Messages read but not yet handled; beyond this the socket is not read until the handler
 # catches up, so a client cannot queue unbounded work (TCP then slows it down).
 INBOX_HIGH, INBOX_LOW = 64, 16
+# The same in characters: 64 messages at the frame limit (~75 KB each) would be ~5 MB held
+# for one connection; reading pauses at 256 KB waiting instead.
+INBOX_BYTES_HIGH, INBOX_BYTES_LOW = 256 * 1024, 64 * 1024
 
 
 class Lifecycle(IntEnum):
@@ -123,6 +126,7 @@ class Connection:
         "_size",
         "_started",
         "_inbox",
+        "_inbox_bytes",
         "_inline",
         "_worker",
         "_finished",
@@ -182,6 +186,7 @@ class Connection:
         # Made on first use and dropped once drained: an empty deque costs 760 bytes, a quarter
         # of an idle connection, and inline handling (no Redis) never needs it.
         self._inbox: deque[str] | None = None
+        self._inbox_bytes = 0  # characters of the messages in _inbox
         self._inline = inline
         self._worker: Any = None
         self._finished: Any = None
@@ -220,7 +225,9 @@ class Connection:
         try:
             while self.state < ENDED:
                 inbox = self._inbox
-                if inbox is not None and len(inbox) >= INBOX_HIGH:
+                if inbox is not None and (
+                    len(inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_BYTES_HIGH
+                ):
                     # As the plain socket's watcher stops: do not read while the handler is
                     # behind, so that a client cannot queue unbounded work (TCP slows it).
                     resume.clear()
@@ -272,7 +279,9 @@ class Connection:
         try:
             while inbox:
                 text = inbox.popleft()
-                if len(inbox) <= INBOX_LOW:  # resume reading: we have caught up
+                self._inbox_bytes -= len(text)
+                if len(inbox) <= INBOX_LOW and self._inbox_bytes <= INBOX_BYTES_LOW:
+                    # Resume reading: we have caught up.
                     watcher = self._watcher
                     if watcher is not None and not watcher.active:
                         watcher.start(self._on_readable)
@@ -542,9 +551,12 @@ class Connection:
         if inbox is None:
             inbox = self._inbox = deque()
         inbox.append(text)
+        self._inbox_bytes += len(text)
         if self._worker is None:
             self._worker = gevent.spawn(self._work)
-        elif len(inbox) >= INBOX_HIGH and self._watcher is not None:
+        elif self._watcher is not None and (
+            len(inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_BYTES_HIGH
+        ):
             self._watcher.stop()  # resumed by the worker once it has caught up
 
     def _peer_closed(self, payload: bytes) -> None:
