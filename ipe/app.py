@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,15 +63,22 @@ class State:
         self.broker.start()
         self.webhooks.start()
 
-    def shutdown(self) -> None:
-        """Tell every client to reconnect elsewhere (4200), then stop background work."""
+    def shutdown(self, after_drain: Callable[[], None] | None = None) -> None:
+        """Drain: /ready answers 503 and new sockets are refused at once, open sockets are
+        told to reconnect elsewhere (4200) in batches over `drain_seconds`; then
+        `after_drain` (stop listening), webhooks flushed, background work stopped."""
         self.draining = True
-        self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        log.info("draining %d connection(s) over %gs", self.hub.count(), self.config.drain_seconds)
+        self.hub.drain(
+            protocol.GENERIC_RECONNECT, "Server is shutting down", self.config.drain_seconds
+        )
         # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
         # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.
         deadline = time.monotonic() + CLOSE_WAIT + 0.5
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        if after_drain is not None:
+            after_drain()
         self.webhooks.stop()
         self.apps.stop()
         self.broker.stop()
@@ -134,7 +142,8 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
+        self.metrics.add_tallies(self.hub.take_tallies())
+        self.metrics.add_pubsub(*self.broker.take_tallies())
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -182,7 +191,7 @@ def _apps(config: Config, link: Any) -> Apps:
 
 def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
-    metrics = Metrics()
+    metrics = Metrics(tuple(app.app_id for app in config.apps))
     if config.redis is None:
         apps = _apps(config, None)
         broker = LocalBroker(hub)

@@ -47,22 +47,6 @@ WS_UNSUPPORTED_DATA = 1003
 WS_INVALID_PAYLOAD = 1007
 WS_MESSAGE_TOO_BIG = 1009
 
-# The close codes ipe itself sends, and RFC 6455's: each is its own metrics label.
-_KNOWN_CLOSE_CODES = frozenset(
-    {c for c in range(1000, 1016)} | {c for c in range(4000, 4010)} | {4100, 4200, 4201}
-)
-
-
-def close_code_label(code: int) -> str:
-    """The metrics label of a close code: a code a client chose (3000-4999, echoed back)
-    falls into "3xxx"/"4xxx", so that clients cannot create label values (series)."""
-    if code in _KNOWN_CLOSE_CODES:
-        return str(code)
-    if 3000 <= code < 5000:
-        return f"{code // 1000}xxx"
-    return "other"
-
-
 CONNECTION_ESTABLISHED = "pusher:connection_established"
 ERROR = "pusher:error"
 PING = "pusher:ping"
