@@ -177,6 +177,8 @@ class Config:
     http_max_connections: int = 1000
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    http_session_timeout: float = 30.0  # seconds an HTTP-fallback session may go unpolled
+    http_max_sessions: int = 10000  # HTTP-fallback sessions one process holds at most
     profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
     ssl: SSLConfig = SSLConfig()
     redis: RedisConfig | None = None
@@ -683,6 +685,10 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
             "http_max_connections", Config.http_max_connections, minimum=1
         ),
         trusted_proxies=_trusted_proxies(top.get("trusted_proxies", None)),
+        http_session_timeout=top.float(
+            "http_session_timeout", Config.http_session_timeout, minimum=1.0
+        ),
+        http_max_sessions=top.int("http_max_sessions", Config.http_max_sessions, minimum=1),
         profiling=top.bool("profiling", False),
         ssl=ssl_config,
         redis=_redis(top.get("redis", None), env),
