@@ -3,15 +3,17 @@
 pywsgi waits for a request without any limit, so a client that connects and sends nothing
 (or half a request line, or a body a byte a minute) would hold its socket and greenlet for
 ever, and enough of them would exhaust the process. Here every connection in the HTTP phase
-(TLS handshake, request line, headers, body, response) has a deadline, `http_timeout`; an idle
-keep-alive connection gets `http_keepalive_timeout` to start its next request. At most
-`http_max_connections` connections are in that phase per process: a new one beyond it closes
-the one that has waited longest, so a flood of half-open sockets can delay nobody's accept.
+(TLS handshake, request line, headers, body, until the response starts) has a deadline,
+`http_timeout`; an idle keep-alive connection gets `http_keepalive_timeout` to start its next
+request. At most `http_max_connections` connections are in that phase per process: a new one
+beyond it closes the one that has waited longest, so a flood of half-open sockets can delay
+nobody's accept. A response is then written with a per-write timeout of `http_timeout`.
 
-A WebSocket leaves the HTTP phase with its `101` response: from then on it is bounded only by
-ipe's own limits (`ipe.connection` takes a plain socket from pywsgi, whose handler greenlet
-then ends). The greenlets are not capped by a pool either, so gunicorn's `worker_connections`
-caps nothing: the same Server and Handler serve `ipe` and gunicorn (see `install`).
+A WebSocket leaves the HTTP phase with its `101` response, an HTTP-fallback stream
+(`ipe.http_transport`) with its `200`: from then on they are bounded by ipe's own limits
+(`ipe.connection` takes a plain socket from pywsgi, whose handler greenlet then ends). The
+greenlets are not capped by a pool either, so gunicorn's `worker_connections` caps nothing:
+the same Server and Handler serve `ipe` and gunicorn (see `install`).
 
 Deadlines are libev timers that shut the socket down when they fire: whatever greenlet was
 reading from it sees the end of the stream and finishes in the usual way; no exception is
@@ -163,6 +165,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         waiting = self._waiting
         if self._requests and waiting is not None:
+            self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
             deadlines.arm(waiting, deadlines.keepalive_timeout)
             try:
                 if not self.rfile.peek(1):
@@ -179,9 +182,17 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         return line
 
     def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Any:
-        """A `101` ends the HTTP phase: a WebSocket is not bound by the HTTP deadlines."""
-        if self._waiting is not None and str(status).startswith("101"):
-            self.server.deadlines.release(self._waiting)
+        """The response starts: the request has been read, the HTTP phase is over.
+
+        A WebSocket (`101`) or an HTTP-fallback stream then lives as long as it is used.
+        Other responses are written with a per-write timeout of `http_timeout` instead, so
+        that a client that never reads a response cannot hold its handler for ever.
+        """
+        deadlines: Deadlines = self.server.deadlines
+        if self._waiting is not None:
+            deadlines.release(self._waiting)
+        if not str(status).startswith("101") and self.socket is not None:
+            self.socket.settimeout(deadlines.timeout)
         return super().start_response(status, headers, exc_info)
 
 
