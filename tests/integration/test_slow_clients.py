@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import json
 import select
 import socket
 import ssl
@@ -17,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+import requests
 from conftest import APP_ID, KEY, SECRET, config_with, free_port
 from test_tls import self_signed
 
@@ -228,3 +230,19 @@ def test_half_open_flood_does_not_stop_websockets_rest_or_health(make_server):
     # The cap held: the oldest 400 of the 600 have been closed by the server.
     for sock in flood[:400]:
         assert read_until_closed(sock) == b""
+
+
+def test_http_fallback_stream_outlives_the_http_deadline(server):
+    """pusher-js's xhr_streaming keeps its 200 response open: the HTTP phase ended with it."""
+    query = "?protocol=7&client=js&version=8.6.0&flash=false"
+    base = f"{server.url}/pusher/app/{KEY}/7/stream01"
+    with requests.post(f"{base}/xhr_streaming{query}", stream=True, timeout=CLOSE_BOUND) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "s"}})])
+        assert requests.post(f"{base}/xhr_send", data=body, timeout=CLOSE_BOUND).status_code == 204
+        assert b"subscription_succeeded" in next(lines)
+        assert read_until_closed(connect(server)) == b""  # one http_timeout has passed
+        server.sdk().trigger("s", "late", "still streaming")
+        assert b"still streaming" in next(lines)
