@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import REDIS_SERVER, RedisServer, ready_status, redis_config
-from conftest import Gunicorn, wait_until
+from support import REDIS_SERVER, Gunicorn, RedisServer, ready_status, redis_config, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 from nodejs import run_scenario  # noqa: E402

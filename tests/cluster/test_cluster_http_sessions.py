@@ -13,11 +13,8 @@ import time
 from typing import Any
 
 import redis
-from cluster_support import FIXTURES, RedisServer, redis_config, wait_ready
-from conftest import KEY, IpeServer, wait_until
+from support import KEY, IpeServer, RedisServer, redis_config, wait_ready, wait_until
 from test_redis_cluster import redis_cluster  # noqa: F401 (a fixture)
-
-make_redis, redis_server, nodes = FIXTURES
 
 SESSION_TIMEOUT = 3
 
