@@ -11,11 +11,14 @@ import signal
 
 # gunicorn binds 0.0.0.0:$PORT by itself when PORT is set (Heroku); this is the default else.
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
-# GeventWebSocketWorker with the handler of ipe.http_handler (cheaper keep-alive REST).
-worker_class = "ipe.worker.Worker"
+# post_worker_init below swaps in ipe's server and handler (ipe.http_server, over
+# ipe.http_handler): HTTP deadlines (http_timeout, http_keepalive_timeout), a bounded HTTP phase
+# (http_max_connections) and cheaper keep-alive requests. `-k
+# geventwebsocket.gunicorn.workers.GeventWebSocketWorker` on the command line works too.
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# The gevent pool size caps concurrent WebSockets per worker (gunicorn's default is 1000).
-worker_connections = int(os.environ.get("IPE_WORKER_CONNECTIONS", "10000"))
+# gunicorn's worker_connections caps nothing under ipe's server: WebSockets are not bounded
+# by a greenlet pool, and connections still in the HTTP phase by http_max_connections.
 
 
 def _config_path() -> str:
@@ -57,7 +60,8 @@ def _ipe_logconfig():
 graceful_timeout = math.ceil(_stop_seconds())  # gunicorn wants an int
 timeout = 30
 max_requests = 0  # recycling a worker would drop every socket it holds
-# TLS ends at the proxy (Heroku's router, nginx): trust its X-Forwarded-Proto for only_ssl.
+# gunicorn's own setting; ipe itself believes X-Forwarded-Proto/-For only from the config's
+# trusted_proxies (IPE_TRUSTED_PROXIES in config.yml.sample).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Two gunicorns on one host would otherwise fight over one control socket path.
 control_socket_disable = True
@@ -111,10 +115,14 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, drain (/ready 503, WebSockets closed with 4200 over `drain_seconds`) while
-    still listening, and only then let gunicorn stop accepting and wait for handlers."""
+    """Serve with ipe's HTTP server (ipe.http_server). On SIGTERM, drain (/ready 503,
+    WebSockets closed with 4200 over `drain_seconds`) while still listening, and only then
+    let gunicorn stop accepting and wait for handlers."""
     import gevent
 
+    from ipe import http_server
+
+    http_server.install(worker)
     state = worker.wsgi.extensions["ipe"]
     stop_serving = worker.handle_exit
 

@@ -112,7 +112,17 @@ class State:
             return None
         fixed = [
             name
-            for name in ("host", "port", "ssl", "redis", "instance_id", "webhooks")
+            for name in (
+                "host",
+                "port",
+                "ssl",
+                "redis",
+                "instance_id",
+                "webhooks",
+                "http_timeout",  # these three are the listeners' (ipe.http_server)
+                "http_keepalive_timeout",
+                "http_max_connections",
+            )
             if getattr(new, name) != getattr(self.config, name)
         ]
         if fixed:

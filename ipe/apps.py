@@ -229,7 +229,7 @@ class Apps:
         return self.loaded
 
     def status(self) -> str:
-        """"ok", or why the cached apps are being served."""
+        """ "ok", or why the cached apps are being served."""
         if self._failed_since is None:
             return "ok"
         return f"app source unreachable for {time.monotonic() - self._failed_since:.0f}s"

@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--key")
     update.add_argument("--name")
     update.add_argument(
-        "--set", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="e.g. limits.max_connections=100, user_events=false, webhooks=[{url: ...}]",
     )
     for name in ("disable", "enable", "remove"):

@@ -60,9 +60,7 @@ def channel_auth_valid(
     return _token_valid(key, secret, token, f"{socket_id}:{channel}")
 
 
-def signin_valid(
-    key: str, secret: Secrets, socket_id: str, user_data: str, token: object
-) -> bool:
+def signin_valid(key: str, secret: Secrets, socket_id: str, user_data: str, token: object) -> bool:
     """Check a `pusher:signin` token over `socket_id::user::user_data`."""
     return _token_valid(key, secret, token, f"{socket_id}::user::{user_data}")
 
@@ -90,34 +88,8 @@ def rest_string_to_sign(method: str, path: str, params: Mapping[str, str]) -> st
     return f"{method.upper()}\n{path}\n{query}"
 
 
-def verify_rest(
-    key: str,
-    secret: Secrets,
-    method: str,
-    paths: tuple[str, ...],
-    params: Mapping[str, str],
-    body: bytes,
-    now: float,
-) -> None:
-    """Raise RestAuthError unless the request carries a valid auth_version 1.0 signature.
-
-    `paths` lists the paths the client may have signed (the path as received, and without a
-    deployment prefix); `params` are the percent-decoded query parameters.
-    """
-    if params.get("auth_key") != key:
-        raise RestAuthError("Unknown or missing auth_key")
-    if params.get("auth_version") != "1.0":
-        raise RestAuthError("auth_version must be 1.0")
-    raw_timestamp = params.get("auth_timestamp", "")
-    # isascii+isdigit, not int(): int() also takes " 17", "1_700", "+17" and non-ASCII digits.
-    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()):
-        raise RestAuthError("Missing or invalid auth_timestamp")
-    timestamp = int(raw_timestamp)
-    if abs(now - timestamp) >= REST_TIMESTAMP_WINDOW:
-        raise RestAuthError(
-            f"Timestamp expired: Given timestamp ({timestamp}) not within "
-            f"{REST_TIMESTAMP_WINDOW}s of server time ({int(now)})"
-        )
+def verify_body_md5(params: Mapping[str, str], body: bytes) -> None:
+    """Raise RestAuthError unless the signed `body_md5` matches `body` (absent: empty body)."""
     body_md5 = params.get("body_md5")
     if body:
         if body_md5 is None or not hmac.compare_digest(
@@ -126,6 +98,41 @@ def verify_rest(
             raise RestAuthError("body_md5 does not match the request body")
     elif body_md5 is not None and body_md5 != EMPTY_BODY_MD5:
         raise RestAuthError("body_md5 does not match the (empty) request body")
+
+
+def verify_rest(
+    key: str,
+    secret: Secrets,
+    method: str,
+    paths: tuple[str, ...],
+    params: Mapping[str, str],
+    body: bytes | None,
+    now: float,
+) -> None:
+    """Raise RestAuthError unless the request carries a valid auth_version 1.0 signature.
+
+    `paths` lists the paths the client may have signed (the path as received, and without a
+    deployment prefix); `params` are the percent-decoded query parameters. With `body` None
+    only the query is checked: the signature covers `body_md5`, so a server can refuse a
+    request before reading its body, then check the body with `verify_body_md5`.
+    """
+    if params.get("auth_key") != key:
+        raise RestAuthError("Unknown or missing auth_key")
+    if params.get("auth_version") != "1.0":
+        raise RestAuthError("auth_version must be 1.0")
+    raw_timestamp = params.get("auth_timestamp", "")
+    # isascii+isdigit, not int(): int() also takes " 17", "1_700", "+17" and non-ASCII digits.
+    # The length cap keeps int() from a 5,000-digit string (ValueError past 4,300 digits).
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 20):
+        raise RestAuthError("Missing or invalid auth_timestamp")
+    timestamp = int(raw_timestamp)
+    if abs(now - timestamp) >= REST_TIMESTAMP_WINDOW:
+        raise RestAuthError(
+            f"Timestamp expired: Given timestamp ({timestamp}) not within "
+            f"{REST_TIMESTAMP_WINDOW}s of server time ({int(now)})"
+        )
+    if body is not None:
+        verify_body_md5(params, body)
     signature = params.get("auth_signature")
     if not isinstance(signature, str):
         raise RestAuthError("Missing auth_signature")

@@ -118,7 +118,7 @@ def presence_member(who: Subscriber, limits: Limits, channel_data: str | None) -
         user_id, info = who.user_id, who.user_data.get("user_info")
     else:
         try:
-            parsed = json.loads(channel_data)
+            parsed = protocol.loads(channel_data)
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict) or parsed.get("user_id") in (None, ""):

@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from ipe import __version__, logs  # noqa: E402
 from ipe import config as config_module  # noqa: E402
-from ipe.http_handler import Handler  # noqa: E402
+from ipe.http_server import Deadlines, Server  # noqa: E402
 
 log = logging.getLogger("ipe")
 # gevent listens with a backlog of 128: a burst of reconnecting clients (a deploy, a network
@@ -174,16 +174,16 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(cfg)
     state = app.extensions["ipe"]
-    servers = [
-        WSGIServer(_listener(host, port), app, handler_class=Handler, log=None, error_log=log)
-    ]
+    # One budget of HTTP-phase connections for both listeners: it is the process's.
+    deadlines = Deadlines.from_config(cfg)
+    servers = [Server(_listener(host, port), app, deadlines=deadlines, log=None, error_log=log)]
     if cfg.ssl.enabled:
         ssl_host, ssl_port = config_module.parse_listen(cfg.ssl.host, "ssl.host")
         servers.append(
-            WSGIServer(
+            Server(
                 _listener(ssl_host, ssl_port),
                 app,
-                handler_class=Handler,
+                deadlines=deadlines,
                 log=None,
                 error_log=log,
                 keyfile=cfg.ssl.key_file,

@@ -7,6 +7,7 @@ unset variables fail with a ConfigError naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -202,6 +203,14 @@ class Config:
     activity_timeout: int = 30
     pong_timeout: int = 30
     max_outbox_bytes: int = 1 << 20
+    # Seconds a connection may take to send a whole HTTP request (request line, headers and
+    # body; for TLS, the handshake too) before it is closed; and an idle keep-alive's wait.
+    http_timeout: float = 10.0
+    http_keepalive_timeout: float = 5.0
+    # Connections still in the HTTP phase per process; beyond it the longest-waiting is closed.
+    http_max_connections: int = 1000
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     http_session_timeout: float = 30.0  # seconds an HTTP-fallback session may go unpolled
     http_max_sessions: int = 10000  # HTTP-fallback sessions one process holds at most
     profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
@@ -702,6 +711,24 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
     return redis
 
 
+def _trusted_proxies(value: Any) -> tuple[str, ...]:
+    """`trusted_proxies`: a list (or comma-separated string) of addresses, networks or "*"."""
+    if value is None:
+        return Config.trusted_proxies
+    if isinstance(value, str):
+        value = [v for v in (part.strip() for part in value.split(",")) if v]
+    if not isinstance(value, list):
+        raise ConfigError("trusted_proxies: must be a list of addresses or networks")
+    for item in value:
+        if item == "*":  # every peer (a platform whose router is the only way in)
+            continue
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies: not an address or network: {item!r}") from None
+    return tuple(str(item) for item in value)
+
+
 def _log_format(value: str, env: Mapping[str, str]) -> str:
     # $IPE_LOG_FORMAT wins over the file, as $IPE_LOG_LEVEL does in the cli.
     fmt = (env.get("IPE_LOG_FORMAT") or value).strip().lower()
@@ -743,6 +770,14 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         activity_timeout=top.int("activity_timeout", Config.activity_timeout, minimum=1),
         pong_timeout=top.int("pong_timeout", Config.pong_timeout, minimum=1),
         max_outbox_bytes=top.int("max_outbox_bytes", Config.max_outbox_bytes, minimum=1024),
+        http_timeout=top.float("http_timeout", Config.http_timeout, minimum=0.1),
+        http_keepalive_timeout=top.float(
+            "http_keepalive_timeout", Config.http_keepalive_timeout, minimum=0.1
+        ),
+        http_max_connections=top.int(
+            "http_max_connections", Config.http_max_connections, minimum=1
+        ),
+        trusted_proxies=_trusted_proxies(top.get("trusted_proxies", None)),
         http_session_timeout=top.float(
             "http_session_timeout", Config.http_session_timeout, minimum=1.0
         ),

@@ -57,6 +57,9 @@ READ_SIZE = 65536
 # Messages read but not yet handled; beyond this the socket is not read until the handler
 # catches up, so a client cannot queue unbounded work (TCP then slows it down).
 INBOX_HIGH, INBOX_LOW = 64, 16
+# The same in characters: 64 messages at the frame limit (~75 KB each) would be ~5 MB held
+# for one connection; reading pauses at 256 KB waiting instead.
+INBOX_BYTES_HIGH, INBOX_BYTES_LOW = 256 * 1024, 64 * 1024
 
 
 class Lifecycle(IntEnum):
@@ -160,14 +163,17 @@ class Connection(Client):
         "_detached",
         "_watcher",
         "_rbuf",
+        "_need",
         "_skip_left",
         "_parts",
         "_size",
         "_started",
         "_inbox",
+        "_inbox_bytes",
         "_inline",
         "_worker",
         "_finished",
+        "_resume",
         "_outbox",
         "_outbox_bytes",
         "_max_outbox",
@@ -194,7 +200,11 @@ class Connection(Client):
         self._raw = sock._sock if detached else None
         self._raw_send = self._raw.send if detached else None
         self._watcher: Any = None
-        self._rbuf = pending
+        # The start of an incomplete frame (None when there is none), grown in place as bytes
+        # arrive, and how long it must be before parsing is worth trying again: a large frame
+        # arriving a few bytes at a time is then copied once, not once per read.
+        self._rbuf: bytearray | None = bytearray(pending) if pending else None
+        self._need = 0
         self._skip_left = 0
         self._parts: list[bytes] = []
         self._size = 0
@@ -202,9 +212,11 @@ class Connection(Client):
         # Made on first use and dropped once drained: an empty deque costs 760 bytes, a quarter
         # of an idle connection, and inline handling (no Redis) never needs it.
         self._inbox: deque[str] | None = None
+        self._inbox_bytes = 0  # characters of the messages in _inbox
         self._inline = inline
         self._worker: Any = None
         self._finished: Any = None
+        self._resume: Any = None  # TLS: set when the handler has caught up (see start)
         self._outbox: deque[bytes] | None = None
         self._outbox_bytes = 0
         self._max_outbox = max_outbox
@@ -218,7 +230,7 @@ class Connection(Client):
         """Start reading. Returns at once for a plain socket; a TLS socket is read here until
         the connection has ended, because pywsgi closes it when this greenlet returns."""
         if self._rbuf:
-            data, self._rbuf = self._rbuf, b""
+            data, self._rbuf = bytes(self._rbuf), None
             self._feed(data)
         if self._detached:
             if self.state < ENDED:
@@ -226,16 +238,26 @@ class Connection(Client):
                 self._watcher.start(self._on_readable)
             return
         self._finished = gevent.event.Event()
+        resume = self._resume = gevent.event.Event()
         recv = self._sock.recv
         try:
             while self.state < ENDED:
+                inbox = self._inbox
+                if inbox is not None and (
+                    len(inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_BYTES_HIGH
+                ):
+                    # As the plain socket's watcher stops: do not read while the handler is
+                    # behind, so that a client cannot queue unbounded work (TCP slows it).
+                    resume.clear()
+                    resume.wait()
+                    continue
                 data = recv(READ_SIZE)
                 if not data:
                     break
                 if self.tally is not None:
                     self.tally.bytes_in += len(data)
                 self._feed(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: _abort shut the SSLSocket down under us
             pass
         self._end()
         self._finished.wait()
@@ -265,6 +287,8 @@ class Connection(Client):
         if self.state >= ENDED:
             return
         self.state = ENDED
+        if self._resume is not None:
+            self._resume.set()  # a paused TLS reader must see the end
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.close()
@@ -278,9 +302,14 @@ class Connection(Client):
         try:
             while inbox:
                 text = inbox.popleft()
-                watcher = self._watcher
-                if watcher is not None and not watcher.active and len(inbox) <= INBOX_LOW:
-                    watcher.start(self._on_readable)  # resume reading: we have caught up
+                self._inbox_bytes -= len(text)
+                if len(inbox) <= INBOX_LOW and self._inbox_bytes <= INBOX_BYTES_LOW:
+                    # Resume reading: we have caught up.
+                    watcher = self._watcher
+                    if watcher is not None and not watcher.active:
+                        watcher.start(self._on_readable)
+                    elif self._resume is not None:
+                        self._resume.set()
                 try:
                     self.on_message(text)
                 except Exception:
@@ -440,6 +469,9 @@ class Connection(Client):
     def _feed(self, data: bytes) -> None:
         """Parse every complete frame in what has arrived; keep the incomplete rest.
 
+        A frame that arrives in pieces is accumulated in place and parsed once complete: the
+        work per read is proportional to what was read, however the client cuts its bytes.
+
         Once the connection is closing, every frame but the peer's close is read and dropped,
         and a payload being dropped is never buffered.
         """
@@ -451,10 +483,18 @@ class Connection(Client):
             data = data[n:]
             if not data:
                 return
-        buf = self._rbuf + data if self._rbuf else data
-        pos, end = 0, len(buf)
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
+        rbuf = self._rbuf
+        if rbuf is not None:
+            rbuf += data
+            if len(rbuf) < self._need:
+                return  # the frame is still incomplete: no need to look at it again yet
+            buf: bytes | bytearray = rbuf
+        else:
+            buf = data
+        pos, end = 0, len(buf)
+        need = 0  # bytes the frame at `pos` needs before parsing it again is worth it
         while self.state < ENDED:
             header = parse_header(buf, pos, end)
             if header is None:
@@ -462,7 +502,14 @@ class Connection(Client):
             b0, opcode, masked, length, head = header
             if self.state is OPEN:
                 error = header_error(
-                    b0, masked, opcode, length, self._started, self._size, self._max_frame
+                    b0,
+                    masked,
+                    opcode,
+                    length,
+                    self._started,
+                    self._size,
+                    self._max_frame,
+                    len(self._parts),
                 )
                 if error is not None:
                     self._fail(*error)
@@ -475,6 +522,7 @@ class Connection(Client):
                 pos = end
                 break
             if end - pos - head < length:
+                need = head + length
                 break
             start = pos + head
             payload = buf[start : start + length]
@@ -482,7 +530,14 @@ class Connection(Client):
                 payload = unmask(payload, buf[start - 4 : start])
             pos = start + length
             self._frame(b0, opcode, payload)
-        self._rbuf = buf[pos:] if pos < end else b""
+        # Keep the incomplete rest at the start of a bytearray that later reads extend.
+        if pos >= end:
+            self._rbuf = None
+        elif buf is rbuf:
+            del rbuf[:pos]
+        else:
+            self._rbuf = bytearray(memoryview(buf)[pos:])
+        self._need = need
 
     def _frame(self, b0: int, opcode: int, payload: bytes) -> None:
         """Act on one complete frame."""
@@ -522,9 +577,12 @@ class Connection(Client):
         if inbox is None:
             inbox = self._inbox = deque()
         inbox.append(text)
+        self._inbox_bytes += len(text)
         if self._worker is None:
             self._worker = gevent.spawn(self._work)
-        elif len(inbox) >= INBOX_HIGH and self._watcher is not None:
+        elif self._watcher is not None and (
+            len(inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_BYTES_HIGH
+        ):
             self._watcher.stop()  # resumed by the worker once it has caught up
 
     def _peer_closed(self, payload: bytes) -> None:

@@ -13,6 +13,10 @@ from ipe.protocol import WS_MESSAGE_TOO_BIG, WS_NORMAL, WS_PROTOCOL_ERROR
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 FIN = 0x80
+# Frames one message may be cut into. Each costs memory beyond its payload (a list slot, an
+# object), and empty continuation frames cost nothing against the size limit: uncapped, a
+# client could grow one message's list of parts without end.
+MAX_FRAGMENTS = 128
 
 _unpack_h = struct.Struct("!H").unpack
 _unpack_h_from = struct.Struct("!H").unpack_from
@@ -79,12 +83,20 @@ def parse_header(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, in
 
 
 def header_error(
-    b0: int, masked: int, opcode: int, length: int, started: int | None, size: int, limit: int
+    b0: int,
+    masked: int,
+    opcode: int,
+    length: int,
+    started: int | None,
+    size: int,
+    limit: int,
+    fragments: int = 0,
 ) -> tuple[int, str] | None:
     """The close code and reason a client frame header earns, or None when it is acceptable.
 
     `started` is the opcode of the fragmented message in progress (None: none), `size` the
-    bytes it holds so far, `limit` the largest message accepted.
+    bytes it holds so far, `limit` the largest message accepted, `fragments` the frames it
+    has so far.
     """
     if b0 & 0x70:
         return WS_PROTOCOL_ERROR, "Reserved bits set"
@@ -104,6 +116,8 @@ def header_error(
         return WS_PROTOCOL_ERROR, "Expected a continuation frame"
     if size + length > limit:
         return WS_MESSAGE_TOO_BIG, "Message too big"
+    if fragments >= MAX_FRAGMENTS:
+        return WS_MESSAGE_TOO_BIG, "Message in too many fragments"
     return None
 
 

@@ -41,7 +41,7 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from ipe import logs, protocol
+from ipe import forwarded, protocol
 from ipe.connection import CLOSING, ENDED, OPEN, Client
 
 if TYPE_CHECKING:
@@ -505,7 +505,8 @@ class HttpSessions:
             log.info("refused HTTP session for %s: %d %s", key[:64], code, message)
             client.close(code, message, error=True)
         else:
-            session.open_client(state, client, app, logs.remote_address(environ))
+            remote = forwarded.client_address(environ, state.config.trusted_proxies)
+            session.open_client(state, client, app, remote)
         return client
 
 

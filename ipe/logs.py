@@ -35,15 +35,6 @@ FIELDS = (
 )
 
 
-def remote_address(environ: dict[str, Any]) -> str:
-    """The client's address for logs: the peer of the TCP connection.
-
-    The one place that decides it, so that resolving X-Forwarded-For through trusted
-    proxies (`trusted_proxies`) needs a change here only.
-    """
-    return str(environ.get("REMOTE_ADDR") or "")
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, pid, then the FIELDS set."""
 

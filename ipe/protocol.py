@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import random
+import math
 import re
+import secrets
 from typing import Any
 
 PROTOCOL_VERSION = 7
@@ -88,6 +89,38 @@ def dumps(value: Any) -> str:
     return _compact(value)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: Python reads it as inf and would write Infinity
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+# One decoder for every message (json.loads with options builds a new one per call).
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads(text: str, surrogates: bool = False) -> Any:
+    """Strict JSON, ValueError for anything else: NaN and Infinity, numbers beyond a double,
+    nesting deeper than Python's recursion limit, and (unless `surrogates`, for a caller that
+    checks each string itself) lone surrogates, which UTF-8 cannot carry to anyone."""
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not surrogates and "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            _compact(value).encode()
+        except UnicodeEncodeError:
+            raise ValueError("JSON string with a lone surrogate") from None
+    return value
+
+
 # --- channels ---------------------------------------------------------------------------------
 
 
@@ -145,7 +178,9 @@ def valid_socket_id(socket_id: object) -> bool:
 
 def new_socket_id() -> str:
     """A fresh, practically unique socket id in Pusher's `\\d+.\\d+` shape."""
-    return f"{random.randrange(1, 1 << 31)}.{random.randrange(1, 1 << 31)}"
+    # secrets, not random: socket ids are not secret, but a predictable one would let a
+    # client guess another's and exclude it from events (REST socket_id) or impersonate it.
+    return f"{secrets.randbelow((1 << 31) - 1) + 1}.{secrets.randbelow((1 << 31) - 1) + 1}"
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -225,7 +260,7 @@ def presence_data(members: dict[str, Any]) -> str:
 def parse_client_message(raw: str) -> tuple[str, str | None, Any]:
     """Parse one client frame into (event, channel, data) or raise PusherError."""
     try:
-        message = json.loads(raw)
+        message = loads(raw)
     except ValueError:
         raise PusherError(GENERIC_RECONNECT, "Invalid JSON") from None
     if not isinstance(message, dict):
@@ -243,7 +278,7 @@ def event_data_object(data: Any) -> dict[str, Any] | None:
     """The `data` of a pusher:* client event as an object; old clients send a JSON string."""
     if isinstance(data, str):
         try:
-            data = json.loads(data)
+            data = loads(data)
         except ValueError:
             return None
     return data if isinstance(data, dict) else None

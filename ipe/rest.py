@@ -15,14 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from ipe import auth, logs, protocol, quotas
+from ipe import auth, forwarded, protocol, quotas
 from ipe.hub import EVENT, TERMINATE
 
 if TYPE_CHECKING:
@@ -144,29 +144,43 @@ def read_body(call: Call, limits: Limits) -> bytes:
         body = get_input_stream(environ, max_content_length=cap + 1).read()
     except RequestEntityTooLarge:
         body = None
+    except OSError:
+        # The client stopped sending within http_timeout (ipe.http_server shut the socket):
+        # nobody is left to read an answer.
+        raise ApiError(408, "Request body not received in time") from None
     if body is None or len(body) > cap:
         raise ApiError(413, f"Request body larger than {cap} bytes")
     return body
 
 
-def authenticate(app: AppConfig, call: Call, body: bytes) -> None:
-    """Check the request signature (401) and that the app is enabled (403)."""
+def authenticate(app: AppConfig, call: Call) -> bytes:
+    """Check the request signature (401) and that the app is enabled (403); then read the
+    body and check it against the signed body_md5 (401).
+
+    The body is read only once the query's signature holds, so that nobody without the
+    secret can make ipe read (or wait for) a body; reading it is bounded by http_timeout.
+    """
     try:
         auth.verify_rest(
-            app.key, app.secrets, call.method, call.signed_paths(), call.args, body, time.time()
+            app.key, app.secrets, call.method, call.signed_paths(), call.args, None, time.time()
         )
     except auth.RestAuthError as exc:
         raise ApiError(401, str(exc)) from None
     if not app.enabled:
         raise ApiError(403, "Application disabled")
+    body = read_body(call, app.limits)
+    try:
+        auth.verify_body_md5(call.args, body)
+    except auth.RestAuthError as exc:
+        raise ApiError(401, str(exc)) from None
+    return body
 
 
 def authorize(state: State, call: Call, app_id: str) -> tuple[AppConfig, bytes]:
     """The app of the path, after authenticating the request; and the request body."""
     app = find_app(state, app_id)
     call.app_id = app.app_id
-    body = read_body(call, app.limits)
-    authenticate(app, call, body)
+    body = authenticate(app, call)
     if call.method == "GET" and app.limits.max_read_requests_per_second:
         _take(state, app, quotas.READ_REQUESTS, 1, app.limits.max_read_requests_per_second)
     return app, body
@@ -192,22 +206,16 @@ def _take_events(state: State, app: AppConfig, events: list[_Event]) -> None:
         _take(state, app, quotas.BACKEND_EVENTS, sum(len(e.channels) for e in events), maximum)
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every request (json.loads with options builds a new one per call).
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
-
-
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object (400 if it is not one)."""
     try:
         # Strict UTF-8: json.loads(bytes) would also take UTF-16/32 and decode UTF-8-encoded
         # surrogates ("surrogatepass").
-        parsed = _decode_json(body.decode())
-    except (ValueError, RecursionError):
-        # RecursionError: a body of 100 000 nested brackets is within the size cap.
+        # protocol.loads: no NaN, Infinity or 1e999 (re-sent as Infinity), no nesting past
+        # the recursion limit (100 000 brackets are within the size cap). Lone surrogates are
+        # refused by _Event, which names the field that holds one.
+        parsed = protocol.loads(body.decode(), surrogates=True)
+    except ValueError:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise ApiError(400, "Request body must be a JSON object")
@@ -428,7 +436,7 @@ def terminate_without_app(state: State, call: Call, user_id: str) -> dict[str, A
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
-    authenticate(app, call, read_body(call, app.limits))
+    authenticate(app, call)
     return _terminate(state, app, user_id)
 
 
@@ -517,7 +525,7 @@ def finished(
             "path": call.path,
             "status": status,
             "duration_ms": round(elapsed, 1),
-            "remote_addr": logs.remote_address(environ),
+            "remote_addr": forwarded.client_address(environ, state.config.trusted_proxies),
         },
     )
 

@@ -8,14 +8,13 @@ one at a time; when the connection ends, `Session.cleanup` undoes everything it 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, channels, logs, origins, protocol, quotas
+from ipe import auth, channels, forwarded, origins, protocol, quotas
 from ipe.connection import Client, Connection, Gate
 from ipe.hub import EVENT, WATCH
 
@@ -305,7 +304,7 @@ class Session:
         ):
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signature for sign-in")
         try:
-            user = json.loads(user_data)
+            user = protocol.loads(user_data)
         except ValueError:
             user = None
         user_id = user.get("id") if isinstance(user, dict) else None
@@ -474,7 +473,7 @@ def handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | N
         return app, protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version[:8]}"
     if not _allowlist(app.allowed_origins).allows(environ.get("HTTP_ORIGIN")):
         return app, protocol.UNAUTHORIZED, "Origin not allowed"
-    if app.only_ssl and not _is_secure(environ):
+    if app.only_ssl and not forwarded.is_secure(environ, state.config.trusted_proxies):
         return (
             app,
             protocol.SSL_ONLY,
@@ -493,13 +492,6 @@ def _allowlist(patterns: tuple[str, ...]) -> origins.Allowlist:
 
 def _query(query_string: str) -> dict[str, str]:
     return dict(parse_qsl(query_string, keep_blank_values=True))
-
-
-def _is_secure(environ: dict[str, Any]) -> bool:
-    if environ.get("wsgi.url_scheme") == "https":
-        return True
-    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
-    return forwarded.split(",")[0].strip().lower() in ("https", "wss")
 
 
 def serve(state: State, environ: dict[str, Any]) -> None:
@@ -522,10 +514,11 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         on_overflow=state.metrics.slow_consumer_closes.inc,
         inline=state.handlers_never_block,
     )
-    remote = logs.remote_address(environ)
+    remote = forwarded.client_address(environ, config.trusted_proxies)
     if code is not None:
         log.info(
-            "refused connection to %s: %d %s",
+            "refused connection from %s to %s: %d %s",
+            remote,
             environ.get("PATH_INFO"),
             code,
             message,

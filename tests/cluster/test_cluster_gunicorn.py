@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +134,35 @@ def test_metrics_sum_every_worker(gunicorns, redis_server, tmp_path):
         assert server.metric("ipe_connections") == len(clients)
 
 
+def test_http_deadlines_hold_under_gunicorn(gunicorns, tmp_path):
+    """Slowloris under gunicorn: ipe's server and handler are installed in the worker, so an
+    idle socket, half a request line and an idle keep-alive are closed, and WebSockets live."""
+    config = {**BASE_CONFIG, "http_timeout": 1, "http_keepalive_timeout": 0.5}
+    server = Gunicorn(config, tmp_path, "gunicorn")
+    gunicorns.append(server)
+    server.start()
+    client = server.ws()
+    client.subscribe("orders")
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    half = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    keep = socket.create_connection(("127.0.0.1", server.port), timeout=8)
+    try:
+        half.sendall(b"GET /hea")
+        keep.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(1) == b""
+        assert half.recv(1) == b""
+        reply = b""
+        while chunk := keep.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in (idle, half, keep):
+            sock.close()
+    # The WebSocket outlived every HTTP deadline.
+    server.sdk().trigger("orders", "still", "here")
+    assert client.expect("still", "orders")["data"] == "here"
+
+
 NEW_APP = {"name": "New", "app_id": "2001", "key": "new-key", "secret": "new-secret"}
 
 
@@ -173,3 +204,24 @@ def test_sighup_reloads_every_worker_without_restarting_them(gunicorns, redis_se
     old._pusher_client.http.session.close()
     for client in clients:
         client.wait_for("still-here", "orders")
+
+
+def test_worker_connections_caps_nothing(gunicorns, tmp_path):
+    """gunicorn's pool of worker_connections would stop accepting once that many sockets sit
+    in the HTTP phase; under ipe's server, half-open sockets beyond it change nothing."""
+    config = {**BASE_CONFIG, "http_timeout": 60}
+    server = Gunicorn(config, tmp_path, "gunicorn", {"GUNICORN_CMD_ARGS": "--worker-connections 5"})
+    gunicorns.append(server)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=8) for _ in range(10)]
+    try:
+        clients = [server.ws() for _ in range(10)]
+        for i, client in enumerate(clients):
+            client.subscribe(f"room-{i}")
+        with urllib.request.urlopen(server.url + "/health", timeout=8) as reply:
+            assert reply.status == 200
+        server.sdk().trigger("room-9", "tick", "ok")
+        assert clients[9].expect("tick", "room-9")["data"] == "ok"
+    finally:
+        for sock in idle:
+            sock.close()

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import config_with
 
 OK_QUERY = "protocol=7&client=js&version=8.6.0&flash=false"
 
@@ -130,3 +131,9 @@ def test_a_refused_connection_does_not_disturb_others(server):
     refused(server.ws(key="nope"), 4001)
     server.sdk().trigger("orders", "ping", "x")
     assert client.expect("ping", "orders")["data"] == "x"
+
+
+def test_forwarded_proto_from_an_untrusted_peer_is_ignored(make_server):
+    """Only trusted_proxies may say a request came over TLS: here loopback is not one."""
+    server = make_server(config_with(trusted_proxies=["10.0.0.0/8"]))
+    refused(server.ws(key="tls-key", header=["X-Forwarded-Proto: https"]), 4000)

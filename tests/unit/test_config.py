@@ -572,6 +572,32 @@ def test_invalid_origin_pattern_names_the_entry():
     )
 
 
+# --- HTTP deadlines and trusted proxies (issue 10) ----------------------------------------------
+
+
+def test_http_limits_default_and_parse():
+    cfg = parse()
+    assert (cfg.http_timeout, cfg.http_keepalive_timeout, cfg.http_max_connections) == (10, 5, 1000)
+    assert cfg.trusted_proxies == ("127.0.0.1", "::1")
+    cfg = parse(http_timeout=2.5, http_keepalive_timeout="1", http_max_connections=50)
+    assert (cfg.http_timeout, cfg.http_keepalive_timeout, cfg.http_max_connections) == (2.5, 1, 50)
+
+
+def test_http_limits_are_checked():
+    fails("http_timeout: must be at least 0.1", http_timeout=0)
+    fails("http_max_connections: must be at least 1", http_max_connections=0)
+
+
+def test_trusted_proxies_take_a_list_a_comma_string_or_star():
+    assert parse(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxies == ("10.0.0.0/8", "::1")
+    assert parse(trusted_proxies="10.1.2.3, 127.0.0.1").trusted_proxies == ("10.1.2.3", "127.0.0.1")
+    assert parse(trusted_proxies=["*"]).trusted_proxies == ("*",)
+    assert parse(trusted_proxies=[]).trusted_proxies == ()
+    fails(
+        "trusted_proxies: not an address or network: 'proxy.local'", trusted_proxies=["proxy.local"]
+    )
+
+
 def test_drain_seconds_default_and_the_stop_budget_it_sets():
     assert parse().drain_seconds == 10
     cfg = parse(drain_seconds=2, webhooks={"flush_timeout": 1})

@@ -1,0 +1,250 @@
+"""ipe's HTTP front: gevent's pywsgi server and gevent-websocket's handler, with deadlines.
+
+pywsgi waits for a request without any limit, so a client that connects and sends nothing
+(or half a request line, or a body a byte a minute) would hold its socket and greenlet for
+ever, and enough of them would exhaust the process. Here every connection in the HTTP phase
+(TLS handshake, request line, headers, body, until the response starts) has a deadline,
+`http_timeout`; an idle keep-alive connection gets `http_keepalive_timeout` to start its next
+request. At most `http_max_connections` connections are in that phase per process: a new one
+beyond it closes the one that has waited longest, so a flood of half-open sockets can delay
+nobody's accept. A response is then written with a per-write timeout of `http_timeout`.
+
+A WebSocket leaves the HTTP phase with its `101` response, an HTTP-fallback stream
+(`ipe.http_transport`) with its `200`: from then on they are bounded by ipe's own limits
+(`ipe.connection` takes a plain socket from pywsgi, whose handler greenlet then ends). The
+greenlets are not capped by a pool either, so gunicorn's `worker_connections` caps nothing:
+the same Server and Handler serve `ipe` and gunicorn (see `install`).
+
+Deadlines are libev timers that shut the socket down when they fire: whatever greenlet was
+reading from it sees the end of the stream and finishes in the usual way; no exception is
+injected into application code.
+"""
+
+from __future__ import annotations
+
+import _socket
+import functools
+import logging
+import os
+import socket
+from typing import Any
+
+import gevent
+import gevent.pool
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
+
+from ipe import http_handler
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 10.0  # seconds between log lines about closed connections
+
+
+class _Waiting:
+    """One connection in the HTTP phase: its descriptor and the timer that closes it."""
+
+    __slots__ = ("fd", "timer")
+
+    def __init__(self, sock: Any) -> None:
+        # The descriptor, not the socket object: a TLS handshake moves the descriptor from
+        # the accepted socket into an SSLSocket, which must be woken the same way.
+        self.fd: int = sock.fileno()
+        self.timer: Any = None
+
+
+class Deadlines:
+    """The connections of one process still in the HTTP phase, each with a deadline."""
+
+    def __init__(self, timeout: float, keepalive_timeout: float, max_connections: int) -> None:
+        self.timeout = timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_connections = max_connections
+        self._waiting: dict[_Waiting, None] = {}  # insertion order: longest waiting first
+        self.expired = 0  # deadlines missed
+        self.evicted = 0  # connections closed to make room
+        self._reported = (0, 0)
+        self._report: Any = None  # a timer while a log line is due
+
+    @classmethod
+    def from_config(cls, config: Any) -> Deadlines:
+        """The deadlines `config` (an ipe.config.Config) asks for."""
+        return cls(config.http_timeout, config.http_keepalive_timeout, config.http_max_connections)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def admit(self, sock: Any) -> _Waiting:
+        """A new connection: start its `http_timeout`, closing the oldest if we are full."""
+        waiting = _Waiting(sock)
+        self.arm(waiting, self.timeout)
+        return waiting
+
+    def arm(self, waiting: _Waiting, seconds: float) -> None:
+        """(Re)start the deadline of `waiting`, which then counts as the newest."""
+        if waiting.timer is not None:
+            waiting.timer.close()
+        self._waiting.pop(waiting, None)
+        while len(self._waiting) >= self.max_connections:
+            oldest = next(iter(self._waiting))
+            self.evicted += 1
+            self._expire(oldest)
+        self._waiting[waiting] = None
+        timer = waiting.timer = gevent.get_hub().loop.timer(seconds)
+        timer.start(self._on_timer, waiting)
+
+    def release(self, waiting: _Waiting) -> None:
+        """The connection has left the HTTP phase (or ended): no deadline any more."""
+        self._waiting.pop(waiting, None)
+        if waiting.timer is not None:
+            waiting.timer.close()
+            waiting.timer = None
+
+    def _on_timer(self, waiting: _Waiting) -> None:
+        self.expired += 1
+        self._expire(waiting)
+
+    def _closed_one(self) -> None:
+        """Log what was closed, at most once every REPORT_EVERY seconds: under a flood, one
+        line per connection would be the attacker's to write."""
+        if self._report is None:
+            self._report = gevent.get_hub().loop.timer(REPORT_EVERY)
+            self._report.start(self._log_closed)
+
+    def _log_closed(self) -> None:
+        self._report.close()
+        self._report = None
+        expired, evicted = self._reported
+        self._reported = (self.expired, self.evicted)
+        log.info(
+            "closed %d connections that did not send a request within http_timeout or "
+            "http_keepalive_timeout, and %d to stay within http_max_connections=%d",
+            self.expired - expired,
+            self.evicted - evicted,
+            self.max_connections,
+        )
+
+    def _expire(self, waiting: _Waiting) -> None:
+        """Shut the connection down (in the hub: never blocks); its reader then sees the end.
+
+        Through a duplicate of the descriptor: shutdown acts on the connection, so whichever
+        object reads it (socket, SSLSocket mid-handshake, pywsgi's buffered file) sees EOF.
+        The descriptor is still the connection's: a handler releases its deadline before
+        its greenlet can yield after closing the socket.
+        """
+        self.release(waiting)
+        self._closed_one()
+        try:
+            dup = _socket.socket(fileno=os.dup(waiting.fd))
+        except OSError:
+            return
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+        finally:
+            dup.close()
+
+
+class Handler(http_handler.Handler):  # type: ignore[misc]
+    """ipe's keep-alive handler (`ipe.http_handler`) with the deadlines of `Server.deadlines`."""
+
+    _waiting: _Waiting | None = None
+    _requests = 0
+
+    def handle(self) -> None:
+        """Serve the connection's requests (keep-alive), each within its deadline."""
+        deadlines: Deadlines = self.server.deadlines
+        if self._waiting is None:
+            self._waiting = deadlines.admit(self.socket)
+        try:
+            super().handle()
+        finally:
+            deadlines.release(self._waiting)
+
+    def read_requestline(self) -> str:
+        """The next request line; after the first request, first wait for it as keep-alive."""
+        deadlines: Deadlines = self.server.deadlines
+        waiting = self._waiting
+        if self._requests and waiting is not None:
+            self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
+            deadlines.arm(waiting, deadlines.keepalive_timeout)
+            try:
+                if not self.rfile.peek(1):
+                    return ""
+            except OSError:
+                return ""
+            deadlines.arm(waiting, deadlines.timeout)
+        self._requests += 1
+        line: str = super().read_requestline()
+        if line and not line.endswith("\n") and len(line) < MAX_REQUEST_LINE:
+            # Cut off by the end of the stream (our deadline, or the client): pywsgi would
+            # serve "GET /hea" as an HTTP/0.9 request and log it. Close without an answer.
+            return ""
+        return line
+
+    def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Any:
+        """The response starts: the request has been read, the HTTP phase is over.
+
+        A WebSocket (`101`) or an HTTP-fallback stream then lives as long as it is used.
+        Other responses are written with a per-write timeout of `http_timeout` instead, so
+        that a client that never reads a response cannot hold its handler for ever.
+        """
+        deadlines: Deadlines = self.server.deadlines
+        if self._waiting is not None:
+            deadlines.release(self._waiting)
+        if not str(status).startswith("101") and self.socket is not None:
+            self.socket.settimeout(deadlines.timeout)
+        return super().start_response(status, headers, exc_info)
+
+
+class Server(WSGIServer):  # type: ignore[misc]
+    """pywsgi's server with `Handler`, shared deadlines, and no cap on handler greenlets."""
+
+    handler_class = Handler
+
+    def __init__(
+        self,
+        listener: Any,
+        application: Any = None,
+        *,
+        deadlines: Deadlines,
+        spawn: Any = "default",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(spawn, gevent.pool.Pool):
+            # gunicorn's pool of `worker_connections`: a full pool stops accepting, which
+            # must not happen because of open TLS WebSockets or half-open sockets (the
+            # deadlines bound those). A pool of practically unbounded size keeps gunicorn's
+            # drain check (free_count() == size once no handler runs) working.
+            spawn = gevent.pool.Pool(2**31 - 1)  # the largest a gevent Semaphore takes
+        kwargs["handler_class"] = Handler
+        super().__init__(listener, application, spawn=spawn, **kwargs)
+        self.deadlines = deadlines
+
+    def handle(self, sock: Any, address: Any) -> None:
+        """Serve a plain connection (the deadline starts in the handler)."""
+        self._serve(sock, address, None)
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> None:
+        """Serve a TLS connection: the deadline covers the handshake too."""
+        waiting = self.deadlines.admit(client_socket)
+        try:
+            ssl_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.deadlines.release(waiting)
+            log.debug("TLS handshake with %s failed: %s", address, exc)
+            return
+        self._serve(ssl_socket, address, waiting)
+
+    def _serve(self, sock: Any, address: Any, waiting: _Waiting | None) -> None:
+        handler = self.handler_class(sock, address, self)
+        handler._waiting = waiting
+        handler.handle()
+
+
+def install(worker: Any) -> None:
+    """Make a gunicorn gevent worker serve with `Server` and `Handler` (gunicorn.conf.py's
+    post_worker_init), whichever gevent worker class `-k` named."""
+    config = worker.wsgi.extensions["ipe"].config
+    worker.server_class = functools.partial(Server, deadlines=Deadlines.from_config(config))
+    worker.wsgi_handler = Handler

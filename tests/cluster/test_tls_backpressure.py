@@ -1,0 +1,109 @@
+"""A TLS connection stops being read while its messages wait (issue 10 item 2), as a plain one
+does: with Redis slowed down, each message's handler waits, and a client that keeps sending
+finds its socket full instead of filling the server's memory."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+import threading
+
+import websocket
+from cluster_support import FIXTURES, redis_config, wait_ready
+from conftest import free_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+make_redis, redis_server, nodes = FIXTURES
+
+NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
+# What a client may push before the server stops reading: the kernel's socket buffers (a few
+# MB each way on loopback) plus 64 queued messages. Without back-pressure the server reads on
+# and the client reaches this far larger bound.
+BOUND = 64 << 20
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1; returns (key_file, cert_file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(key_file), str(cert_file)
+
+
+def test_tls_reader_pauses_while_the_handler_is_behind(make_server, make_redis, tmp_path):
+    redis_server = make_redis("--enable-debug-command", "yes")
+    key_file, cert_file = self_signed(tmp_path)
+    port = free_port()
+    # Slow, not gone: no health check or heartbeat may declare Redis unreachable (ipe would
+    # then stop waiting for it), and commands wait longer than Redis sleeps.
+    config = redis_config(
+        redis_server.url,
+        timeout=5,
+        health_check_interval=60,
+        heartbeat_interval=30,
+        node_timeout=60,
+    )
+    config["ssl"] = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    server = make_server(config)
+    wait_ready(server)
+    client = server.ws(origin=f"wss://127.0.0.1:{port}", **NO_VERIFY)
+    # Redis answers, but only every ~0.8 s (within ipe's command timeout): every
+    # subscription to a new channel waits that long, far slower than the client sends.
+    slow = threading.Event()
+
+    def stall() -> None:
+        admin = redis_server.client()
+        while not slow.is_set():
+            admin.execute_command("DEBUG", "SLEEP", "0.8")
+
+    staller = threading.Thread(target=stall)
+    staller.start()
+    sent = 0
+    try:
+        client.ws.sock.settimeout(3.0)
+        while sent < BOUND:
+            message = json.dumps(
+                {"event": "pusher:subscribe", "data": {"channel": f"c-{sent}"}, "pad": "p" * 1000}
+            )
+            try:
+                client.send_raw(message)
+            except (TimeoutError, websocket.WebSocketTimeoutException):
+                break
+            sent += len(message)
+    finally:
+        slow.set()
+        staller.join()
+        client.ws.shutdown()
+    assert sent < BOUND, f"the server read {sent} bytes while its handler was stalled"
+    # Nothing stays stuck: once Redis is back, TLS clients are served again.
+    wait_ready(server)
+    other = server.ws(origin=f"wss://127.0.0.1:{port}", **NO_VERIFY)
+    assert other.subscribe("after")["event"] == "pusher_internal:subscription_succeeded"

@@ -1,0 +1,248 @@
+"""Slow and half-open HTTP clients (issue 10 item 1): every request has a deadline, idle
+keep-alives are closed, and a flood of half-open sockets cannot stop anyone else.
+
+Raw TCP sockets against the real server, with small `http_timeout` values in the config.
+Every wait is bounded; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import select
+import socket
+import ssl
+import time
+import urllib.request
+
+import pytest
+import requests
+from conftest import APP_ID, KEY, SECRET, config_with, free_port
+from test_tls import self_signed
+
+TIMEOUT = 1.0  # http_timeout of these servers
+KEEPALIVE = 0.5
+# How long a test waits for the server to close a socket: far beyond the deadline, so that a
+# loaded machine cannot fail it, and far below "never" (without a deadline: minutes).
+CLOSE_BOUND = 8.0
+
+
+_opened: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets():
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server(config_with(http_timeout=TIMEOUT, http_keepalive_timeout=KEEPALIVE))
+
+
+def connect(server, port: int | None = None) -> socket.socket:
+    """A raw TCP connection to the server (closed after the test)."""
+    sock = socket.create_connection(("127.0.0.1", port or server.port), timeout=CLOSE_BOUND)
+    _opened.append(sock)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, bound: float = CLOSE_BOUND) -> bytes:
+    """Everything the server sends until it closes the connection; fails after `bound` s."""
+    deadline = time.monotonic() + bound
+    received = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"still open after {bound}s; received {received[:200]!r}")
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return received
+        if not data:
+            return received
+        received += data
+
+
+def signed_target(method: str, path: str, body: bytes) -> str:
+    """`path?query` signed for the main app (body_md5 included when there is a body)."""
+    params = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
+    if body:
+        params["body_md5"] = hashlib.md5(body).hexdigest()
+    query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    signature = hmac.new(
+        SECRET.encode(), f"{method}\n{path}\n{query}".encode(), hashlib.sha256
+    ).hexdigest()
+    return f"{path}?{query}&auth_signature={signature}"
+
+
+def health(server) -> bool:
+    with urllib.request.urlopen(server.url + "/health", timeout=CLOSE_BOUND) as reply:
+        return reply.status == 200
+
+
+def test_idle_tcp_connection_is_closed_within_http_timeout(server):
+    sock = connect(server)
+    assert read_until_closed(sock) == b""
+
+
+def test_half_request_line_is_closed(server):
+    sock = connect(server)
+    sock.sendall(b"GET /hea")
+    assert read_until_closed(sock) == b""
+
+
+def test_request_trickled_a_byte_at_a_time_is_closed(server):
+    """Each byte arrives well within the deadline; the request as a whole does not."""
+    sock = connect(server)
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200 + b"\r\n\r\n"
+    deadline = time.monotonic() + CLOSE_BOUND
+    for byte in request:
+        assert time.monotonic() < deadline, "never closed"
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        readable, _, _ = select.select([sock], [], [], 0.1)
+        if readable:
+            assert sock.recv(65536) == b"", "the trickled request was answered"
+            return
+    raise AssertionError("the whole trickled request went through")
+
+
+def test_slow_body_of_a_signed_rest_request_is_closed(server):
+    body = b'{"name":"e","channels":["c"],"data":"x"}'
+    target = signed_target("POST", f"/apps/{APP_ID}/events", body)
+    sock = connect(server)
+    sock.sendall(
+        f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:5]
+    )
+    assert b"200 OK" not in read_until_closed(sock)
+
+
+def test_unsigned_rest_request_is_refused_before_its_body_is_read(server):
+    """The body never comes; the answer does not wait for it (the signature covers
+    body_md5, so nothing unsigned makes ipe read or wait for a body)."""
+    sock = connect(server)
+    sock.sendall(
+        f"POST /apps/{APP_ID}/events?auth_key={KEY}&auth_timestamp=1&auth_version=1.0"
+        "&auth_signature=00 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100000\r\n\r\n".encode()
+    )
+    reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 401"), reply
+
+
+def test_signed_rest_request_still_works(server):
+    body = b'{"name":"e","channels":["c"],"data":"x"}'
+    client = server.ws()
+    client.subscribe("c")
+    sock = connect(server)
+    sock.sendall(
+        f"POST {signed_target('POST', f'/apps/{APP_ID}/events', body)} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    assert client.expect("e", "c")["data"] == "x"
+
+
+def test_idle_keep_alive_connection_is_closed(server):
+    sock = connect(server)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 200") and b'"ok":true' in reply
+
+
+def test_keep_alive_serves_several_requests(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=CLOSE_BOUND)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/health")
+            reply = conn.getresponse()
+            assert reply.status == 200 and reply.read() == b'{"ok":true}\n'
+            assert not reply.will_close
+    finally:
+        conn.close()
+
+
+def test_websocket_outlives_the_http_deadline(server):
+    """The deadline ends with the 101: an open WebSocket is not an HTTP request."""
+    client = server.ws()
+    client.subscribe("lives")
+    sock = connect(server)
+    assert read_until_closed(sock) == b""  # one http_timeout has passed
+    client.sync()
+    server.sdk().trigger("lives", "still", "here")
+    assert client.expect("still", "lives")["data"] == "here"
+
+
+def test_tls_handshake_has_the_deadline_too(make_server, tmp_path):
+    key_file, cert_file = self_signed(tmp_path)
+    port = free_port()
+    ssl_section = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    server = make_server(config_with(ssl=ssl_section, http_timeout=TIMEOUT))
+    silent = connect(server, port)
+    assert read_until_closed(silent) == b""
+    half = connect(server, port)
+    half.sendall(b"\x16\x03\x01\x00\xff")  # a TLS record header, and then nothing
+    read_until_closed(half)
+    # TLS itself still works: a wss:// client connects and is greeted.
+    client = server.ws(
+        origin=f"wss://127.0.0.1:{port}",
+        sslopt={"cert_reqs": ssl.CERT_NONE, "check_hostname": False},
+    )
+    assert client.socket_id
+
+
+def test_half_open_flood_does_not_stop_websockets_rest_or_health(make_server):
+    """Far more half-open sockets than http_max_connections, each of which would wait a full
+    minute: the oldest are closed to make room, and a normal client notices nothing."""
+    server = make_server(config_with(http_timeout=60, http_max_connections=100))
+    flood: list[socket.socket] = []
+    sdk = server.sdk()
+    for round_ in range(6):
+        for _ in range(100):
+            sock = connect(server)
+            if round_ % 2:
+                sock.sendall(b"GET /hea")  # half a request line
+            flood.append(sock)
+        client = server.ws()
+        client.subscribe(f"room-{round_}")
+        sdk.trigger(f"room-{round_}", "tick", str(round_))
+        assert client.expect("tick", f"room-{round_}")["data"] == str(round_)
+        assert health(server)
+        client.close()
+    # The cap held: the oldest 400 of the 600 have been closed by the server.
+    for sock in flood[:400]:
+        assert read_until_closed(sock) == b""
+
+
+def test_http_fallback_stream_outlives_the_http_deadline(server):
+    """pusher-js's xhr_streaming keeps its 200 response open: the HTTP phase ended with it."""
+    query = "?protocol=7&client=js&version=8.6.0&flash=false"
+    base = f"{server.url}/pusher/app/{KEY}/7/stream01"
+    with requests.post(f"{base}/xhr_streaming{query}", stream=True, timeout=CLOSE_BOUND) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "s"}})])
+        assert requests.post(f"{base}/xhr_send", data=body, timeout=CLOSE_BOUND).status_code == 204
+        assert b"subscription_succeeded" in next(lines)
+        assert read_until_closed(connect(server)) == b""  # one http_timeout has passed
+        server.sdk().trigger("s", "late", "still streaming")
+        assert b"still streaming" in next(lines)
