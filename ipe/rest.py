@@ -132,15 +132,15 @@ def read_body(call: Call, limits: Limits) -> bytes:
     cap = body_cap(limits)
     environ = call.environ
     length = environ.get("CONTENT_LENGTH", "")
-    if (
-        environ.get("wsgi.input_terminated")
-        and "HTTP_TRANSFER_ENCODING" not in environ
-        and (not length or (length.isascii() and length.isdigit() and int(length) <= cap))
-    ):
-        # The server ends the stream at the declared length (at once without one): werkzeug's
-        # wrapper would add nothing but its own read loop.
-        return environ["wsgi.input"].read()  # type: ignore[no-any-return]
     try:
+        if (
+            environ.get("wsgi.input_terminated")
+            and "HTTP_TRANSFER_ENCODING" not in environ
+            and (not length or (length.isascii() and length.isdigit() and int(length) <= cap))
+        ):
+            # The server ends the stream at the declared length (at once without one):
+            # werkzeug's wrapper would add nothing but its own read loop.
+            return environ["wsgi.input"].read()  # type: ignore[no-any-return]
         body = get_input_stream(environ, max_content_length=cap + 1).read()
     except RequestEntityTooLarge:
         body = None
