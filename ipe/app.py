@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -17,6 +17,7 @@ from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
 from ipe.connection import CLOSE_WAIT
+from ipe.console.tap import Tap
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
@@ -41,6 +42,8 @@ class State:
     draining: bool = False
     redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.janitor.Janitor, with it
+    tap: Tap = field(default_factory=Tap)  # what the console sees; idle unless it watches
+    console: Any = None  # ipe.console.service.Console when the console is enabled
 
     @property
     def handlers_never_block(self) -> bool:
@@ -58,6 +61,8 @@ class State:
             self.redis.start()
         self.broker.start()
         self.webhooks.start()
+        if self.console is not None:
+            self.console.start()
 
     def shutdown(self) -> None:
         """Tell every client to reconnect elsewhere (4200), then stop background work."""
@@ -76,7 +81,9 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        self.metrics.add_tallies(len(self.hub.connections), *self.hub.take_tallies())
+        opened, received, delivered, closes = self.hub.take_tallies()
+        self.metrics.add_tallies(len(self.hub.connections), opened, received, delivered, closes)
+        self.tap.add_tallies(received, delivered)
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -166,6 +173,16 @@ def create_app(config: Config | None = None) -> Flask:
     if config is None:
         config = config_module.load(config_path())
     state = build_state(config)
+    app = build_app(state)
+    # Started inside the serving process (after any fork), never at import time.
+    gevent.spawn(state.start)
+    return app
+
+
+def build_app(state: State) -> Flask:
+    """The Flask app around `state`, with nothing started (Flask's test client uses it)."""
+    config = state.config
+    state.webhooks.tap = state.tap
     # gevent-websocket logs every HTTP request itself, query string (and so auth_signature)
     # included; ipe.rest logs each REST call without it.
     logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
@@ -177,6 +194,10 @@ def create_app(config: Config | None = None) -> Flask:
     from ipe import rest
 
     app.register_blueprint(rest.blueprint)
+    if config.console.enabled:
+        from ipe import console
+
+        console.install(app, state)
 
     @app.get("/")
     def index() -> Response:
@@ -201,6 +222,4 @@ def create_app(config: Config | None = None) -> Flask:
         state.export_metrics()
         return Response(state.metrics.render(), content_type=CONTENT_TYPE)
 
-    # Started inside the serving process (after any fork), never at import time.
-    gevent.spawn(state.start)
     return app

@@ -136,6 +136,25 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleUser:
+    """One console login: `password` is plain text or a Werkzeug `pbkdf2:`/`scrypt:` hash."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The debug console in the browser (top-level `console:`); off by default."""
+
+    enabled: bool = False
+    path: str = "/console"
+    users: tuple[ConsoleUser, ...] = ()
+    secret_key: str = field(default="", repr=False)
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one ipe instance."""
 
@@ -151,6 +170,7 @@ class Config:
     instance_id: str = ""
     log_level: str = "info"
     webhooks: WebhookSettings = WebhookSettings()
+    console: ConsoleConfig = ConsoleConfig()
 
     def app_by_key(self, key: str) -> AppConfig | None:
         """The app whose public key is `key`."""
@@ -512,6 +532,53 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
     return redis
 
 
+# First path segments of ipe's own routes, which the console must not shadow.
+_RESERVED_PATHS = frozenset(
+    {"apps", "app", "users", "health", "healthz", "ready", "readyz", "metrics"}
+)
+
+
+def _console(section: _Section, env: Mapping[str, str]) -> ConsoleConfig:
+    enabled = section.bool("enabled", False)
+    path = "/" + section.str("path", ConsoleConfig.path).strip("/")
+    users_raw = section.get("users", [])
+    secret_key = section.str("secret_key", env.get("IPE_SECRET_KEY", ""))
+    hours = section.float("session_hours", ConsoleConfig.session_hours, minimum=0.001)
+    section.done()
+    if not isinstance(users_raw, list):
+        raise ConfigError("console.users: must be a list of {username, password}")
+    users = []
+    for i, raw in enumerate(users_raw):
+        user = _Section(raw, f"console.users[{i}]")
+        users.append(ConsoleUser(username=user.str("username"), password=user.str("password")))
+        user.done()
+        for name in ("username", "password"):
+            if not getattr(users[-1], name):
+                raise ConfigError(f"console.users[{i}].{name}: must not be empty")
+    if not enabled:
+        return ConsoleConfig(path=path)
+    if path == "/" or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path):
+        raise ConfigError("console.path: must be a URL path such as /console")
+    if path.split("/")[1] in _RESERVED_PATHS:
+        raise ConfigError(f"console.path: {path} would hide ipe's own routes")
+    if not secret_key:
+        raise ConfigError(
+            "console.secret_key: required when the console is enabled (set IPE_SECRET_KEY "
+            "to a long random string)"
+        )
+    if len(secret_key) < 16:
+        raise ConfigError("console.secret_key: must be at least 16 characters")
+    if not users:
+        raise ConfigError("console.users: at least one user is required when enabled")
+    return ConsoleConfig(
+        enabled=True,
+        path=path,
+        users=tuple(users),
+        secret_key=secret_key,
+        session_hours=hours,
+    )
+
+
 def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Build a Config from parsed YAML, expanding `${VAR}` from `env` (default os.environ)."""
     env = os.environ if env is None else env
@@ -554,6 +621,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
         webhooks=_webhook_settings(top.section("webhooks")),
+        console=_console(top.section("console"), env),
     )
     top.done()
     return config

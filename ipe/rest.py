@@ -217,6 +217,8 @@ class _Event:
             if protocol.is_cache(channel):
                 state.cache.put(app_id, channel, self.name, self.data, app.limits.cache_ttl)
             state.broker.publish(app_id, EVENT, channel, payload, self.socket_id)
+            if app_id in state.tap.apps:
+                state.tap.api_message(app_id, channel, self.name, self.data)
 
 
 def _encodable(text: str) -> bool:

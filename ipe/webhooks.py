@@ -36,6 +36,7 @@ from gevent import Greenlet
 from ipe import __version__, protocol
 from ipe.auth import webhook_signature
 from ipe.config import AppConfig, WebhookSettings, WebhookTarget
+from ipe.console.tap import Tap
 from ipe.webhook_store import (
     Arrival,
     Batch,
@@ -128,6 +129,7 @@ class Webhooks:
         self._dropped_unlogged = 0
         self._drop_logged_at = -_DROP_LOG_INTERVAL
         self._opener = urllib.request.build_opener(_NoRedirect)
+        self.tap = Tap()  # the console's (set by ipe.app); idle unless the console is on
 
     # --- the WebSocket side -------------------------------------------------------------------
 
@@ -286,7 +288,9 @@ class Webhooks:
         try:
             while True:
                 attempts += 1
+                began = time.monotonic()
                 error = self._post(target.url, body, headers)
+                self._tell_console(app.app_id, batch, target, error, attempts, began, False)
                 if error is None:
                     if self.metrics is not None:
                         self.metrics.webhooks_sent.inc()
@@ -296,6 +300,7 @@ class Webhooks:
                         len(batch.events),
                         safe_url(target.url),
                     )
+                    self._tell_console(app.app_id, batch, target, None, attempts, began, True)
                     break
                 wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
                 if self._stopping.is_set():
@@ -318,6 +323,7 @@ class Webhooks:
                         time.time() - batch.created_ms / 1000,
                         error,
                     )
+                    self._tell_console(app.app_id, batch, target, error, attempts, began, True)
                     break
                 log.info(
                     "webhook to %s failed (%s); attempt %d, next in %.1fs",
@@ -338,6 +344,23 @@ class Webhooks:
         finally:
             self._senders.pop(batch.lane, None)
             self._wake.set()
+
+    def _tell_console(
+        self,
+        app_id: str,
+        batch: Batch,
+        target: WebhookTarget,
+        error: str | None,
+        attempts: int,
+        began: float,
+        final: bool,
+    ) -> None:
+        """Report an attempt (`final`: the batch's outcome) to the console's tap."""
+        tap = self.tap
+        if final if tap.deliveries is not None else app_id in tap.apps:
+            latency = time.monotonic() - began
+            url = safe_url(target.url)
+            tap.webhook(app_id, batch.lane, url, len(batch.events), error, attempts, latency, final)
 
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
         """POST once; None on a 2xx answer, else why not."""

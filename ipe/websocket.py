@@ -194,12 +194,22 @@ class Session:
                         self.app,
                         {"name": "member_added", "channel": channel, "user_id": member[0]},
                     )
+                    if app_id in state.tap.apps:
+                        state.tap.emit(app_id, "member_added", channel=channel, user_id=member[0])
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
             self._release_waiting(channel, waiting, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
+        if app_id in state.tap.apps:
+            state.tap.emit(
+                app_id,
+                "subscribed",
+                channel=channel,
+                socket_id=conn.socket_id,
+                user_id=member[0] if member else None,
+            )
 
     def _release_waiting(
         self, channel: str, waiting: list[tuple[int | None, bytes]], version: int | None
@@ -312,7 +322,11 @@ class Session:
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )
+            if app_id in state.tap.apps:
+                state.tap.emit(app_id, "member_removed", channel=channel, user_id=user_id)
         count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
+        if app_id in state.tap.apps:
+            state.tap.emit(app_id, "unsubscribed", channel=channel, socket_id=conn.socket_id)
         # The count first: Pusher delays channel_vacated, so its receivers see 0 before it.
         state.counts.changed(self.app, channel, count)
         if count == 0:
@@ -426,6 +440,14 @@ class Session:
             conn.events_count = 0
         conn.events_count += 1
         if conn.events_count > limits.client_events_per_second:
+            if app.app_id in self.state.tap.apps:
+                self.state.tap.emit(
+                    app.app_id,
+                    "rate_limited",
+                    channel=channel,
+                    socket_id=conn.socket_id,
+                    limit="client_events_per_second",
+                )
             raise protocol.PusherError(
                 protocol.CLIENT_EVENT_REJECTED, "Client event rejected due to rate limit"
             )
@@ -445,6 +467,16 @@ class Session:
             event, channel, protocol.dumps(data) if text is data else text, user_id
         )
         self.state.broker.publish(app.app_id, EVENT, channel, payload, conn.socket_id)
+        if app.app_id in self.state.tap.apps:
+            self.state.tap.emit(
+                app.app_id,
+                "client_event",
+                channel=channel,
+                event=event,
+                socket_id=conn.socket_id,
+                size=size,
+                preview=text[:120],
+            )
         if app.webhooks:
             webhook: dict[str, Any] = {
                 "name": "client_event",
@@ -537,6 +569,9 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         conn.close(code, message, error=True)
     else:
         _open(state, conn, app)
+        if app.app_id in state.tap.apps:
+            origin = str(environ.get("HTTP_ORIGIN", ""))[:200]
+            state.tap.emit(app.app_id, "connected", socket_id=conn.socket_id, origin=origin)
     conn.start()
 
 
@@ -551,6 +586,10 @@ def _open(state: State, conn: Connection, app: AppConfig) -> None:
             session.cleanup()
         finally:
             state.hub.unregister(conn)
+            if app.app_id in state.tap.apps:
+                state.tap.emit(
+                    app.app_id, "disconnected", socket_id=conn.socket_id, code=conn.close_code
+                )
             log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, conn.close_code)
 
     conn.on_message = session.on_message

@@ -1,0 +1,226 @@
+"""The console across a cluster: one Redis Pub/Sub channel carries leases, node numbers and
+the records of watched apps.
+
+A node with a console stream of an app publishes a *lease* for it every `LEASE_EVERY`
+seconds; every node that hears it adds the app to its tap until the lease runs out, and from
+then publishes that app's records (in order: one publisher greenlet, one connection). A
+node with an overview open leases `OVERVIEW` instead, and every node answers with its numbers.
+Nobody watching: no lease, no records, nothing published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from ipe.redisconn import REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from ipe.console.service import Console
+    from ipe.redisconn import RedisLink
+
+log = logging.getLogger(__name__)
+
+LEASE_EVERY = 2.0  # seconds between two leases of a watched app
+LEASE_TTL = 7.0  # a lease not renewed for this long ends
+OVERVIEW = "*overview*"  # the lease asking every node for its numbers
+OUTBOX = 10000  # records waiting for Redis; beyond, new ones are dropped (counted)
+BATCH = 256  # messages per pipeline
+DELIVERIES_KEPT = 50
+
+
+class Relay:
+    """Console traffic through Redis: leases out, records and numbers in."""
+
+    def __init__(self, link: RedisLink, console: Console) -> None:
+        self.link = link
+        self.console = console
+        self.tap = console.tap
+        self.channel = f"{link.prefix}:console"
+        self._outbox: deque[bytes] = deque()
+        self._publisher: gevent.Greenlet | None = None
+        self._listener: gevent.Greenlet | None = None
+        self._pubsub: Any = None
+        self._overview_until = 0.0
+        self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start listening (once per process)."""
+        if self._listener is None:
+            self._listener = gevent.spawn(self._listen_forever)
+
+    # --- out ----------------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if len(self._outbox) >= OUTBOX or not self.link.up:
+            self.dropped += 1
+            return
+        self._outbox.append(json.dumps(message, separators=(",", ":")).encode())
+        if self._publisher is None:
+            self._publisher = gevent.spawn(self._publish_waiting)
+
+    def _publish_waiting(self) -> None:
+        outbox = self._outbox
+        try:
+            while outbox:
+                batch = [outbox.popleft() for _ in range(min(len(outbox), BATCH))]
+                try:
+                    client = self.link.client
+                    if len(batch) == 1 or self.link.config.cluster:
+                        for message in batch:
+                            client.publish(self.channel, message)
+                    else:
+                        pipe = client.pipeline(transaction=False)
+                        for message in batch:
+                            pipe.publish(self.channel, message)
+                        pipe.execute()
+                except REDIS_ERRORS as exc:
+                    self.dropped += len(batch)
+                    self.link.mark_down(exc)
+        finally:
+            self._publisher = None
+
+    def publish(self, app_id: str, record: dict[str, Any]) -> None:
+        """The tap's sink: one record of a watched app, to every node's watchers."""
+        record["a"] = app_id
+        self._send(record)
+
+    def watched_here(self, app_id: str, watched: bool) -> None:
+        """The watchers' callback: lease at once, so records start flowing now."""
+        if watched:
+            self.tap.apps[app_id] = time.monotonic() + LEASE_TTL
+            self._send({"lease": app_id})
+
+    def overview_wanted(self) -> None:
+        """An overview is open here: ask every node for its numbers for a while."""
+        now = time.monotonic()
+        if now > self._overview_until - LEASE_TTL + LEASE_EVERY:
+            self._send({"lease": OVERVIEW})
+        self._overview_until = now + LEASE_TTL
+
+    def tick(self) -> None:
+        """Every few seconds: renew our leases, drop expired ones, answer an overview lease."""
+        now = time.monotonic()
+        for app_id in tuple(self.console.watchers.streams):
+            self._send({"lease": app_id})
+        if now < self._overview_until:
+            self._send({"lease": OVERVIEW})
+        for app_id, until in tuple(self.tap.apps.items()):
+            if until < now:
+                self.tap.apps.pop(app_id, None)
+        if OVERVIEW in self.tap.apps:
+            self._send({"stats": self.console.node_stats()})
+
+    # --- in -----------------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """One message from the channel."""
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        app_id = message.pop("a", None)
+        if isinstance(app_id, str):
+            self.console.watchers.deliver(app_id, message)
+        elif isinstance(message.get("lease"), str):
+            self.tap.apps[message["lease"]] = time.monotonic() + LEASE_TTL
+        elif isinstance(message.get("stats"), dict):
+            stats = message["stats"]
+            if isinstance(stats.get("node"), str):
+                self._nodes[stats["node"]] = (time.monotonic(), stats)
+
+    def nodes(self, here: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every live node (heartbeats in Redis) with its latest numbers, this one first."""
+        now = time.monotonic()
+        for node, (seen, _stats) in tuple(self._nodes.items()):
+            if now - seen > LEASE_TTL:
+                del self._nodes[node]
+        alive = self._heartbeats()
+        result = [here]
+        names = set(self._nodes) | (alive or set())
+        names.discard(here["node"])
+        for node in sorted(names):
+            if node in self._nodes:
+                result.append(self._nodes[node][1])
+            else:
+                result.append({"node": node, "waiting": True})
+        return result
+
+    def _heartbeats(self) -> set[str] | None:
+        """Nodes whose janitor heartbeat is in Redis; None if Redis cannot say."""
+        prefix = f"{self.link.prefix}:node:"
+        try:
+            client = self.link.client
+            if self.link.config.cluster:
+                keys = client.scan_iter(match=prefix + "*", count=1000, target_nodes="primaries")
+            else:
+                keys = client.scan_iter(match=prefix + "*", count=1000)
+            found = set()
+            for key in keys:
+                name = key.decode() if isinstance(key, bytes) else key
+                found.add(name[len(prefix) :])
+                if len(found) >= 1000:
+                    break
+            return found
+        except REDIS_ERRORS:
+            return None
+
+    def deliveries(self, app_id: str) -> dict[str, list[dict[str, Any]]]:
+        """This process's recent webhook deliveries of an app (each node sends its own)."""
+        kept = self.tap.deliveries or {}
+        return {lane: list(items) for lane, items in kept.items() if lane.startswith(app_id + "/")}
+
+    def _client(self) -> Any:
+        import redis
+
+        config = self.link.config
+        kwargs = {**self.link.kwargs, "health_check_interval": 0}
+        if not config.cluster:
+            return redis.Redis(host=config.host, port=config.port, db=config.db, **kwargs)
+        node = self.link.client.get_random_node()  # PUBLISH reaches every node of a cluster
+        return redis.Redis(host=node.host, port=node.port, **kwargs)
+
+    def _listen_forever(self) -> None:
+        backoff = 0.5
+        interval = self.link.config.health_check_interval
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                heard = time.monotonic()
+                pinged = 0.0
+                backoff = 0.5
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if message is None:
+                        if pinged and now - pinged > self.link.config.timeout:
+                            raise ConnectionError("no answer to PING on the console channel")
+                        if not pinged and now - heard > interval:
+                            pubsub.ping()
+                            pinged = now
+                        continue
+                    heard, pinged = now, 0.0
+                    if message["type"] == "message":
+                        self.receive(message["data"])
+            except REDIS_ERRORS as exc:
+                log.info("console channel lost (%s); retrying in %.1fs", exc, backoff)
+            except Exception:
+                log.exception("console listener failed; retrying in %.1fs", backoff)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
