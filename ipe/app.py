@@ -67,6 +67,8 @@ class State:
     def shutdown(self) -> None:
         """Tell every client to reconnect elsewhere (4200), then stop background work."""
         self.draining = True
+        if self.console is not None:
+            self.console.stop()  # end the console's streams: they would hold the server open
         self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
         # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
         # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.

@@ -59,6 +59,10 @@ class Console:
             if self.relay is not None:
                 self.relay.start()
 
+    def stop(self) -> None:
+        """End every console stream (shutdown)."""
+        self.watchers.close_all()
+
     def _watched_here(self, app_id: str, watched: bool) -> None:
         if watched:
             self.tap.apps[app_id] = FOREVER

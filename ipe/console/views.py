@@ -30,6 +30,7 @@ from flask import (
 
 from ipe import protocol
 from ipe.console import auth
+from ipe.console.watchers import END
 
 if TYPE_CHECKING:
     from ipe.app import State
@@ -313,6 +314,9 @@ def api_stream(app_id: str) -> Response:
     response = Response(_events(stream, watchers), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    # When the stream ends (shutdown), end the connection too: a browser would otherwise
+    # hold it open for another request and the server would wait for it.
+    response.headers["Connection"] = "close"
     return response
 
 
@@ -327,12 +331,18 @@ def _events(stream: Stream, watchers: Any) -> Iterator[bytes]:
             except gevent.queue.Empty:
                 yield b": keep-alive\n\n"
                 continue
+            if first == END:
+                return
             lines = [first]
             while len(lines) < BATCH:
                 try:
-                    lines.append(queue.get_nowait())
+                    line = queue.get_nowait()
                 except gevent.queue.Empty:
                     break
+                if line == END:
+                    yield b"".join(lines)
+                    return
+                lines.append(line)
             if stream.dropped:
                 note = {"k": "dropped", "count": stream.dropped, "t": round(time.time(), 3)}
                 stream.dropped = 0

@@ -18,6 +18,7 @@ import gevent.queue
 MAX_STREAMS = 16  # console streams open at once in this process; more get 503
 RECENT = 500  # records kept per watched app, replayed to a stream that opens
 QUEUE = 2000  # records waiting for one slow page before it loses some
+END = b""  # queued to end a stream
 
 
 class Stream:
@@ -65,6 +66,17 @@ class Watchers:
             del self.streams[stream.app_id]
             self.recent.pop(stream.app_id, None)
             self.on_change(stream.app_id, False)
+
+    def close_all(self) -> None:
+        """Tell every stream to end (an empty line is the signal)."""
+        for streams in tuple(self.streams.values()):
+            for stream in tuple(streams):
+                while True:
+                    try:
+                        stream.queue.put_nowait(END)
+                        break
+                    except gevent.queue.Full:
+                        stream.queue.get_nowait()  # make room: the page is leaving anyway
 
     def deliver(self, app_id: str, record: dict[str, Any]) -> None:
         """Encode one record once and offer it to every stream of its app."""
