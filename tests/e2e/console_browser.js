@@ -77,15 +77,22 @@ async function logIn(page, base) {
 
 async function logRow(page, test, timeout) {
   // `test` runs in the page on each row's cells: [time, node, kind, channel, details].
-  return page.waitForFunction(
-    (source) => {
-      const match = new Function('cells', 'return ' + source);
-      return [...document.querySelectorAll('#log tbody tr')].some((row) =>
-        match([...row.cells].map((c) => c.textContent)));
-    },
-    { timeout: timeout || WAIT, polling: 'mutation' },
-    test,
-  );
+  try {
+    return await page.waitForFunction(
+      (source) => {
+        const match = new Function('cells', 'return ' + source);
+        return [...document.querySelectorAll('#log tbody tr')].some((row) =>
+          match([...row.cells].map((c) => c.textContent)));
+      },
+      { timeout: timeout || WAIT, polling: 25 },
+      test,
+    );
+  } catch (e) {
+    const rows = await page.$$eval('#log tbody tr',
+      (all) => all.map((r) => [...r.cells].map((c) => c.textContent).join(' | ')));
+    const state = await page.$eval('#stream-state', (x) => x.textContent);
+    throw new Error(`no log row with ${test} (stream ${state}); rows:\n${rows.join('\n')}`);
+  }
 }
 
 async function single(page, base) {
@@ -103,6 +110,14 @@ async function single(page, base) {
     { timeout: WAIT }, before + 1);
   observe('connections_after', Number(await page.$eval('#total-connections', (e) => e.textContent)));
   if (env.SCREENSHOTS) {
+    // Some traffic for the chart: a few seconds of triggers to a subscribed channel.
+    const ticker = alice.subscribe('ticker');
+    await subscribed(ticker);
+    const until = Date.now() + 12000;
+    for (let i = 0; Date.now() < until; i++) {
+      await sdk.trigger('ticker', 'tick', { i });
+      await new Promise((resolve) => setTimeout(resolve, 20 + 30 * Math.sin(i / 15) ** 2));
+    }
     await page.waitForFunction(() => document.querySelectorAll('#chart polyline').length === 3,
       { timeout: WAIT });
     await page.screenshot({ path: path.join(env.SCREENSHOTS, 'console-overview.png') });
@@ -112,6 +127,9 @@ async function single(page, base) {
   await page.goto(base + '/console/apps/' + env.APP_ID);
   await page.waitForFunction(() => document.querySelector('#stream-state').textContent === 'live',
     { timeout: WAIT });
+  const bob = client(base, sdk);
+  await connected(bob);
+  await logRow(page, "cells[2] === 'connected'");
   const news = alice.subscribe('console-news');
   await subscribed(news);
   await logRow(page, "cells[2] === 'subscribed' && cells[3] === 'console-news'");
@@ -135,6 +153,8 @@ async function single(page, base) {
   const room = alice.subscribe('presence-console-room');
   await subscribed(room);
   await logRow(page, "cells[2] === 'member_added' && cells[3] === 'presence-console-room'");
+  bob.disconnect();
+  await logRow(page, "cells[2] === 'disconnected'");
   if (env.SCREENSHOTS) {
     await page.screenshot({ path: path.join(env.SCREENSHOTS, 'console-live-log.png') });
   }
