@@ -357,7 +357,8 @@ class Webhooks:
     ) -> None:
         """Report an attempt (`final`: the batch's outcome) to the console's tap."""
         tap = self.tap
-        if final if tap.deliveries is not None else app_id in tap.apps:
+        # Outcomes are kept while the console is on; attempts only go to a watched app's log.
+        if (tap.deliveries is not None) if final else (app_id in tap.apps):
             latency = time.monotonic() - began
             url = safe_url(target.url)
             tap.webhook(app_id, batch.lane, url, len(batch.events), error, attempts, latency, final)

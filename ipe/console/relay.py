@@ -31,7 +31,8 @@ LEASE_TTL = 7.0  # a lease not renewed for this long ends
 OVERVIEW = "*overview*"  # the lease asking every node for its numbers
 OUTBOX = 10000  # records waiting for Redis; beyond, new ones are dropped (counted)
 BATCH = 256  # messages per pipeline
-DELIVERIES_KEPT = 50
+DELIVERIES_KEPT = 50  # webhook deliveries kept per target in Redis...
+DELIVERIES_TTL = 7 * 86400  # ...for a week after the last one
 
 
 class Relay:
@@ -42,7 +43,8 @@ class Relay:
         self.console = console
         self.tap = console.tap
         self.channel = f"{link.prefix}:console"
-        self._outbox: deque[bytes] = deque()
+        # (list key or None for the channel, message): one greenlet sends them in order.
+        self._outbox: deque[tuple[str | None, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
         self._listener: gevent.Greenlet | None = None
         self._pubsub: Any = None
@@ -61,7 +63,10 @@ class Relay:
         if len(self._outbox) >= OUTBOX or not self.link.up:
             self.dropped += 1
             return
-        self._outbox.append(json.dumps(message, separators=(",", ":")).encode())
+        self._queue(None, json.dumps(message, separators=(",", ":")).encode())
+
+    def _queue(self, key: str | None, message: bytes) -> None:
+        self._outbox.append((key, message))
         if self._publisher is None:
             self._publisher = gevent.spawn(self._publish_waiting)
 
@@ -72,19 +77,39 @@ class Relay:
                 batch = [outbox.popleft() for _ in range(min(len(outbox), BATCH))]
                 try:
                     client = self.link.client
-                    if len(batch) == 1 or self.link.config.cluster:
-                        for message in batch:
-                            client.publish(self.channel, message)
+                    if self.link.config.cluster:  # each command routed to its own shard
+                        for key, message in batch:
+                            self._write(client, key, message)
                     else:
                         pipe = client.pipeline(transaction=False)
-                        for message in batch:
-                            pipe.publish(self.channel, message)
+                        for key, message in batch:
+                            self._write(pipe, key, message)
                         pipe.execute()
                 except REDIS_ERRORS as exc:
                     self.dropped += len(batch)
                     self.link.mark_down(exc)
         finally:
             self._publisher = None
+
+    def _write(self, client: Any, key: str | None, message: bytes) -> None:
+        if key is None:
+            client.publish(self.channel, message)
+            return
+        client.lpush(key, message)
+        client.ltrim(key, 0, DELIVERIES_KEPT - 1)
+        client.expire(key, DELIVERIES_TTL)
+
+    def _deliveries_key(self, lane: str) -> str:
+        app_id = lane.rsplit("/", 1)[0]
+        return f"{self.link.prefix}:console:{{{self.link.prefix}:{app_id}}}:webhooks:{lane}"
+
+    def save_delivery(self, lane: str, delivery: dict[str, Any]) -> None:
+        """The tap's `on_delivery`: keep the lane's last deliveries in Redis for every node."""
+        if len(self._outbox) >= OUTBOX or not self.link.up:
+            self.dropped += 1
+            return
+        message = json.dumps(delivery, separators=(",", ":")).encode()
+        self._queue(self._deliveries_key(lane), message)
 
     def publish(self, app_id: str, record: dict[str, Any]) -> None:
         """The tap's sink: one record of a watched app, to every node's watchers."""
@@ -173,10 +198,17 @@ class Relay:
         except REDIS_ERRORS:
             return None
 
-    def deliveries(self, app_id: str) -> dict[str, list[dict[str, Any]]]:
-        """This process's recent webhook deliveries of an app (each node sends its own)."""
-        kept = self.tap.deliveries or {}
-        return {lane: list(items) for lane, items in kept.items() if lane.startswith(app_id + "/")}
+    def deliveries(self, app_id: str, lanes: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The last webhook deliveries of each lane, by every node (this one's if Redis is away)."""
+        result = {}
+        try:
+            for lane in lanes:
+                items = self.link.client.lrange(self._deliveries_key(lane), 0, DELIVERIES_KEPT - 1)
+                result[lane] = [json.loads(item) for item in items]
+            return result
+        except REDIS_ERRORS:
+            kept = self.tap.deliveries or {}
+            return {lane: list(kept.get(lane, ())) for lane in lanes}
 
     def _client(self) -> Any:
         import redis

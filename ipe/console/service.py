@@ -48,6 +48,7 @@ class Console:
             from ipe.console.relay import Relay
 
             self.relay = Relay(state.redis, self)
+            self.tap.on_delivery = self.relay.save_delivery
             self.watchers = Watchers(self.relay.watched_here)
             self.tap.sink = self.relay.publish
         self._sampler: gevent.Greenlet | None = None
@@ -159,12 +160,12 @@ class Console:
             "history": _sum_histories([n.get("history") or [] for n in live]),
         }
 
-    def deliveries(self, app_id: str) -> dict[str, list[dict[str, Any]]]:
+    def deliveries(self, app_id: str, lanes: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The last webhook deliveries of each of the app's targets (lane name → list)."""
         if self.relay is not None:
-            return self.relay.deliveries(app_id)
+            return self.relay.deliveries(app_id, lanes)
         kept = self.tap.deliveries or {}
-        return {lane: list(items) for lane, items in kept.items() if lane.startswith(app_id + "/")}
+        return {lane: list(kept.get(lane, ())) for lane in lanes}
 
 
 def _sum_histories(histories: list[list[list[float]]]) -> list[list[float]]:

@@ -37,8 +37,10 @@ class Tap:
         self.delivered = 0
         self.webhooks_sent = 0
         self.webhooks_failed = 0
-        # Recent webhook deliveries per lane, kept only while the console is enabled.
+        # Recent webhook deliveries per lane, kept only while the console is enabled; with
+        # Redis also handed to `on_delivery` (the relay keeps them cluster-wide).
         self.deliveries: dict[str, deque[Record]] | None = None
+        self.on_delivery: Callable[[str, Record], None] | None = None
 
     def emit(self, app_id: str, kind: str, **fields: Any) -> None:
         """Send one record of `kind` for a watched app (callers check `app_id in apps`)."""
@@ -103,15 +105,16 @@ class Tap:
             kept = self.deliveries.get(lane)
             if kept is None:
                 kept = self.deliveries[lane] = deque(maxlen=DELIVERIES_KEPT)
-            kept.appendleft(
-                {
-                    "t": round(time.time(), 3),
-                    "url": url,
-                    "events": events,
-                    "status": status,
-                    "ok": ok,
-                    "attempts": attempt,
-                    "latency_ms": ms,
-                    "node": self.node,
-                }
-            )
+            delivery = {
+                "t": round(time.time(), 3),
+                "url": url,
+                "events": events,
+                "status": status,
+                "ok": ok,
+                "attempts": attempt,
+                "latency_ms": ms,
+                "node": self.node,
+            }
+            kept.appendleft(delivery)
+            if self.on_delivery is not None:
+                self.on_delivery(lane, delivery)

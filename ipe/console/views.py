@@ -261,7 +261,8 @@ def api_webhooks(app_id: str) -> Response:
     from ipe.webhook_store import lane_name
     from ipe.webhooks import safe_url
 
-    kept = _console().deliveries(app.app_id)
+    lanes = [lane_name(app.app_id, index) for index in range(len(app.webhooks))]
+    kept = _console().deliveries(app.app_id, lanes)
     targets = [
         {
             "url": safe_url(target.url),

@@ -155,3 +155,61 @@ def _b_reports(b: IpeServer, stream) -> bool:
         return True
     except AssertionError:
         return False
+
+
+@pytest.fixture
+def receivers():
+    from webhooks.receiver import Receivers
+
+    made = Receivers()
+    yield made
+    made.close()
+
+
+FAST_HOOKS = {"batch_window": 0.02, "grace_period": 0, "retry_backoff": 0.1}
+
+
+def _webhooks_config(url: str, redis_url: str | None = None):
+    config = redis_config(redis_url) if redis_url else console_config()
+    config["console"] = CONSOLE
+    config["webhooks"] = FAST_HOOKS
+    config["apps"][0]["webhooks"] = [{"url": url, "event_types": ["channel_occupied"]}]
+    return config
+
+
+def test_webhook_attempts_reach_the_log_and_deliveries_the_webhooks_page(
+    make_server, users, receivers
+):
+    hook = receivers()
+    hook.answer(500)
+    server = make_server(_webhooks_config(hook.url + "?token=pw"))
+    user = logged_in(server, users)
+    stream = user.stream("1001")
+    server.ws().subscribe("orders")
+    failed = stream.expect(lambda r: r["k"] == "webhook_failed")
+    assert (failed["status"], failed["attempt"], failed["events"]) == ("HTTP 500", 1, 1)
+    assert "pw" not in failed["url"]  # no query string (nor credentials) in the console
+    hook.answer(200)
+    sent = stream.expect(lambda r: r["k"] == "webhook_sent")
+    assert sent["status"] == "2xx" and sent["attempt"] >= 2
+    target = user.get_json("/apps/1001/webhooks")["targets"][0]
+    assert "pw" not in target["url"]
+    latest = target["deliveries"][0]
+    assert latest["ok"] is True and latest["attempts"] == sent["attempt"]
+    assert latest["latency_ms"] >= 0
+
+
+def test_webhook_deliveries_are_shared_by_the_nodes(redis_server, make_server, users, receivers):
+    hook = receivers()
+    config = _webhooks_config(hook.url, redis_server.url)
+    a = make_server(config, name="node-a")
+    b = make_server(config, name="node-b")
+    b.ws().subscribe("orders")  # node b (or a: the cluster sends it once) delivers the hook
+    hook.wait_event("channel_occupied", channel="orders")
+    user = logged_in(a, users)
+    wait_until(
+        lambda: user.get_json("/apps/1001/webhooks")["targets"][0]["deliveries"],
+        10,
+        0.1,
+        "the delivery on node a's webhooks page",
+    )
