@@ -12,7 +12,7 @@ import gevent
 from flask import Flask, Response, jsonify
 
 from ipe import config as config_module
-from ipe import protocol, websocket
+from ipe import protocol, session
 from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
@@ -40,8 +40,8 @@ class State:
     metrics: Metrics
     counts: SubscriptionCounts
     draining: bool = False
-    redis: Any = None  # ipe.redisconn.RedisLink when nodes share Redis
-    janitor: Any = None  # ipe.janitor.Janitor, with it
+    redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
+    janitor: Any = None  # ipe.redis.janitor.Janitor, with it
     tap: Tap = field(default_factory=Tap)  # what the console sees; idle unless it watches
     console: Any = None  # ipe.console.service.Console when the console is enabled
 
@@ -122,12 +122,12 @@ def build_state(config: Config) -> State:
             counts=SubscriptionCounts(presence, broker, webhooks),
         )
     # Imported here: a single process never loads the Redis modules.
-    from ipe.broker import RedisBroker
-    from ipe.cache import RedisCache
-    from ipe.janitor import Janitor
-    from ipe.presence_redis import RedisPresence
-    from ipe.redisconn import RedisLink, node_id
-    from ipe.webhook_store_redis import RedisWebhookStore
+    from ipe.redis.broker import RedisBroker
+    from ipe.redis.cache import RedisCache
+    from ipe.redis.janitor import Janitor
+    from ipe.redis.link import RedisLink, node_id
+    from ipe.redis.presence import RedisPresence
+    from ipe.redis.webhook_store import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
     webhooks = Webhooks(config.webhooks, config.apps, metrics, RedisWebhookStore(link, config.apps))
@@ -150,7 +150,7 @@ def build_state(config: Config) -> State:
 
 
 class _WebSocketRouter:
-    """WSGI middleware: upgraded requests go to `ipe.websocket`, everything else to Flask."""
+    """WSGI middleware: upgraded requests go to `ipe.session`, everything else to Flask."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -158,7 +158,7 @@ class _WebSocketRouter:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("wsgi.websocket") is not None:
-            websocket.serve(self.state, environ)
+            session.serve(self.state, environ)
             return []
         return self.wsgi_app(environ, start_response)
 

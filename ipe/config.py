@@ -164,7 +164,7 @@ class Config:
     activity_timeout: int = 30
     pong_timeout: int = 30
     max_outbox_bytes: int = 1 << 20
-    profiling: bool = False
+    profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
     ssl: SSLConfig = SSLConfig()
     redis: RedisConfig | None = None
     instance_id: str = ""
@@ -553,7 +553,7 @@ def _console(section: _Section, env: Mapping[str, str]) -> ConsoleConfig:
         users.append(ConsoleUser(username=user.str("username"), password=user.str("password")))
         user.done()
         for name in ("username", "password"):
-            if not getattr(users[-1], name):
+            if enabled and not getattr(users[-1], name):
                 raise ConfigError(f"console.users[{i}].{name}: must not be empty")
     if not enabled:
         return ConsoleConfig(path=path)

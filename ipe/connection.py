@@ -1,9 +1,10 @@
 """One client WebSocket: RFC 6455 framing, a non-blocking bounded write path, and close codes.
 
 gevent-websocket performs the HTTP upgrade; after that this module owns the socket and reads
-and writes frames itself. That fixes three gevent-websocket 0.10.1 problems in one place
-(../shared/DESIGN.md §5): close codes are really sent, pre-encoded UTF-8 goes out as a *text*
-frame, and an oversize frame is refused from its header, its payload never held in memory.
+and writes frames itself (the pure framing is `ipe.frames`). That fixes three gevent-websocket
+0.10.1 problems in one place (docs/design-decisions.md): close codes are really sent,
+pre-encoded UTF-8 goes out as a *text* frame, and an oversize frame is refused from its
+header, its payload never held in memory.
 
 An idle connection costs no greenlet. The socket is taken from pywsgi after the upgrade (its
 handler greenlet, environ and 8 KB read buffer are then freed), and a libev watcher calls back
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,51 +35,28 @@ import gevent.socket
 from geventwebsocket.websocket import WebSocket
 
 from ipe import protocol
+from ipe.frames import (
+    FIN,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    close_frame,
+    frame,
+    header_error,
+    parse_header,
+    peer_close_code,
+    text_frame,
+    unmask,
+)
 
 log = logging.getLogger(__name__)
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 CLOSE_WAIT = 3.0  # seconds we wait for the peer's closing handshake before dropping TCP
 READ_SIZE = 65536
 # Messages read but not yet handled; beyond this the socket is not read until the handler
 # catches up, so a client cannot queue unbounded work (TCP then slows it down).
 INBOX_HIGH, INBOX_LOW = 64, 16
-
-_unpack_h = struct.Struct("!H").unpack
-_unpack_h_from = struct.Struct("!H").unpack_from
-_unpack_q_from = struct.Struct("!Q").unpack_from
-_pack_hdr16 = struct.Struct("!BBH").pack
-_pack_hdr64 = struct.Struct("!BBQ").pack
-
-
-def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """A complete unmasked server frame (FIN set) carrying `payload`."""
-    n = len(payload)
-    first = 0x80 | opcode
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return _pack_hdr16(first, 126, n) + payload
-    return _pack_hdr64(first, 127, n) + payload
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A text frame for a UTF-8 JSON payload: built once, written to every subscriber."""
-    return frame(payload, OP_TEXT)
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    """A close frame with `code` and a reason cut to fit the 125-byte control-frame limit."""
-    return frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return payload
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 class _Released(WebSocket):  # type: ignore[misc]
@@ -449,31 +426,6 @@ class Connection:
         log.info("closing %r: %s", self, reason)
         self.close(code, reason)
 
-    def _frame_error(
-        self, b0: int, masked: int, opcode: int, length: int
-    ) -> tuple[int, str] | None:
-        """The close code and reason a frame header earns, or None when it is acceptable."""
-        if b0 & 0x70:
-            return protocol.WS_PROTOCOL_ERROR, "Reserved bits set"
-        if not masked:
-            return protocol.WS_PROTOCOL_ERROR, "Client frames must be masked"
-        if opcode >= OP_CLOSE:
-            if opcode > OP_PONG:
-                return protocol.WS_PROTOCOL_ERROR, f"Unknown opcode {opcode}"
-            if length > 125 or not b0 & 0x80:
-                return protocol.WS_PROTOCOL_ERROR, "Invalid control frame"
-            return None
-        if opcode > OP_BINARY:
-            return protocol.WS_PROTOCOL_ERROR, f"Unknown opcode {opcode}"
-        started = self._started
-        if opcode == OP_CONTINUATION and started is None:
-            return protocol.WS_PROTOCOL_ERROR, "Unexpected continuation frame"
-        if opcode != OP_CONTINUATION and started is not None:
-            return protocol.WS_PROTOCOL_ERROR, "Expected a continuation frame"
-        if self._size + length > self._max_frame:
-            return protocol.WS_MESSAGE_TOO_BIG, "Message too big"
-        return None
-
     def _feed(self, data: bytes) -> None:
         """Parse every complete frame in what has arrived; keep the incomplete rest.
 
@@ -492,29 +444,15 @@ class Connection:
         pos, end = 0, len(buf)
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
-        while end - pos >= 2 and not self._ended:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            opcode = b0 & 0x0F
-            masked = b1 & 0x80
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                (length,) = _unpack_h_from(buf, pos + 2)
-                head = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                (length,) = _unpack_q_from(buf, pos + 2)
-                head = 10
-            if masked:
-                head += 4
-            if end - pos < head:
+        while not self._ended:
+            header = parse_header(buf, pos, end)
+            if header is None:
                 break
+            b0, opcode, masked, length, head = header
             if not self.closing:
-                error = self._frame_error(b0, masked, opcode, length)
+                error = header_error(
+                    b0, masked, opcode, length, self._started, self._size, self._max_frame
+                )
                 if error is not None:
                     self._fail(*error)
             if self.closing and (opcode != OP_CLOSE or length > 125):
@@ -530,7 +468,7 @@ class Connection:
             start = pos + head
             payload = buf[start : start + length]
             if masked and length:
-                payload = _unmask(payload, buf[start - 4 : start])
+                payload = unmask(payload, buf[start - 4 : start])
             pos = start + length
             self._frame(b0, opcode, payload)
         self._rbuf = buf[pos:] if pos < end else b""
@@ -549,7 +487,7 @@ class Connection:
             self._started = opcode
         self._parts.append(payload)
         self._size += len(payload)
-        if not b0 & 0x80:
+        if not b0 & FIN:
             return
         message_opcode, parts = self._started, self._parts
         self._started, self._parts, self._size = None, [], 0
@@ -581,9 +519,7 @@ class Connection:
     def _peer_closed(self, payload: bytes) -> None:
         """Answer the peer's close frame (echoing its code) unless we started the close."""
         if not self.closing:
-            code = _unpack_h(payload[:2])[0] if len(payload) >= 2 else protocol.WS_NORMAL
-            if code < 1000 or 1004 <= code <= 1006 or 1015 <= code < 3000 or code >= 5000:
-                code = protocol.WS_PROTOCOL_ERROR
+            code = peer_close_code(payload)
             self.closing = True
             self.close_code = code
             self._write(close_frame(code))

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import gevent
 
 from ipe import protocol
-from ipe.connection import Connection, text_frame
+from ipe.connection import Connection
+from ipe.frames import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,6 @@ class Hub:
         """Unsubscribe `conn`; True if it was subscribed."""
         return self._discard(self._channels, app_id, channel, conn)
 
-    def subscribers(self, app_id: str, channel: str) -> int:
-        """Local subscriptions to one channel."""
-        return len(self._channels.get(app_id, {}).get(channel, ()))
-
-    def local_channels(self, app_id: str) -> dict[str, int]:
-        """Local subscription counts of every occupied channel of an app."""
-        return {ch: len(subs) for ch, subs in self._channels.get(app_id, {}).items()}
-
     @staticmethod
     def _discard(
         index: dict[str, dict[str, set[Connection]]], app_id: str, key: str, conn: Connection
@@ -112,10 +105,6 @@ class Hub:
         """Index a signed-in connection by its user id."""
         conn.user_id = user_id
         self._users.setdefault(conn.app.app_id, {}).setdefault(user_id, set()).add(conn)
-
-    def user_connections(self, app_id: str, user_id: str) -> int:
-        """Local connections signed in as `user_id`."""
-        return len(self._users.get(app_id, {}).get(user_id, ()))
 
     def watch(self, conn: Connection, user_ids: Iterable[str]) -> None:
         """Register `conn` to be told when any of `user_ids` goes online or offline."""

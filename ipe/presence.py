@@ -24,22 +24,22 @@ from typing import Any, NamedTuple, Protocol
 class Presence(Protocol):
     """The interface every store implements."""
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def subscribe(self, app_id: str, channel: str) -> int:
         """Count one subscription; the channel's subscriptions after (1: just occupied)."""
         ...
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def unsubscribe(self, app_id: str, channel: str) -> int:
         """Uncount one subscription; the channel's subscriptions after (0: just vacated)."""
         ...
 
     def join(
-        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+        self, app_id: str, channel: str, user_id: str, user_info: Any
     ) -> tuple[bool, dict[str, Any], int]:
         """Add a member's socket: (True if the user's first socket, the member map after, the
         roster version that map reflects, which is this change's when it was one)."""
         ...
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
+    def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         """Remove a member's socket: (True if it was the user's last one on the channel, the
         version of that change; 0 when there was none)."""
         ...
@@ -56,11 +56,11 @@ class Presence(Protocol):
         """Every occupied channel of an app with its subscription count."""
         ...
 
-    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_online(self, app_id: str, user_id: str) -> bool:
         """Count one signed-in socket; True if the user just came online."""
         ...
 
-    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_offline(self, app_id: str, user_id: str) -> bool:
         """Uncount one signed-in socket; True if the user just went offline."""
         ...
 
@@ -82,13 +82,13 @@ class InMemoryPresence:
         self._version = max(time.time_ns() // 1000, self._version + 1)
         return self._version
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def subscribe(self, app_id: str, channel: str) -> int:
         subs = self._subs.setdefault(app_id, {})
         count = subs.get(channel, 0) + 1
         subs[channel] = count
         return count
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def unsubscribe(self, app_id: str, channel: str) -> int:
         subs = self._subs.get(app_id, {})
         count = subs.get(channel, 0) - 1
         if count > 0:
@@ -98,7 +98,7 @@ class InMemoryPresence:
         return 0
 
     def join(
-        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+        self, app_id: str, channel: str, user_id: str, user_info: Any
     ) -> tuple[bool, dict[str, Any], int]:
         members = self._members.setdefault((app_id, channel), {})
         entry = members.get(user_id)
@@ -111,7 +111,7 @@ class InMemoryPresence:
             version = self._version
         return entry is None, {uid: e[1] for uid, e in members.items()}, version
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
+    def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         members = self._members.get((app_id, channel))
         entry = members.get(user_id) if members else None
         if entry is None:
@@ -134,13 +134,13 @@ class InMemoryPresence:
     def channels(self, app_id: str) -> dict[str, int]:
         return dict(self._subs.get(app_id, {}))
 
-    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_online(self, app_id: str, user_id: str) -> bool:
         key = (app_id, user_id)
         count = self._users.get(key, 0) + 1
         self._users[key] = count
         return count == 1
 
-    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_offline(self, app_id: str, user_id: str) -> bool:
         key = (app_id, user_id)
         count = self._users.get(key, 0) - 1
         if count > 0:

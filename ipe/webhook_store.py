@@ -2,7 +2,7 @@
 
 `ipe.webhooks` decides *when* things happen (grace, batch window, retries, HTTP); a store only
 keeps the state. `InMemoryWebhookStore` is the single-process store; `RedisWebhookStore`
-(`ipe.webhook_store_redis`) keeps the same state in Redis, so that pending webhooks survive a
+(`ipe.redis.webhook_store`) keeps the same state in Redis, so that pending webhooks survive a
 restart and a member who leaves on one node and comes back on another cancels the held
 `member_removed` wherever it was held.
 

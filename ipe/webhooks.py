@@ -8,7 +8,7 @@ the matching return), and starts a sender greenlet per target (a *lane*) when a 
 A lane delivers its batches in order, one at a time, and retries a failed one with
 exponential back-off until `retry_for` seconds after its creation; a hanging receiver delays
 only its own lane. What waits lives behind `ipe.webhook_store`: in this process, or in Redis
-(`ipe.webhook_store_redis`), where holds, queues and batches in flight are shared by every
+(`ipe.redis.webhook_store`), where holds, queues and batches in flight are shared by every
 node, so that each webhook is sent once per cluster and a restarted node loses none.
 
 A batch's `time_ms` is its creation time (Pusher's meaning) and a retry resends the same bytes.
@@ -20,7 +20,6 @@ starts within 300 s of its `time_ms` (clocks in sync).
 from __future__ import annotations
 
 import logging
-import random
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from gevent import Greenlet
 
 from ipe import __version__, protocol
 from ipe.auth import webhook_signature
+from ipe.backoff import Backoff
 from ipe.config import AppConfig, WebhookSettings, WebhookTarget
 from ipe.console.tap import Tap
 from ipe.webhook_store import (
@@ -283,7 +283,8 @@ class Webhooks:
         }
         settings = self.settings
         store = self.store
-        delay = settings.retry_backoff
+        # Doubling up to retry_backoff_max; the jitter spreads retries of many batches.
+        backoff = Backoff(settings.retry_backoff, settings.retry_backoff_max, jitter=0.2)
         attempts = 0
         try:
             while True:
@@ -302,7 +303,7 @@ class Webhooks:
                     )
                     self._tell_console(app.app_id, batch, target, None, attempts, began, True)
                     break
-                wait = delay * random.uniform(0.8, 1.0)  # spread retries of many batches
+                wait = backoff.next()
                 if self._stopping.is_set():
                     if store.durable:
                         store.abandon(batch)  # another node (or this one restarted) resumes it

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ipe.redisconn import REDIS_ERRORS
+from ipe.backoff import Backoff
+from ipe.redis import keys
+from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from ipe.console.service import Console
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Relay:
         self.link = link
         self.console = console
         self.tap = console.tap
-        self.channel = f"{link.prefix}:console"
+        self.channel = keys.console_channel(link.prefix)
         # (list key or None for the channel, message): one greenlet sends them in order.
         self._outbox: deque[tuple[str | None, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
@@ -100,8 +102,7 @@ class Relay:
         client.expire(key, DELIVERIES_TTL)
 
     def _deliveries_key(self, lane: str) -> str:
-        app_id = lane.rsplit("/", 1)[0]
-        return f"{self.link.prefix}:console:{{{self.link.prefix}:{app_id}}}:webhooks:{lane}"
+        return keys.console_deliveries(self.link.prefix, lane.rsplit("/", 1)[0], lane)
 
     def save_delivery(self, lane: str, delivery: dict[str, Any]) -> None:
         """The tap's `on_delivery`: keep the lane's last deliveries in Redis for every node."""
@@ -181,15 +182,15 @@ class Relay:
 
     def _heartbeats(self) -> set[str] | None:
         """Nodes whose janitor heartbeat is in Redis; None if Redis cannot say."""
-        prefix = f"{self.link.prefix}:node:"
+        prefix = keys.heartbeat(self.link.prefix, "")
         try:
             client = self.link.client
             if self.link.config.cluster:
-                keys = client.scan_iter(match=prefix + "*", count=1000, target_nodes="primaries")
+                names = client.scan_iter(match=prefix + "*", count=1000, target_nodes="primaries")
             else:
-                keys = client.scan_iter(match=prefix + "*", count=1000)
+                names = client.scan_iter(match=prefix + "*", count=1000)
             found = set()
-            for key in keys:
+            for key in names:
                 name = key.decode() if isinstance(key, bytes) else key
                 found.add(name[len(prefix) :])
                 if len(found) >= 1000:
@@ -221,7 +222,7 @@ class Relay:
         return redis.Redis(host=node.host, port=node.port, **kwargs)
 
     def _listen_forever(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         interval = self.link.config.health_check_interval
         while True:
             pubsub = None
@@ -230,7 +231,7 @@ class Relay:
                 pubsub.subscribe(self.channel)
                 heard = time.monotonic()
                 pinged = 0.0
-                backoff = 0.5
+                backoff.reset()
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     now = time.monotonic()
@@ -245,14 +246,13 @@ class Relay:
                     if message["type"] == "message":
                         self.receive(message["data"])
             except REDIS_ERRORS as exc:
-                log.info("console channel lost (%s); retrying in %.1fs", exc, backoff)
+                log.info("console channel lost (%s); subscribing again", exc)
             except Exception:
-                log.exception("console listener failed; retrying in %.1fs", backoff)
+                log.exception("console listener failed; subscribing again")
             finally:
                 if pubsub is not None:
                     try:
                         pubsub.close()
                     except Exception:
                         pass
-            gevent.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            gevent.sleep(backoff.next())

@@ -14,9 +14,9 @@ import pytest
 from cluster_support import FIXTURES, RedisServer
 
 from ipe.config import AppConfig, RedisConfig, WebhookTarget
-from ipe.redisconn import RedisLink
+from ipe.redis.link import RedisLink
+from ipe.redis.webhook_store import RedisWebhookStore
 from ipe.webhook_store import Arrival, Batch
-from ipe.webhook_store_redis import RedisWebhookStore
 
 make_redis, redis_server, _ = FIXTURES
 

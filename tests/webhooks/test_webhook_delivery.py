@@ -159,3 +159,20 @@ def test_shutdown_flushes_what_waits(receivers, make_server):
         ("channel_vacated", "news"),
         ("channel_vacated", "orders"),
     ]
+
+
+def test_retries_back_off_doubling_up_to_retry_backoff_max(receivers, make_server):
+    # Each failed attempt logs the wait the server chose before the next one: 0.2 s, then
+    # doubling, capped at 0.8 s, each shortened by up to a fifth (the jitter).
+    hook = receivers()
+    hook.answer(500)
+    settings = {**RETRY, "retry_backoff": 0.2, "retry_backoff_max": 0.8}
+    server = make_server(hook_config([{"url": hook.url}], **settings))
+    server.ws().subscribe("c1")
+    pattern = re.compile(r"webhook to \S+ failed \(HTTP 500\); attempt (\d+), next in ([0-9.]+)s")
+    wait_until(lambda: len(pattern.findall(server.log())) >= 5, 15, message="five failed attempts")
+    waits = {int(n): float(s) for n, s in pattern.findall(server.log())}
+    for attempt in range(1, 6):
+        expected = min(0.8, 0.2 * 2 ** (attempt - 1))
+        # Logged with one decimal: allow its rounding around [0.8, 1.0] x expected.
+        assert 0.8 * expected - 0.05 <= waits[attempt] <= expected + 0.05, (attempt, waits)

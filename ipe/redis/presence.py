@@ -16,7 +16,7 @@ atomic Lua script on one Redis Cluster slot; the app's Pub/Sub channel is on its
   {P:A}:reaped:<N>         string: N was declared dead and its share removed (expires)
 
 Node N's share is what N alone may change while it lives, and what a janitor removes at once
-(`reap`) when N's heartbeat (`ipe.janitor`) has expired. Every count that drives an event
+(`reap`) when N's heartbeat (`ipe.redis.janitor`) has expired. Every count that drives an event
 is cluster-wide, so `member_added`, `channel_vacated` and the rest fire once per cluster.
 
 This process also keeps its own share in memory (`local`, an `InMemoryPresence`): it answers
@@ -34,10 +34,11 @@ import gevent.lock
 
 from ipe import protocol
 from ipe.presence import InMemoryPresence
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis import keys
+from ipe.redis.scripts import Script
 
 if TYPE_CHECKING:
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -117,27 +118,37 @@ end
 """
 )
 
-# KEYS[1] nodes; ARGV: node, total key, total field, node key, node field. -> new total
-_COUNT_UP = r"""
+# -> the new total
+COUNT_UP = Script(
+    "count_up",
+    r"""
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HINCRBY', ARGV[4], ARGV[5], 1)
 return redis.call('HINCRBY', ARGV[2], ARGV[3], 1)
-"""
+""",
+    keys=("nodes",),
+    args=("node", "total_key", "field", "share_key", "share_field"),
+)
 
-# ARGV: total key, total field, node key, node field. -> new total, -1 when this node had
-# nothing counted (Redis lost it and the restore has not run yet).
-_COUNT_DOWN = r"""
+# -> the new total, -1 when this node had nothing counted (Redis lost it and the restore
+# has not run yet).
+COUNT_DOWN = Script(
+    "count_down",
+    r"""
 local mine = redis.call('HINCRBY', ARGV[3], ARGV[4], -1)
 if mine <= 0 then redis.call('HDEL', ARGV[3], ARGV[4]) end
 if mine < 0 then return -1 end
 local total = redis.call('HINCRBY', ARGV[1], ARGV[2], -1)
 if total <= 0 then redis.call('HDEL', ARGV[1], ARGV[2]) end
 return total
-"""
+""",
+    keys=("nodes",),
+    args=("total_key", "field", "share_key", "share_field"),
+)
 
-# ARGV: node, sockets key, user, node members key, node field, members key, info, k, channel
 # -> {sockets of the user, the roster as a flat list, the roster's version}
-_JOIN = (
+JOIN = Script(
+    "join",
     _BUMP
     + r"""
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -148,12 +159,24 @@ local v
 if n == 1 then v = bump(ARGV[8], ARGV[9])
 else v = tonumber(redis.call('HGET', ARGV[8] .. ':ver', ARGV[9]) or '0') end
 return {n, redis.call('HGETALL', ARGV[6]), v}
-"""
+""",
+    keys=("nodes",),
+    args=(
+        "node",
+        "sockets_key",
+        "user_id",
+        "share_key",
+        "share_field",
+        "members_key",
+        "user_info",
+        "tag",
+        "channel",
+    ),
 )
 
-# ARGV: sockets key, user, node members key, node field, members key, k, channel
 # -> {sockets of the user left (-1: this node had none counted), the change's version or 0}
-_LEAVE = (
+LEAVE = Script(
+    "leave",
     _BUMP
     + r"""
 local mine = redis.call('HINCRBY', ARGV[3], ARGV[4], -1)
@@ -164,13 +187,16 @@ if total > 0 then return {total, 0} end
 redis.call('HDEL', ARGV[1], ARGV[2])
 redis.call('HDEL', ARGV[5], ARGV[2])
 return {total, bump(ARGV[6], ARGV[7])}
-"""
+""",
+    keys=("nodes",),
+    args=("sockets_key", "user_id", "share_key", "share_field", "members_key", "tag", "channel"),
 )
 
-# ARGV: k, node, snapshot JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info},
-# o: {user: n}}. -> {kept, reaped, occupied, vacated, added, removed, online, offline,
-# versions of added, versions of removed, subscription totals changed}
-_RESTORE = (
+# snapshot: JSON {s: {ch: n}, m: {"ch\nuser": n}, i: {"ch\nuser": info}, o: {user: n}}.
+# -> {kept, reaped, occupied, vacated, added, removed, online, offline, versions of added,
+# versions of removed, subscription totals changed}
+RESTORE = Script(
+    "restore",
     _PRELUDE
     + r"""
 local snap = cjson.decode(ARGV[3])
@@ -189,14 +215,16 @@ redis.call('DEL', k .. ':reaped:' .. node)
 redis.call('SADD', KEYS[1], node)
 return {kept, reaped, occupied, vacated, added, removed, online, offline,
         versions(added), versions(removed), totals}
-"""
+""",
+    keys=("nodes",),
+    args=("tag", "node", "snapshot"),
 )
 
-# ARGV: k, node, tombstone seconds. -> {vacated, removed, offline, versions of removed,
-# subscription totals changed};
-# empty when another janitor reaped the node first (SREM is the claim: exactly one script
-# sees it succeed).
-_REAP = (
+# -> {vacated, removed, offline, versions of removed, subscription totals changed}; empty
+# when another janitor reaped the node first (SREM is the claim: exactly one script sees it
+# succeed). tombstone: seconds the node's `reaped` marker lives.
+REAP = Script(
+    "reap",
     _PRELUDE
     + r"""
 if redis.call('SREM', KEYS[1], node) == 0 then return {{}, {}, {}, {}, {}} end
@@ -207,7 +235,9 @@ local _, offline = replace(mine .. ':online', {}, at_online)
 redis.call('DEL', mine .. ':reg')
 redis.call('SET', k .. ':reaped:' .. node, 1, 'EX', ARGV[3])
 return {vacated, removed, offline, versions(removed), totals}
-"""
+""",
+    keys=("nodes",),
+    args=("tag", "node", "tombstone"),
 )
 
 
@@ -240,41 +270,9 @@ class RedisPresence:
         self.node = link.node
         self.local = InMemoryPresence()
         self._lock = gevent.lock.RLock()
-        self._scripts: dict[str, Any] = {}
-
-    def _script(self, source: str) -> Any:
-        """The registered script for `source` (EVALSHA, loading it again after a restart)."""
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self.link.client.register_script(source)
-        return script
-
-    def _up(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_COUNT_UP)(keys=keys, args=args)
-
-    def _down(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_COUNT_DOWN)(keys=keys, args=args)
-
-    def _join(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_JOIN)(keys=keys, args=args)
-
-    def _leave(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_LEAVE)(keys=keys, args=args)
-
-    def _restore(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_RESTORE)(keys=keys, args=args)
-
-    def _reap(self, keys: list[str], args: list[Any]) -> Any:
-        return self._script(_REAP)(keys=keys, args=args)
 
     def _k(self, app_id: str) -> str:
-        return f"{{{self.link.prefix}:{app_id}}}"
-
-    def _mine(self, app_id: str) -> str:
-        return f"{self._k(app_id)}:node:{self.node}"
-
-    def _failed(self, exc: BaseException) -> None:
-        self.link.mark_down(exc)
+        return keys.app_tag(self.link.prefix, app_id)
 
     # --- transitions --------------------------------------------------------------------------
 
@@ -285,29 +283,29 @@ class RedisPresence:
         this node's share, which the restore writes back); None when Redis could not be asked,
         and this node's own answer stands. Called with the lock held.
         """
-        if not self.link.up:
-            return None
         k = self._k(app_id)
-        mine = self._mine(app_id)
-        try:
-            if up:
-                args = [self.node, f"{k}:{kind}", member, f"{mine}:{kind}", member]
-                return int(self._up(keys=[k + ":nodes"], args=args))
-            args = [f"{k}:{kind}", member, f"{mine}:{kind}", member]
-            return int(self._down(keys=[k + ":nodes"], args=args))
-        except REDIS_ERRORS as exc:
-            self._failed(exc)
-            return None
+        named = {
+            "nodes": keys.nodes(k),
+            "total_key": keys.tally(k, kind),
+            "field": member,
+            "share_key": keys.node_share(k, self.node, kind),
+            "share_field": member,
+        }
+        if up:
+            return self.link.either(
+                lambda client: int(COUNT_UP(client, node=self.node, **named)), _unknown
+            )
+        return self.link.either(lambda client: int(COUNT_DOWN(client, **named)), _unknown)
 
-    def subscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def subscribe(self, app_id: str, channel: str) -> int:
         with self._lock:
-            here = self.local.subscribe(app_id, channel, socket_id)
+            here = self.local.subscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=True)
             return here if total is None else total
 
-    def unsubscribe(self, app_id: str, channel: str, socket_id: str) -> int:
+    def unsubscribe(self, app_id: str, channel: str) -> int:
         with self._lock:
-            here = self.local.unsubscribe(app_id, channel, socket_id)
+            here = self.local.unsubscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=False)
             if total is None:
                 return here
@@ -318,110 +316,104 @@ class RedisPresence:
             return total
 
     def join(
-        self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
+        self, app_id: str, channel: str, user_id: str, user_info: Any
     ) -> tuple[bool, dict[str, Any], int]:
         with self._lock:
-            local = self.local.join(app_id, channel, socket_id, user_id, user_info)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    count, flat, version = self._join(
-                        keys=[k + ":nodes"],
-                        args=[
-                            self.node,
-                            f"{k}:sockets:{channel}",
-                            user_id,
-                            self._mine(app_id) + ":members",
-                            f"{channel}\n{user_id}",
-                            f"{k}:members:{channel}",
-                            protocol.dumps(user_info),
-                            k,
-                            channel,
-                        ],
-                    )
-                    return count == 1, _roster(flat), int(version)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return local
+            local = self.local.join(app_id, channel, user_id, user_info)
+            k = self._k(app_id)
 
-    def leave(self, app_id: str, channel: str, socket_id: str, user_id: str) -> tuple[bool, int]:
-        with self._lock:
-            last_here = self.local.leave(app_id, channel, socket_id, user_id)
-            if self.link.up:
-                k = self._k(app_id)
-                try:
-                    total, version = self._leave(
-                        keys=[k + ":nodes"],
-                        args=[
-                            f"{k}:sockets:{channel}",
-                            user_id,
-                            self._mine(app_id) + ":members",
-                            f"{channel}\n{user_id}",
-                            f"{k}:members:{channel}",
-                            k,
-                            channel,
-                        ],
-                    )
-                    return total == 0, int(version)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-            return last_here
+            def remote(client: Any) -> tuple[bool, dict[str, Any], int]:
+                count, flat, version = JOIN(
+                    client,
+                    nodes=keys.nodes(k),
+                    node=self.node,
+                    sockets_key=keys.sockets(k, channel),
+                    user_id=user_id,
+                    share_key=keys.node_share(k, self.node, "members"),
+                    share_field=keys.member_field(channel, user_id),
+                    members_key=keys.members(k, channel),
+                    user_info=protocol.dumps(user_info),
+                    tag=k,
+                    channel=channel,
+                )
+                return count == 1, _roster(flat), int(version)
 
-    def user_online(self, app_id: str, user_id: str, socket_id: str) -> bool:
+            return self.link.either(remote, lambda: local)
+
+    def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         with self._lock:
-            first_here = self.local.user_online(app_id, user_id, socket_id)
+            last_here = self.local.leave(app_id, channel, user_id)
+            k = self._k(app_id)
+
+            def remote(client: Any) -> tuple[bool, int]:
+                total, version = LEAVE(
+                    client,
+                    nodes=keys.nodes(k),
+                    sockets_key=keys.sockets(k, channel),
+                    user_id=user_id,
+                    share_key=keys.node_share(k, self.node, "members"),
+                    share_field=keys.member_field(channel, user_id),
+                    members_key=keys.members(k, channel),
+                    tag=k,
+                    channel=channel,
+                )
+                return total == 0, int(version)
+
+            return self.link.either(remote, lambda: last_here)
+
+    def user_online(self, app_id: str, user_id: str) -> bool:
+        with self._lock:
+            first_here = self.local.user_online(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=True)
             return first_here if total is None else total == 1
 
-    def user_offline(self, app_id: str, user_id: str, socket_id: str) -> bool:
+    def user_offline(self, app_id: str, user_id: str) -> bool:
         with self._lock:
-            last_here = self.local.user_offline(app_id, user_id, socket_id)
+            last_here = self.local.user_offline(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=False)
             return last_here if total is None else total == 0
 
     # --- reads --------------------------------------------------------------------------------
 
     def members(self, app_id: str, channel: str) -> dict[str, Any]:
-        if self.link.up:
-            try:
-                return _roster(self.link.client.hgetall(f"{self._k(app_id)}:members:{channel}"))
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-        return self.local.members(app_id, channel)
+        key = keys.members(self._k(app_id), channel)
+        return self.link.either(
+            lambda client: _roster(client.hgetall(key)),
+            lambda: self.local.members(app_id, channel),
+        )
 
     def subscription_count(self, app_id: str, channel: str) -> int:
-        if self.link.up:
-            try:
-                return int(self.link.client.hget(self._k(app_id) + ":subs", channel) or 0)
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-        return self.local.subscription_count(app_id, channel)
+        key = keys.subs(self._k(app_id))
+        return self.link.either(
+            lambda client: int(client.hget(key, channel) or 0),
+            lambda: self.local.subscription_count(app_id, channel),
+        )
 
     def channels(self, app_id: str) -> dict[str, int]:
-        if self.link.up:
-            try:
-                flat = self.link.client.hgetall(self._k(app_id) + ":subs")
-                return {ch.decode(): int(n) for ch, n in flat.items() if int(n) > 0}
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-        return self.local.channels(app_id)
+        key = keys.subs(self._k(app_id))
+
+        def remote(client: Any) -> dict[str, int]:
+            flat = client.hgetall(key)
+            return {ch.decode(): int(n) for ch, n in flat.items() if int(n) > 0}
+
+        return self.link.either(remote, lambda: self.local.channels(app_id))
 
     def online(self, app_id: str, user_ids: tuple[str, ...]) -> set[str]:
         if not user_ids:
             return set()
-        if self.link.up:
-            try:
-                counts = self.link.client.hmget(self._k(app_id) + ":online", list(user_ids))
-                return {uid for uid, n in zip(user_ids, counts, strict=True) if n and int(n) > 0}
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-        return self.local.online(app_id, user_ids)
+        key = keys.online(self._k(app_id))
 
-    # --- whole shares (ipe.janitor) -----------------------------------------------------------
+        def remote(client: Any) -> set[str]:
+            counts = client.hmget(key, list(user_ids))
+            return {uid for uid, n in zip(user_ids, counts, strict=True) if n and int(n) > 0}
+
+        return self.link.either(remote, lambda: self.local.online(app_id, user_ids))
+
+    # --- whole shares (ipe.redis.janitor) -----------------------------------------------------
 
     def nodes(self, app_id: str) -> set[str]:
         """Every other node holding a share of the app (Redis errors propagate)."""
-        members = self.link.client.smembers(self._k(app_id) + ":nodes")
+        members = self.link.client.smembers(keys.nodes(self._k(app_id)))
         return {n.decode() for n in members} - {self.node}
 
     def restore(self, app_id: str) -> tuple[str, Changes]:
@@ -437,7 +429,7 @@ class RedisPresence:
             infos = {}
             counts = {}
             for channel, user_id, n, info in share.members:
-                field = f"{channel}\n{user_id}"
+                field = keys.member_field(channel, user_id)
                 counts[field] = n
                 infos[field] = protocol.dumps(info)
             snapshot = json.dumps(
@@ -445,7 +437,9 @@ class RedisPresence:
                 separators=(",", ":"),
             )
             k = self._k(app_id)
-            result = self._restore(keys=[k + ":nodes"], args=[k, self.node, snapshot])
+            result = RESTORE(
+                self.link.client, nodes=keys.nodes(k), tag=k, node=self.node, snapshot=snapshot
+            )
         kept, reaped, occupied, vacated, added, removed, online, offline = result[:8]
         vadded, vremoved, totals = result[8:]
         added_members = []
@@ -466,8 +460,8 @@ class RedisPresence:
     def reap(self, app_id: str, node: str, tombstone: int) -> Changes:
         """Remove a dead node's share of an app; empty when another janitor did it first."""
         k = self._k(app_id)
-        vacated, removed, offline, versions, totals = self._reap(
-            keys=[k + ":nodes"], args=[k, node, tombstone]
+        vacated, removed, offline, versions, totals = REAP(
+            self.link.client, nodes=keys.nodes(k), tag=k, node=node, tombstone=tombstone
         )
         return Changes(
             [],
@@ -478,6 +472,11 @@ class RedisPresence:
             _text(offline),
             _totals(totals),
         )
+
+
+def _unknown() -> None:
+    """Redis could not be asked: the caller's own answer stands."""
+    return None
 
 
 def _removed(fields: list[bytes], versions: list[int]) -> list[tuple[str, str, int]]:

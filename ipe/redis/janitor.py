@@ -23,14 +23,15 @@ import gevent
 
 from ipe import protocol
 from ipe.hub import EVENT, WATCH
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis import keys
+from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from ipe.broker import Broker
     from ipe.config import AppConfig, Config
     from ipe.metrics import Metrics
-    from ipe.presence_redis import Changes, RedisPresence
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
+    from ipe.redis.presence import Changes, RedisPresence
     from ipe.subscription_count import SubscriptionCounts
     from ipe.webhooks import Webhooks
 
@@ -62,7 +63,7 @@ class Janitor:
         self.counts = counts
         self.interval = config.redis.heartbeat_interval
         self.timeout = config.redis.node_timeout
-        self.key = f"{link.prefix}:node:{link.node}"
+        self.key = keys.heartbeat(link.prefix, link.node)
         self._up_since = time.monotonic()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -149,7 +150,7 @@ class Janitor:
         for app in self.config.apps:
             for node in self.presence.nodes(app.app_id):
                 if node not in alive:
-                    alive[node] = bool(self.link.client.exists(f"{prefix}:node:{node}"))
+                    alive[node] = bool(self.link.client.exists(keys.heartbeat(prefix, node)))
                 if alive[node]:
                     continue
                 changes = self.presence.reap(app.app_id, node, TOMBSTONE_SECONDS)

@@ -1,6 +1,6 @@
 """Webhook events waiting in Redis, shared by every node: the `WebhookStore` of a cluster.
 
-Layout (one app's keys share the app's hash tag `{prefix:app_id}`, as in `ipe.presence_redis`,
+Layout (one app's keys share the app's hash tag `{prefix:app_id}`, as in `ipe.redis.presence`,
 so that every step below is one atomic Lua script on one Redis Cluster slot; `<i>` is the
 index of a target in the app's `webhooks` list, the lane "<app_id>/<i>"):
 
@@ -51,12 +51,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from redis.exceptions import ResponseError
 
 from ipe import protocol
-from ipe.redisconn import REDIS_ERRORS
+from ipe.redis import keys
+from ipe.redis.link import REDIS_ERRORS
+from ipe.redis.scripts import Script
 from ipe.webhook_store import Arrival, Batch, lane_name
 
 if TYPE_CHECKING:
     from ipe.config import AppConfig
-    from ipe.redisconn import RedisLink
+    from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,15 @@ local function push(lanes, t, dedupe, event)
 end
 """
 
-# KEYS[1]: w .. 'due' (routing). ARGV: w, now, number of lanes, release limit, then 7 per
-# arrival: kind ('h' held, 'r' return, 'e' other), grace key, number (held: due time; return:
-# marker ttl in ms), lane indexes "0,2", dedupe key, emit time, event JSON.
+# Every script takes KEYS[1] = w .. 'due' (it routes the call to the app's slot) and
+# ARGV[1] = w, the app's webhook key prefix (ipe.redis.keys.webhooks).
+_ROUTE = ("due",)
+
+# rest: 7 per arrival: kind ('h' held, 'r' return, 'e' other), grace key, number (held: due
+# time; return: marker ttl in ms), lane indexes "0,2", dedupe key, emit time, event JSON.
 # -> {cancelled, released, next due or '', size, then per lane: queued, oldest, token, lease}
-_PASS = (
+PASS = Script(
+    "webhooks_pass",
     _PUSH
     + r"""
 local now, nlanes = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -133,11 +139,16 @@ for i = 0, nlanes - 1 do
 end
 report[4] = size
 return report
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "now", "lanes", "release_limit"),
+    rest="arrivals",
 )
 
-# ARGV: w, lane index, limit, node, lease ms, token, created ms. -> events JSON, or false
-_TAKE = r"""
+# -> events JSON, or false
+TAKE = Script(
+    "webhooks_take",
+    r"""
 local w, i = ARGV[1], ARGV[2]
 local flight, lease = w .. 'fl:' .. i, w .. 'lease:' .. i
 if redis.call('EXISTS', flight) == 1 then return false end
@@ -157,27 +168,40 @@ local body = '[' .. table.concat(events, ',') .. ']'
 redis.call('HSET', flight, 'token', ARGV[6], 'created', ARGV[7], 'events', body, 'n', #events)
 redis.call('SET', lease, ARGV[4], 'PX', ARGV[5])
 return body
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "lane", "limit", "node", "lease_ms", "token", "created_ms"),
+)
 
-# ARGV: w, lane index, node, token
-_FINISH = r"""
+FINISH = Script(
+    "webhooks_finish",
+    r"""
 local w, i = ARGV[1], ARGV[2]
 if redis.call('HGET', w .. 'fl:' .. i, 'token') == ARGV[4] then
   redis.call('DEL', w .. 'fl:' .. i)
 end
 if redis.call('GET', w .. 'lease:' .. i) == ARGV[3] then redis.call('DEL', w .. 'lease:' .. i) end
 return 1
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "lane", "node", "token"),
+)
 
-# ARGV: w, lane index, node
-_ABANDON = r"""
+ABANDON = Script(
+    "webhooks_abandon",
+    r"""
 local lease = ARGV[1] .. 'lease:' .. ARGV[2]
 if redis.call('GET', lease) == ARGV[3] then redis.call('DEL', lease) end
 return 1
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "lane", "node"),
+)
 
-# ARGV: w, lane index, node, lease ms. -> {token, created ms, events JSON}, or false
-_ADOPT = r"""
+# -> {token, created ms, events JSON}, or false
+ADOPT = Script(
+    "webhooks_adopt",
+    r"""
 local w, i = ARGV[1], ARGV[2]
 local flight = redis.call('HMGET', w .. 'fl:' .. i, 'token', 'created', 'events')
 if not flight[1] then return false end
@@ -185,12 +209,17 @@ local holder = redis.call('GET', w .. 'lease:' .. i)
 if holder and holder ~= ARGV[3] then return false end
 redis.call('SET', w .. 'lease:' .. i, ARGV[3], 'PX', ARGV[4])
 return flight
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "lane", "node", "lease_ms"),
+)
 
-# ARGV: w, node, lease ms, then (lane index, token) pairs. -> lane indexes lost to others.
+# rest: (lane index, token) pairs. -> lane indexes lost to others.
 # A lease or batch gone without a successor (Redis lost its data) is written again: sending
 # on is at least once, and the lease keeps other nodes off the lane until this batch is done.
-_RENEW = r"""
+RENEW = Script(
+    "webhooks_renew",
+    r"""
 local w, node = ARGV[1], ARGV[2]
 local lost = {}
 for a = 4, #ARGV, 2 do
@@ -204,7 +233,11 @@ for a = 4, #ARGV, 2 do
   end
 end
 return lost
-"""
+""",
+    keys=_ROUTE,
+    args=("w", "node", "lease_ms"),
+    rest="lane_tokens",
+)
 
 
 class _Lane(NamedTuple):
@@ -227,7 +260,6 @@ class RedisWebhookStore:
         self.lease_ms = max(1, int(link.config.node_timeout * 1000))
         self.poll = link.config.heartbeat_interval
         self._lane_counts = {app.app_id: len(app.webhooks) for app in apps if app.webhooks}
-        self._scripts: dict[str, Any] = {}
         self._pending: dict[str, list[Arrival]] = {}  # accepted, not written yet
         self._unsaved = 0
         self._buffering = False  # Redis went away with arrivals waiting here (logged once)
@@ -243,16 +275,13 @@ class RedisWebhookStore:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _run(self, source: str, app_id: str, args: list[Any]) -> Any:
+    def _run(self, script: Script, app_id: str, rest: list[Any] | None = None, **named: Any) -> Any:
         """Run a script on the app's slot (EVALSHA, loading it again after a Redis restart)."""
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self.link.client.register_script(source)
         w = self._w(app_id)
-        return script(keys=[w + "due"], args=[w, *args])
+        return script(self.link.client, rest or (), due=w + "due", w=w, **named)
 
     def _w(self, app_id: str) -> str:
-        return f"{{{self.link.prefix}:{app_id}}}:wh:"
+        return keys.webhooks(self.link.prefix, app_id)
 
     @staticmethod
     def _split(lane: str) -> tuple[str, str]:
@@ -326,10 +355,17 @@ class RedisWebhookStore:
         nlanes = self._lane_counts[app_id]
         while True:
             chunk = pending[:_CHUNK]
-            args: list[Any] = [repr(now), nlanes, _RELEASE_LIMIT]
+            arrivals: list[Any] = []
             for arrival in chunk:
-                args.extend(_encode(arrival, now, self.lease_ms))
-            report = self._run(_PASS, app_id, args)
+                arrivals.extend(_encode(arrival, now, self.lease_ms))
+            report = self._run(
+                PASS,
+                app_id,
+                arrivals,
+                now=repr(now),
+                lanes=nlanes,
+                release_limit=_RELEASE_LIMIT,
+            )
             del pending[: len(chunk)]
             self._unsaved -= len(chunk)
             if not pending:
@@ -390,7 +426,14 @@ class RedisWebhookStore:
         created_ms = int(now * 1000)
         try:
             body = self._run(
-                _TAKE, app_id, [index, limit, self.node, self.lease_ms, token, created_ms]
+                TAKE,
+                app_id,
+                lane=index,
+                limit=limit,
+                node=self.node,
+                lease_ms=self.lease_ms,
+                token=token,
+                created_ms=created_ms,
             )
         except REDIS_ERRORS as exc:
             self._failed(exc)
@@ -424,7 +467,7 @@ class RedisWebhookStore:
 
     def _finish(self, batch: Batch) -> None:
         app_id, index = self._split(batch.lane)
-        self._run(_FINISH, app_id, [index, self.node, batch.token])
+        self._run(FINISH, app_id, lane=index, node=self.node, token=batch.token)
 
     def abandon(self, batch: Batch) -> None:
         if self._mine.get(batch.lane) is batch:
@@ -433,7 +476,7 @@ class RedisWebhookStore:
             return  # the lease expires by itself
         app_id, index = self._split(batch.lane)
         try:
-            self._run(_ABANDON, app_id, [index, self.node])
+            self._run(ABANDON, app_id, lane=index, node=self.node)
         except REDIS_ERRORS as exc:
             self._failed(exc)
 
@@ -452,7 +495,9 @@ class RedisWebhookStore:
             app_id, index = self._split(lane)
             self._dirty.add(app_id)
             try:
-                flight = self._run(_ADOPT, app_id, [index, self.node, self.lease_ms])
+                flight = self._run(
+                    ADOPT, app_id, lane=index, node=self.node, lease_ms=self.lease_ms
+                )
             except REDIS_ERRORS as exc:
                 self._failed(exc)
                 return adopted
@@ -480,7 +525,7 @@ class RedisWebhookStore:
             app_id, index = self._split(lane)
             by_app.setdefault(app_id, []).extend((index, batch.token))
         for app_id, pairs in by_app.items():
-            lost = self._run(_RENEW, app_id, [self.node, self.lease_ms, *pairs])
+            lost = self._run(RENEW, app_id, pairs, node=self.node, lease_ms=self.lease_ms)
             for index in lost:
                 lane = lane_name(app_id, int(index))
                 self._mine.pop(lane, None)

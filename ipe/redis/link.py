@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
@@ -25,15 +25,23 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from ipe.backoff import Backoff
 from ipe.config import RedisConfig
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Everything a Redis call may raise when the server is away, slow or reshaping its cluster.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 BACKOFF_START = 0.5
 BACKOFF_CAP = 5.0
+
+
+def reconnect_backoff() -> Backoff:
+    """The back-off of everything that reconnects to Redis: 0.5 s, doubling up to 5 s."""
+    return Backoff(BACKOFF_START, BACKOFF_CAP)
 
 
 def node_id(instance_id: str) -> str:
@@ -138,6 +146,16 @@ class RedisLink:
             )
         self._wake.set()
 
+    def either(self, remote: Callable[[Any], T], local: Callable[[], T]) -> T:
+        """`remote(client)` while Redis is up; `local()` when it is down or the call fails
+        (the link is then marked down): the one way ipe falls back to this process's state."""
+        if self.up:
+            try:
+                return remote(self.client)
+            except REDIS_ERRORS as exc:
+                self.mark_down(exc)
+        return local()
+
     def sharded(self) -> bool:
         """True when Pub/Sub should be sharded (SPUBLISH): a Redis Cluster of Redis 7+."""
         if self._sharded is None:
@@ -172,7 +190,7 @@ class RedisLink:
                 pass
 
     def _probe_forever(self) -> None:
-        backoff = BACKOFF_START
+        backoff = reconnect_backoff()
         attempts = 0
         while True:
             try:
@@ -182,17 +200,17 @@ class RedisLink:
             except REDIS_ERRORS as exc:
                 self.mark_down(exc)
                 attempts += 1
+                delay = backoff.next()
                 if attempts == 1 or attempts % 10 == 0:
                     log.warning(
                         "%s unreachable for %.0fs (%s); retrying in %.1fs",
                         self.config.describe(),
                         time.monotonic() - self._down_since,
                         exc,
-                        backoff,
+                        delay,
                     )
                 self._wake.clear()
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP)
+                gevent.sleep(delay)
                 continue
             except Exception:  # never let the probe die: /ready and recovery depend on it
                 log.exception("Redis probe failed")
@@ -201,7 +219,7 @@ class RedisLink:
             if not self.up:
                 self.up = True
                 attempts = 0
-                backoff = BACKOFF_START
+                backoff.reset()
                 log.info(
                     "%s reachable (node %s, after %.1fs)",
                     self.config.describe(),
@@ -216,8 +234,7 @@ class RedisLink:
                     except Exception:
                         log.exception("error running a Redis recovery step")
                 if not self.up:  # recovery failed half-way: it runs again on the next success
-                    gevent.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_CAP)
+                    gevent.sleep(backoff.next())
                     continue
             self._wake.clear()
             self._wake.wait(self.config.health_check_interval)

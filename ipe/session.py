@@ -171,15 +171,13 @@ class Session:
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
         try:
-            count = state.presence.subscribe(app_id, channel, conn.socket_id)
+            count = state.presence.subscribe(app_id, channel)
             if count == 1:
                 state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
             if member is None:
                 self._confirm(channel, None)
             else:
-                first, members, version = state.presence.join(
-                    app_id, channel, conn.socket_id, member[0], member[1]
-                )
+                first, members, version = state.presence.join(app_id, channel, *member)
                 self._confirm(channel, members)
                 if first:
                     state.broker.publish(
@@ -310,7 +308,7 @@ class Session:
         if user_id is None:
             last, version = False, 0
         else:
-            last, version = state.presence.leave(app_id, channel, conn.socket_id, user_id)
+            last, version = state.presence.leave(app_id, channel, user_id)
         if last:
             state.broker.publish(
                 app_id,
@@ -324,7 +322,7 @@ class Session:
             )
             if app_id in state.tap.apps:
                 state.tap.emit(app_id, "member_removed", channel=channel, user_id=user_id)
-        count = state.presence.unsubscribe(app_id, channel, conn.socket_id)
+        count = state.presence.unsubscribe(app_id, channel)
         if app_id in state.tap.apps:
             state.tap.emit(app_id, "unsubscribed", channel=channel, socket_id=conn.socket_id)
         # The count first: Pusher delays channel_vacated, so its receivers see 0 before it.
@@ -369,7 +367,7 @@ class Session:
         conn.user_data = user
         state = self.state
         state.hub.sign_in(conn, user_id)
-        if state.presence.user_online(app.app_id, user_id, conn.socket_id):
+        if state.presence.user_online(app.app_id, user_id):
             state.broker.publish(app.app_id, WATCH, user_id, b"online")
         self._watch(user.get("watchlist"))
 
@@ -404,7 +402,7 @@ class Session:
         conn = self.conn
         app_id = self.app.app_id
         assert conn.user_id is not None
-        if self.state.presence.user_offline(app_id, conn.user_id, conn.socket_id):
+        if self.state.presence.user_offline(app_id, conn.user_id):
             self.state.broker.publish(app_id, WATCH, conn.user_id, b"offline")
 
     # --- client events ------------------------------------------------------------------------

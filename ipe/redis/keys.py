@@ -1,0 +1,95 @@
+"""Every Redis key and Pub/Sub channel name ipe uses, built in one place.
+
+Every key of one app starts with the app's hash tag `{prefix:app_id}` (`app_tag`), so that
+all of an app's state sits on one Redis Cluster slot and each transition is one atomic Lua
+script. Lua scripts receive the tag (or the webhook prefix) and append the suffixes listed
+here themselves; a change of layout touches this module and those scripts' sources.
+
+  {P:A}:subs  :sockets:<ch>  :members:<ch>  :online  :ver  :nodes  :reaped:<N>
+  {P:A}:node:<N>:subs  :members  :online  :reg             (ipe.redis.presence)
+  {P:A}:cache:<ch>                                         (ipe.redis.cache)
+  {P:A}:wh:held  :due  :ret:<key>  :q:<i>  :dd:<i>  :fl:<i>  :lease:<i>
+                                                           (ipe.redis.webhook_store)
+  P:node:<N>          a node's heartbeat, not per app       (ipe.redis.janitor)
+  P:app:<A>           the app's Pub/Sub channel             (ipe.redis.broker)
+  {P:A}:console:webhooks:<lane>   a target's last deliveries  (ipe.console.relay)
+  P:console           the debug console's Pub/Sub channel   (ipe.console.relay)
+"""
+
+from __future__ import annotations
+
+
+def app_tag(prefix: str, app_id: str) -> str:
+    """`{prefix:app_id}`: the hash tag that opens every key of one app."""
+    return f"{{{prefix}:{app_id}}}"
+
+
+def node_share(tag: str, node: str, kind: str) -> str:
+    """Hash: node `node`'s share of the cluster-wide `kind` ("subs", "members", "online")."""
+    return f"{tag}:node:{node}:{kind}"
+
+
+def tally(tag: str, kind: str) -> str:
+    """Hash: the cluster-wide counts `kind`: "subs" (channel -> subscriptions on every node)
+    or "online" (user_id -> signed-in sockets on every node)."""
+    return f"{tag}:{kind}"
+
+
+def subs(tag: str) -> str:
+    """Hash: channel -> subscriptions on every node."""
+    return tally(tag, "subs")
+
+
+def sockets(tag: str, channel: str) -> str:
+    """Hash: user_id -> member sockets of a presence channel on every node."""
+    return f"{tag}:sockets:{channel}"
+
+
+def members(tag: str, channel: str) -> str:
+    """Hash: user_id -> user_info (JSON) of a presence channel."""
+    return f"{tag}:members:{channel}"
+
+
+def online(tag: str) -> str:
+    """Hash: user_id -> signed-in sockets on every node."""
+    return tally(tag, "online")
+
+
+def nodes(tag: str) -> str:
+    """Set: the nodes holding a share of the app (where janitors look)."""
+    return f"{tag}:nodes"
+
+
+def member_field(channel: str, user_id: str) -> str:
+    """The field of one member in a node's `members` share."""
+    return f"{channel}\n{user_id}"
+
+
+def cache(prefix: str, app_id: str, channel: str) -> str:
+    """String: the last event of a cache channel (JSON [event, data]), with its TTL."""
+    return f"{app_tag(prefix, app_id)}:cache:{channel}"
+
+
+def webhooks(prefix: str, app_id: str) -> str:
+    """The prefix of an app's webhook store keys (`...:wh:`; scripts append the rest)."""
+    return f"{app_tag(prefix, app_id)}:wh:"
+
+
+def heartbeat(prefix: str, node: str) -> str:
+    """String: a node's heartbeat, expiring after `node_timeout`."""
+    return f"{prefix}:node:{node}"
+
+
+def console_channel(prefix: str) -> str:
+    """The debug console's Pub/Sub channel: leases, node numbers, watched apps' records."""
+    return f"{prefix}:console"
+
+
+def console_deliveries(prefix: str, app_id: str, lane: str) -> str:
+    """List: the last webhook deliveries (JSON) of one target, newest first."""
+    return f"{app_tag(prefix, app_id)}:console:webhooks:{lane}"
+
+
+def pubsub_channel(prefix: str, app_id: str) -> str:
+    """The Pub/Sub channel of one app: every node subscribes to it once."""
+    return f"{prefix}:app:{app_id}"
