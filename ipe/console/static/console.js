@@ -192,8 +192,13 @@
     const source = new EventSource(base + "/api/apps/" + encodeURIComponent(appId) + "/events");
     source.onopen = () => { state.textContent = "live"; state.className = "state live"; };
     source.onerror = () => { state.textContent = "reconnecting…"; state.className = "state"; };
+    const lastSeq = {}; // node -> last record number: a reconnected stream replays recent ones
     source.onmessage = (message) => {
       const record = JSON.parse(message.data);
+      if (record.n !== undefined && record.s !== undefined) {
+        if (lastSeq[record.n] >= record.s) return;
+        lastSeq[record.n] = record.s;
+      }
       if (paused) {
         held.push(record);
         if (held.length > MAX_ROWS) held.shift();
