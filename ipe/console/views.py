@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import gevent.queue
 from flask import (
     Blueprint,
@@ -50,6 +51,7 @@ blueprint = Blueprint(
 
 HEARTBEAT = 15.0  # seconds between SSE comments, so proxies and dead pages are noticed
 BATCH = 200  # records written to a stream at once
+COALESCE = 0.1  # seconds a stream waits after a record for more to write with it
 PUBLIC = {"console.login", "console.login_post", "console.static"}
 
 
@@ -334,6 +336,8 @@ def _events(stream: Stream, watchers: Any) -> Iterator[bytes]:
                 continue
             if first == END:
                 return
+            # Let a burst gather: one write (one syscall, one chunk) for many records.
+            gevent.sleep(COALESCE)
             lines = [first]
             while len(lines) < BATCH:
                 try:

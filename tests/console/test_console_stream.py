@@ -4,12 +4,13 @@ and nothing recorded while nobody watches."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 from cluster.cluster_support import FIXTURES, redis_config
 from conftest import SECRET, IpeServer, wait_until
-from console_support import CONSOLE, ConsoleUser, console_config
+from console_support import CONSOLE, ConsoleUser, Gunicorn, console_config
 
 make_redis, redis_server, nodes = FIXTURES
 
@@ -213,3 +214,32 @@ def test_webhook_deliveries_are_shared_by_the_nodes(redis_server, make_server, u
         0.1,
         "the delivery on node a's webhooks page",
     )
+
+
+def test_under_gunicorn_one_stream_shows_every_worker_unbuffered(redis_server, tmp_path, users):
+    config = redis_config(redis_server.url)
+    config["console"] = CONSOLE
+    server = Gunicorn(config, tmp_path, "gunicorn", {"WEB_CONCURRENCY": "2"}).start()
+    try:
+        stream = logged_in(server, users).stream("1001")
+        nodes: set[str] = set()
+        deadline = time.monotonic() + 30
+        i = 0
+        # Each REST request lands on either worker (the kernel picks); each record must come
+        # through the stream on its own, not held back until more accumulate.
+        while len(nodes) < 2 and time.monotonic() < deadline:
+            i += 1
+            server.sdk().trigger("ticks", "tick", {"i": i})
+            try:
+                record = stream.expect(
+                    lambda r, i=i: r["k"] == "api_message" and r["preview"] == f'{{"i": {i}}}', 2
+                )
+            except AssertionError:
+                continue  # the other worker had no lease yet: it recorded nothing
+            nodes.add(record["n"])
+        assert len(nodes) == 2, nodes
+    finally:
+        for user in users:
+            user.close()
+        server.stop()
+    assert "Traceback" not in server.log()
