@@ -51,15 +51,33 @@ def on_starting(server):
             )
 
 
+# `ipe reload` signals the pid in this file (the master), like `ipe`'s own pid_file.
+pidfile = os.environ.get("IPE_PID_FILE") or None
+
+
 def when_ready(server):
     """TCP_NODELAY on the listeners, which accepted sockets inherit: pywsgi writes headers and
-    body separately, and Nagle would hold the body ~40 ms for the client's delayed ACK."""
+    body separately, and Nagle would hold the body ~40 ms for the client's delayed ACK.
+
+    And SIGHUP to the master reloads ipe's config in every worker, in place: gunicorn's own
+    HUP would replace the workers, closing every socket they hold.
+    """
     import socket
 
     for listener in server.LISTENERS:
         sock = getattr(listener, "sock", None)
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def forward_hup():
+        server.log.info("SIGHUP: reloading ipe's config in %d worker(s)", len(server.WORKERS))
+        for pid in list(server.WORKERS):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    server.handle_hup = forward_hup  # the arbiter looks its handlers up by name
 
 
 def post_worker_init(worker):
@@ -74,6 +92,8 @@ def post_worker_init(worker):
         worker.ipe_shutdown = gevent.spawn(state.shutdown)
 
     signal.signal(signal.SIGTERM, handle_exit)
+    # The reload runs in a greenlet: a signal handler must not block the worker's loop.
+    signal.signal(signal.SIGHUP, lambda sig, frame: gevent.spawn(state.reload))
 
 
 def worker_exit(server, worker):

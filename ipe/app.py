@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gevent
@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 
 from ipe import config as config_module
 from ipe import protocol, session
+from ipe.apps import AppChanges, Apps
 from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
@@ -32,6 +33,7 @@ class State:
     """Everything one ipe process owns; built once by `create_app`."""
 
     config: Config
+    apps: Apps
     hub: Hub
     broker: Broker
     presence: Presence
@@ -54,6 +56,7 @@ class State:
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
             self.janitor.start()
@@ -76,10 +79,55 @@ class State:
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
         self.webhooks.stop()
+        self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
             self.janitor.stop()
         self.hub.stop()
+
+    def reload(self, path: str | None = None) -> AppChanges | None:
+        """Re-read the config file and serve its apps; None (and one log line) if invalid.
+
+        Sockets of unchanged apps are not touched; a disabled app's are closed with 4003 and a
+        removed app's with 4001. Settings that are bound at start (listeners, Redis, the
+        webhook schedule) keep their old values until a restart.
+        """
+        path = path or config_path()
+        try:
+            new = config_module.load(path)
+        except config_module.ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return None
+        fixed = [
+            name
+            for name in ("host", "port", "ssl", "redis", "instance_id", "webhooks", "console")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if fixed:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(fixed))
+        if new.app_manager != self.config.app_manager:
+            log.warning("reload: app_manager changed; that takes a restart")
+            new = replace(new, app_manager=self.config.app_manager)
+        self.config = new
+        if self.apps.source is None:
+            changes = self.apps.replace(new.apps)
+        else:  # the apps live elsewhere: read them again
+            changes = AppChanges()
+            self.apps.invalidate()
+        log.info("reloaded %s: %s", path, changes.summary())
+        return changes
+
+    def _apps_changed(self, changes: AppChanges) -> None:
+        for app in changes.disabled:
+            self.hub.close_app(app.app_id, protocol.APP_DISABLED, "Application disabled")
+        for app in changes.removed:
+            self.hub.close_app(
+                app.app_id, protocol.APP_NOT_FOUND, f"Application does not exist: {app.key}"
+            )
+        self.webhooks.set_apps(self.apps.all)
+        watch = getattr(self.broker, "watch_apps", None)
+        if watch is not None:
+            watch(tuple(app.app_id for app in self.apps.all))
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
@@ -105,14 +153,43 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
+    state = _build_state(config)
+    state.apps.on_change(state._apps_changed)
+    return state
+
+
+def _apps(config: Config, link: Any) -> Apps:
+    """The app registry, over the source `app_manager` names."""
+    manager = config.app_manager
+    if manager.driver == "config":
+        return Apps(config.apps)
+    source: Any
+    if manager.driver == "redis":
+        from ipe.redis.apps import RedisApps
+
+        source = RedisApps(link, config.limits)
+    elif manager.driver == "sql":
+        from ipe.app_managers.sql import SqlApps
+
+        source = SqlApps(manager, config.limits)
+    else:
+        from ipe.app_managers.http import HttpApps
+
+        source = HttpApps(manager, config.limits)
+    return Apps(config.apps, source, manager.cache_ttl, manager.miss_ttl)
+
+
+def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
     metrics = Metrics()
     if config.redis is None:
+        apps = _apps(config, None)
         broker = LocalBroker(hub)
         presence = InMemoryPresence()
         webhooks = Webhooks(config.webhooks, config.apps, metrics)
         return State(
             config=config,
+            apps=apps,
             hub=hub,
             broker=broker,
             presence=presence,
@@ -130,12 +207,14 @@ def build_state(config: Config) -> State:
     from ipe.redis.webhook_store import RedisWebhookStore
 
     link = RedisLink(config.redis, node_id(config.instance_id))
+    apps = _apps(config, link)
     webhooks = Webhooks(config.webhooks, config.apps, metrics, RedisWebhookStore(link, config.apps))
     link.on_up(webhooks.wake)  # write what waited in memory as soon as Redis is back
     broker = RedisBroker(hub, link, tuple(app.app_id for app in config.apps), metrics)
     presence = RedisPresence(link)
     state = State(
         config=config,
+        apps=apps,
         hub=hub,
         broker=broker,
         presence=presence,
@@ -145,7 +224,7 @@ def build_state(config: Config) -> State:
         counts=SubscriptionCounts(presence, broker, webhooks),
         redis=link,
     )
-    state.janitor = Janitor(config, link, presence, broker, webhooks, metrics, state.counts)
+    state.janitor = Janitor(config, apps, link, presence, broker, webhooks, metrics, state.counts)
     return state
 
 
@@ -203,7 +282,7 @@ def build_app(state: State) -> Flask:
 
     @app.get("/")
     def index() -> Response:
-        return jsonify({"name": "ipe", "apps": len(config.apps)})
+        return jsonify({"name": "ipe", "apps": len(state.apps.all)})
 
     @app.get("/health")
     @app.get("/healthz")
@@ -217,7 +296,10 @@ def build_app(state: State) -> Flask:
             return jsonify({"ready": False, "reason": "shutting down"}), 503
         if not state.broker.ready():
             return jsonify({"ready": False, "reason": "broker unavailable"}), 503
-        return jsonify({"ready": True}), 200
+        if not state.apps.ready():
+            return jsonify({"ready": False, "reason": "apps not loaded yet"}), 503
+        # A failing app source leaves the cached apps served: ready, with the reason said.
+        return jsonify({"ready": True, "apps": state.apps.status()}), 200
 
     @app.get("/metrics")
     def metrics() -> Response:

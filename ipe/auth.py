@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ipe.protocol import is_presence
 
@@ -19,16 +19,34 @@ def sign(secret: str, message: str | bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _token_valid(key: str, secret: str, token: object, string_to_sign: str) -> bool:
+# One secret, or every secret an app accepts while one rotates out (the current one first).
+Secrets = str | Sequence[str]
+
+
+def _each(secrets: Secrets) -> Sequence[str]:
+    return (secrets,) if isinstance(secrets, str) else secrets
+
+
+def _token_valid(key: str, secret: Secrets, token: object, string_to_sign: str) -> bool:
     """Check a `key:hexdigest` token; the whole string is compared so the key must match too."""
     if not isinstance(token, str):
         return False
-    expected = f"{key}:{sign(secret, string_to_sign)}"
-    return hmac.compare_digest(expected.encode(), token.encode())
+    given = token.encode()
+    # Every secret is tried (no early exit), so timing tells nothing about which one matched.
+    valid = False
+    for one in _each(secret):
+        expected = f"{key}:{sign(one, string_to_sign)}"
+        valid |= hmac.compare_digest(expected.encode(), given)
+    return valid
 
 
 def channel_auth_valid(
-    key: str, secret: str, socket_id: str, channel: str, token: object, channel_data: str | None
+    key: str,
+    secret: Secrets,
+    socket_id: str,
+    channel: str,
+    token: object,
+    channel_data: str | None,
 ) -> bool:
     """Check a private/presence channel token over `socket_id:channel[:channel_data]`."""
     if channel_data is not None:
@@ -41,7 +59,9 @@ def channel_auth_valid(
     return _token_valid(key, secret, token, f"{socket_id}:{channel}")
 
 
-def signin_valid(key: str, secret: str, socket_id: str, user_data: str, token: object) -> bool:
+def signin_valid(
+    key: str, secret: Secrets, socket_id: str, user_data: str, token: object
+) -> bool:
     """Check a `pusher:signin` token over `socket_id::user::user_data`."""
     return _token_valid(key, secret, token, f"{socket_id}::user::{user_data}")
 
@@ -71,7 +91,7 @@ def rest_string_to_sign(method: str, path: str, params: Mapping[str, str]) -> st
 
 def verify_rest(
     key: str,
-    secret: str,
+    secret: Secrets,
     method: str,
     paths: tuple[str, ...],
     params: Mapping[str, str],
@@ -108,10 +128,14 @@ def verify_rest(
     signature = params.get("auth_signature")
     if not isinstance(signature, str):
         raise RestAuthError("Missing auth_signature")
+    given = signature.encode()
+    valid = False
     for path in paths:
-        expected = sign(secret, rest_string_to_sign(method, path, params))
-        if hmac.compare_digest(expected.encode(), signature.encode()):
-            return
+        string_to_sign = rest_string_to_sign(method, path, params)
+        for one in _each(secret):
+            valid |= hmac.compare_digest(sign(one, string_to_sign).encode(), given)
+    if valid:
+        return
     raise RestAuthError(
         "Invalid signature: you should have sent HmacSHA256Hex("
         f"{rest_string_to_sign(method, paths[0], params)!r}, your_secret_key)"

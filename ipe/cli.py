@@ -5,6 +5,7 @@ from gevent import monkey
 monkey.patch_all()  # first: everything imported below must see the patched socket and ssl
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -93,8 +94,59 @@ def _summary(cfg: config_module.Config, host: str, port: int) -> str:
     return "\n".join(lines)
 
 
+def _reload_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipe reload",
+        description="Make a running ipe (or the gunicorn master serving it) re-read its "
+        "config file: SIGHUP to the pid in the pid file.",
+    )
+    parser.add_argument("--config", "-config", default=None, help="config naming pid_file")
+    parser.add_argument(
+        "--pid-file", default=None, help="pid file (default: $IPE_PID_FILE, else pid_file)"
+    )
+    return parser
+
+
+def reload_main(argv: list[str]) -> None:
+    """`ipe reload`: signal the process named by the pid file to reload its config."""
+    args = _reload_parser().parse_args(argv)
+    path = args.pid_file or os.environ.get("IPE_PID_FILE")
+    if not path:
+        if args.config:
+            os.environ["IPE_CONFIG"] = args.config
+        from ipe.app import config_path
+
+        try:
+            path = config_module.load(config_path()).pid_file
+        except config_module.ConfigError as exc:
+            print(f"ipe reload: config error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    if not path:
+        print(
+            "ipe reload: no pid file: give --pid-file, $IPE_PID_FILE or pid_file",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        with open(path, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"ipe reload: cannot signal the process in {path}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ipe reload: sent SIGHUP to {pid}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the config and serve until SIGTERM or SIGINT."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reload"]:
+        reload_main(argv[1:])
+        return
+    if argv[:1] == ["apps"]:
+        from ipe.apps_cli import run
+
+        sys.exit(run(argv[1:]))
     args = _parser().parse_args(argv)
     if args.config:
         os.environ["IPE_CONFIG"] = args.config
@@ -151,8 +203,19 @@ def main(argv: list[str] | None = None) -> None:
 
     gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
-    stopping.wait()
-    state.shutdown()
-    for server in servers:
-        server.stop(timeout=5)
+    # In a greenlet of its own: the handler runs in the hub, where nothing may block.
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload, path))
+    pid_file = cfg.pid_file
+    if pid_file:
+        with open(pid_file, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+    try:
+        stopping.wait()
+        state.shutdown()
+        for server in servers:
+            server.stop(timeout=5)
+    finally:
+        if pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
     log.info("stopped")

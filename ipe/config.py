@@ -80,7 +80,9 @@ class AppConfig:
 
     app_id: str
     key: str
-    secret: str = field(repr=False)
+    secret: str = field(repr=False)  # signs webhooks; the first of `secrets:` when rotating
+    # Older secrets still accepted while they rotate out (`secrets: [new, old]`).
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     name: str = ""
     enabled: bool = True
     only_ssl: bool = False
@@ -88,6 +90,27 @@ class AppConfig:
     subscription_count: bool = False  # Pusher's "subscription counting" toggle (off there too)
     webhooks: tuple[WebhookTarget, ...] = ()
     limits: Limits = Limits()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret a signature may be made with, the current one first."""
+        return (self.secret, *self.previous_secrets)
+
+
+APP_MANAGER_DRIVERS = ("config", "redis", "sql", "http")
+
+
+@dataclass(frozen=True)
+class AppManagerConfig:
+    """Where apps come from (top-level `app_manager:`): the config file, Redis, SQL or HTTP."""
+
+    driver: str = "config"
+    cache_ttl: float = 60.0  # seconds an app read from Redis, SQL or HTTP is kept
+    miss_ttl: float = 5.0  # seconds an unknown key or id is remembered as unknown
+    url: str = field(default="", repr=False)  # sql: database URL; http: the endpoint
+    table: str = "apps"  # sql: the table, soketi's columns
+    secret: str = field(default="", repr=False)  # http: signs every request
+    timeout: float = 5.0  # seconds one look-up may take
 
 
 @dataclass(frozen=True)
@@ -170,6 +193,9 @@ class Config:
     instance_id: str = ""
     log_level: str = "info"
     webhooks: WebhookSettings = WebhookSettings()
+    pid_file: str = ""  # where `ipe` writes its pid, for `ipe reload` (SIGHUP)
+    app_manager: AppManagerConfig = AppManagerConfig()
+    limits: Limits = Limits()  # the top-level limits: the base of apps from other managers
     console: ConsoleConfig = ConsoleConfig()
 
     def app_by_key(self, key: str) -> AppConfig | None:
@@ -377,10 +403,12 @@ def _webhooks(raw: Any, where: str) -> tuple[WebhookTarget, ...]:
 
 def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
     section = _Section(raw, where)
+    secrets = _secrets(section, where)
     app = AppConfig(
         app_id=section.str("app_id"),
         key=section.str("key"),
-        secret=section.str("secret"),
+        secret=secrets[0],
+        previous_secrets=secrets[1:],
         name=section.str("name", ""),
         enabled=section.bool("enabled", True),
         only_ssl=section.bool("only_ssl", False),
@@ -390,10 +418,69 @@ def _app(raw: Any, where: str, limits: Limits) -> AppConfig:
         limits=_limits(section.section("limits"), limits),
     )
     section.done()
-    for name in ("app_id", "key", "secret"):
+    for name in ("app_id", "key"):
         if not getattr(app, name):
             raise ConfigError(f"{where}.{name}: must not be empty")
     return app
+
+
+def parse_app(raw: Any, limits: Limits, where: str = "app") -> AppConfig:
+    """One app from its YAML or JSON mapping (the config file's shape), over `limits`."""
+    return _app(raw, where, limits)
+
+
+def parse_apps(raw: list[Any], limits: Limits, where: str = "apps") -> tuple[AppConfig, ...]:
+    """A list of apps; ids and keys must be unique."""
+    apps = tuple(_app(item, f"{where}[{i}]", limits) for i, item in enumerate(raw))
+    for name in ("app_id", "key"):
+        values = [getattr(a, name) for a in apps]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ConfigError(f"{where}[{i}].{name}: duplicate value {value!r}")
+    return apps
+
+
+def _app_manager(section: _Section) -> AppManagerConfig:
+    driver = section.str("driver", "config").lower()
+    if driver not in APP_MANAGER_DRIVERS:
+        raise ConfigError(f"app_manager.driver: must be one of {', '.join(APP_MANAGER_DRIVERS)}")
+    manager = AppManagerConfig(
+        driver=driver,
+        cache_ttl=section.float("cache_ttl", AppManagerConfig.cache_ttl, minimum=0.1),
+        miss_ttl=section.float("miss_ttl", AppManagerConfig.miss_ttl),
+        url=section.str("url", ""),
+        table=section.str("table", AppManagerConfig.table),
+        secret=section.str("secret", ""),
+        timeout=section.float("timeout", AppManagerConfig.timeout, minimum=0.1),
+    )
+    section.done()
+    if driver in ("sql", "http") and not manager.url:
+        raise ConfigError(f"app_manager.url: required by driver {driver}")
+    if driver == "http" and not manager.secret:
+        raise ConfigError("app_manager.secret: required by driver http (it signs each request)")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", manager.table):
+        raise ConfigError("app_manager.table: must be a plain table name")
+    return manager
+
+
+def _secrets(section: _Section, where: str) -> tuple[str, ...]:
+    """`secret: S`, or `secrets: [new, old, ...]` while a secret rotates out."""
+    listed = section.get("secrets", None)
+    if listed is None:
+        secret = section.str("secret")
+        if not secret:
+            raise ConfigError(f"{where}.secret: must not be empty")
+        return (secret,)
+    if section.get("secret", None) is not None:
+        raise ConfigError(f"{where}.secrets: give either secret or secrets, not both")
+    if not isinstance(listed, list) or not listed:
+        raise ConfigError(f"{where}.secrets: must be a non-empty list of strings")
+    for i, secret in enumerate(listed):
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{where}.secrets[{i}]: must be a non-empty string")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"{where}.secrets: lists a secret twice")
+    return tuple(listed)
 
 
 def _redis_from_url(url: str, where: str) -> RedisConfig:
@@ -599,15 +686,11 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
             if not getattr(ssl_config, name):
                 raise ConfigError(f"ssl.{name}: required when ssl.enabled is true")
     limits = _limits(top.section("limits"), Limits())
-    apps_raw = top.get("apps")
-    if not isinstance(apps_raw, list) or not apps_raw:
+    manager = _app_manager(top.section("app_manager"))
+    apps_raw = top.get("apps", [] if manager.driver != "config" else _REQUIRED)
+    if not isinstance(apps_raw, list) or (not apps_raw and manager.driver == "config"):
         raise ConfigError("apps: must be a non-empty list")
-    apps = tuple(_app(item, f"apps[{i}]", limits) for i, item in enumerate(apps_raw))
-    for name in ("app_id", "key"):
-        values = [getattr(a, name) for a in apps]
-        for i, value in enumerate(values):
-            if value in values[:i]:
-                raise ConfigError(f"apps[{i}].{name}: duplicate value {value!r}")
+    apps = parse_apps(apps_raw, limits, "apps")
     config = Config(
         apps=apps,
         host=host,
@@ -621,9 +704,14 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
         webhooks=_webhook_settings(top.section("webhooks")),
+        pid_file=top.str("pid_file", env.get("IPE_PID_FILE", "")),
+        app_manager=manager,
+        limits=limits,
         console=_console(top.section("console"), env),
     )
     top.done()
+    if manager.driver == "redis" and config.redis is None:
+        raise ConfigError("app_manager.driver: redis needs the redis: section (or REDIS_URL)")
     return config
 
 

@@ -235,6 +235,13 @@ class Hub:
                 conn.ping_sent = now
                 conn.send(PING_FRAME)
 
+    def close_app(self, app_id: str, code: int, reason: str) -> int:
+        """Close every local connection of one app (it was disabled or removed)."""
+        conns = [c for c in self.connections.values() if c.app.app_id == app_id]
+        for conn in conns:
+            conn.close(code, reason, error=True)
+        return len(conns)
+
     def close_all(self, code: int, reason: str) -> None:
         """Close every local connection (shutdown: 4200 tells clients to reconnect at once)."""
         for conn in tuple(self.connections.values()):

@@ -85,7 +85,7 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
     try:
         auth.verify_rest(
             app.key,
-            app.secret,
+            app.secrets,
             request.method,
             tuple(paths),
             request.args.to_dict(flat=True),
@@ -100,7 +100,7 @@ def _authenticate(app: AppConfig, body: bytes) -> None:
 
 def _app(app_id: str) -> tuple[AppConfig, bytes]:
     """The app of the path, after authenticating the request; and the request body."""
-    app = _state().config.app_by_id(app_id)
+    app = _state().apps.by_id(app_id)
     if app is None:
         raise ApiError(404, f"Unknown app: {app_id[:64]}")
     body = _read_body(app.limits)
@@ -355,7 +355,7 @@ def terminate(app_id: str, user_id: str) -> Response:
 @blueprint.post("/users/<user_id>/terminate_connections", provide_automatic_options=False)
 def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
-    app = _state().config.app_by_key(request.args.get("auth_key", ""))
+    app = _state().apps.by_key(request.args.get("auth_key", ""))
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")

@@ -128,9 +128,9 @@ class Session:
             if channel_data is not None and not isinstance(channel_data, str):
                 return self._refuse(channel, "AuthError", "channel_data must be a string", 401)
             token = payload.get("auth")
-            app = self.app
+            app = self.state.apps.current(self.app)
             if not auth.channel_auth_valid(
-                app.key, app.secret, conn.socket_id, channel, token, channel_data
+                app.key, app.secrets, conn.socket_id, channel, token, channel_data
             ):
                 signed = auth.channel_string_to_sign(conn.socket_id, channel, channel_data)
                 return self._refuse(
@@ -335,12 +335,12 @@ class Session:
     def on_signin(self, _channel: str | None, data: Any) -> None:
         payload = protocol.event_data_object(data)
         conn = self.conn
-        app = self.app
+        app = self.state.apps.current(self.app)
         if payload is None:
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signin data")
         user_data = payload.get("user_data")
         if not isinstance(user_data, str) or not auth.signin_valid(
-            app.key, app.secret, conn.socket_id, user_data, payload.get("auth")
+            app.key, app.secrets, conn.socket_id, user_data, payload.get("auth")
         ):
             raise protocol.PusherError(protocol.UNAUTHORIZED, "Invalid signature for sign-in")
         try:
@@ -508,7 +508,7 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
     match = _APP_PATH.fullmatch(environ.get("PATH_INFO", ""))
     if match is None:
         return None, protocol.PATH_NOT_FOUND, "Path not found"
-    app = state.config.app_by_key(match.group(1))
+    app = state.apps.by_key(match.group(1))
     if app is None:
         return None, protocol.APP_NOT_FOUND, f"Application does not exist: {match.group(1)[:64]}"
     if not app.enabled:
@@ -550,7 +550,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
-    limits = app.limits if app is not None else config.apps[0].limits
+    limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
         app,

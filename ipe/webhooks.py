@@ -111,14 +111,9 @@ class Webhooks:
         self.settings = settings
         self.metrics = metrics
         self.store: WebhookStore = store if store is not None else InMemoryWebhookStore()
-        # Lanes come from the config, so every node names the same target alike.
         self._lanes: dict[str, tuple[AppConfig, WebhookTarget]] = {}
         self._app_lanes: dict[str, list[tuple[str, WebhookTarget]]] = {}
-        for app in apps:
-            for index, target in enumerate(app.webhooks):
-                lane = lane_name(app.app_id, index)
-                self._lanes[lane] = (app, target)
-                self._app_lanes.setdefault(app.app_id, []).append((lane, target))
+        self.set_apps(apps)
         self._inbox: deque[tuple[str, Event, float]] = deque()
         self._wake = gevent.event.Event()
         self._stopping = gevent.event.Event()
@@ -130,6 +125,21 @@ class Webhooks:
         self._drop_logged_at = -_DROP_LOG_INTERVAL
         self._opener = urllib.request.build_opener(_NoRedirect)
         self.tap = Tap()  # the console's (set by ipe.app); idle unless the console is on
+
+    def set_apps(self, apps: tuple[AppConfig, ...]) -> None:
+        """Deliver to the targets of `apps` from now on (at start, and after a reload)."""
+        # Lanes come from the config, so every node names the same target alike.
+        lanes: dict[str, tuple[AppConfig, WebhookTarget]] = {}
+        app_lanes: dict[str, list[tuple[str, WebhookTarget]]] = {}
+        for app in apps:
+            for index, target in enumerate(app.webhooks):
+                lane = lane_name(app.app_id, index)
+                lanes[lane] = (app, target)
+                app_lanes.setdefault(app.app_id, []).append((lane, target))
+        self._lanes, self._app_lanes = lanes, app_lanes
+        set_store_apps = getattr(self.store, "set_apps", None)
+        if set_store_apps is not None:
+            set_store_apps(apps)
 
     # --- the WebSocket side -------------------------------------------------------------------
 

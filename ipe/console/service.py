@@ -146,7 +146,7 @@ class Console:
             "connections": sum(n["connections"] for n in live),
             "apps": [
                 {"app_id": app.app_id, "name": app.name, "connections": apps.get(app.app_id, 0)}
-                for app in state.config.apps
+                for app in state.apps.all
             ],
             "in_rate": round(sum(n["in_rate"] for n in live), 1),
             "out_rate": round(sum(n["out_rate"] for n in live), 1),

@@ -64,7 +64,7 @@ def _console() -> Console:
 
 
 def _app(app_id: str) -> AppConfig:
-    app = _state().config.app_by_id(app_id)
+    app = _state().apps.by_id(app_id)
     if app is None:
         abort(404)
     return app
@@ -122,7 +122,7 @@ def _apps() -> list[dict[str, Any]]:
             "enabled": app.enabled,
             "webhooks": len(app.webhooks),
         }
-        for app in _state().config.apps
+        for app in _state().apps.all
     ]
 
 

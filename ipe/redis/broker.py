@@ -47,6 +47,7 @@ class RedisBroker:
         self.channels = {app_id: keys.pubsub_channel(link.prefix, app_id) for app_id in app_ids}
         self._apps = {name.encode(): app_id for app_id, name in self.channels.items()}
         self._groups: list[_Listener] = []
+        self._listening = False  # listeners made (none while no app is served)
         self._sharded = False
         self._failures_logged = 0.0
         self._failures_unlogged = 0
@@ -155,7 +156,6 @@ class RedisBroker:
         gevent.spawn(self._start_listeners)
 
     def _start_listeners(self) -> None:
-        names = sorted(self.channels.values())
         if self.link.config.cluster and self.link.config.sharded_pubsub != "false":
             # Sharded Pub/Sub needs to know the servers; wait for Redis like everyone else.
             backoff = reconnect_backoff()
@@ -166,13 +166,39 @@ class RedisBroker:
                 except self.errors as exc:
                     self.link.mark_down(exc)
                     gevent.sleep(backoff.next())
+        # No yield from here on: watch_apps sees either no listeners or all of these.
+        self._listening = True
+        self._listen(sorted(self.channels.values()))
+
+    def _listen(self, names: list[str]) -> None:
+        if not names:
+            return
         if self._sharded:
             # SSUBSCRIBE takes channels of one slot at a time; each listener finds its shard.
-            self._groups = [_Listener(self, [name]) for name in names]
+            groups = [_Listener(self, [name]) for name in names]
         else:
-            self._groups = [_Listener(self, names)]
-        for group in self._groups:
+            groups = [_Listener(self, names)]
+        self._groups.extend(groups)
+        for group in groups:
             group.start()
+
+    def watch_apps(self, app_ids: tuple[str, ...]) -> None:
+        """Also listen to these apps' channels (apps added by a reload).
+
+        Channels are only ever added: a listener restarted for the new set would miss
+        messages meanwhile, and a removed app's messages find no socket here anyway.
+        """
+        added = {
+            app_id: keys.pubsub_channel(self.link.prefix, app_id)
+            for app_id in app_ids
+            if app_id not in self.channels
+        }
+        if not added:
+            return
+        self.channels.update(added)
+        self._apps.update({name.encode(): app_id for app_id, name in added.items()})
+        if self._listening:  # new listeners for the new channels only
+            self._listen(sorted(added.values()))
 
     def stop(self) -> None:
         """Publish what still waits (briefly), then close the Pub/Sub connections."""
@@ -183,7 +209,7 @@ class RedisBroker:
 
     def ready(self) -> bool:
         """True while Redis answers and every listener is subscribed."""
-        return self.link.up and bool(self._groups) and all(g.live for g in self._groups)
+        return self.link.up and self._listening and all(g.live for g in self._groups)
 
     def receive(self, channel: bytes, data: bytes) -> None:
         """Carry out one message from Redis: parse the header, hand the payload to the hub."""

@@ -27,6 +27,7 @@ from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS
 
 if TYPE_CHECKING:
+    from ipe.apps import Apps
     from ipe.broker import Broker
     from ipe.config import AppConfig, Config
     from ipe.metrics import Metrics
@@ -46,6 +47,7 @@ class Janitor:
     def __init__(
         self,
         config: Config,
+        apps: Apps,
         link: RedisLink,
         presence: RedisPresence,
         broker: Broker,
@@ -54,7 +56,7 @@ class Janitor:
         counts: SubscriptionCounts,
     ) -> None:
         assert config.redis is not None
-        self.config = config
+        self.apps = apps  # follows reloads: the apps whose shares this node keeps and reaps
         self.link = link
         self.presence = presence
         self.broker = broker
@@ -96,7 +98,7 @@ class Janitor:
 
     def restore(self) -> None:
         """Re-register every app's share; announce what other nodes had not seen."""
-        for app in self.config.apps:
+        for app in self.apps.all:
             seen, changes = self.presence.restore(app.app_id)
             if not seen or not any(changes):
                 continue
@@ -147,7 +149,7 @@ class Janitor:
         """Reap every node that holds a share of one of our apps but no heartbeat."""
         alive: dict[str, bool] = {}
         prefix = self.link.prefix
-        for app in self.config.apps:
+        for app in self.apps.all:
             for node in self.presence.nodes(app.app_id):
                 if node not in alive:
                     alive[node] = bool(self.link.client.exists(keys.heartbeat(prefix, node)))

@@ -12,6 +12,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
                                                            (ipe.redis.webhook_store)
   P:node:<N>          a node's heartbeat, not per app       (ipe.redis.janitor)
   P:app:<A>           the app's Pub/Sub channel             (ipe.redis.broker)
+  {P:apps}  :keys     apps of `app_manager: redis`: id -> JSON, key -> id  (ipe.redis.apps)
+  P:apps:changed      Pub/Sub: the apps changed, read them again  (ipe.redis.apps)
   {P:A}:console:webhooks:<lane>   a target's last deliveries  (ipe.console.relay)
   P:console           the debug console's Pub/Sub channel   (ipe.console.relay)
 """
@@ -93,3 +95,18 @@ def console_deliveries(prefix: str, app_id: str, lane: str) -> str:
 def pubsub_channel(prefix: str, app_id: str) -> str:
     """The Pub/Sub channel of one app: every node subscribes to it once."""
     return f"{prefix}:app:{app_id}"
+
+
+def apps(prefix: str) -> str:
+    """Hash: app id -> the app as JSON (`app_manager: redis`)."""
+    return f"{{{prefix}:apps}}"
+
+
+def app_keys(prefix: str) -> str:
+    """Hash: app key -> app id; same slot as `apps`, so both change in one transaction."""
+    return f"{{{prefix}:apps}}:keys"
+
+
+def apps_changed(prefix: str) -> str:
+    """The Pub/Sub channel on which a change of the stored apps is announced."""
+    return f"{prefix}:apps:changed"

@@ -259,7 +259,8 @@ class RedisWebhookStore:
         self.node = link.node
         self.lease_ms = max(1, int(link.config.node_timeout * 1000))
         self.poll = link.config.heartbeat_interval
-        self._lane_counts = {app.app_id: len(app.webhooks) for app in apps if app.webhooks}
+        self._lane_counts: dict[str, int] = {}
+        self.set_apps(apps)
         self._pending: dict[str, list[Arrival]] = {}  # accepted, not written yet
         self._unsaved = 0
         self._buffering = False  # Redis went away with arrivals waiting here (logged once)
@@ -274,6 +275,10 @@ class RedisWebhookStore:
         self._renew_at = 0.0
 
     # --- plumbing -----------------------------------------------------------------------------
+
+    def set_apps(self, apps: tuple[AppConfig, ...]) -> None:
+        """Follow the apps that have webhook targets (at start, and after a reload)."""
+        self._lane_counts = {app.app_id: len(app.webhooks) for app in apps if app.webhooks}
 
     def _run(self, script: Script, app_id: str, rest: list[Any] | None = None, **named: Any) -> Any:
         """Run a script on the app's slot (EVALSHA, loading it again after a Redis restart)."""

@@ -1,4 +1,5 @@
-"""gunicorn with several workers: Redis makes them one server; without Redis they refuse."""
+"""gunicorn with several workers: Redis makes them one server; without Redis they refuse;
+SIGHUP to the master reloads the config in every worker in place."""
 
 from __future__ import annotations
 
@@ -148,3 +149,52 @@ def test_metrics_sum_every_worker(gunicorns, redis_server, tmp_path):
     )
     for _ in range(6):
         assert server.metric("ipe_connections") == len(clients)
+
+
+NEW_APP = {"name": "New", "app_id": "2001", "key": "new-key", "secret": "new-secret"}
+
+
+def test_sighup_reloads_every_worker_without_restarting_them(gunicorns, redis_server, tmp_path):
+    pid_file = tmp_path / "gunicorn.pid"
+    config = redis_config(redis_server.url)
+    server = Gunicorn(
+        config, tmp_path, "gunicorn", {"WEB_CONCURRENCY": "2", "IPE_PID_FILE": str(pid_file)}
+    )
+    gunicorns.append(server)
+    server.start()
+    wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
+    clients = _clients_on_both_workers(server, redis_server, "orders")
+    booted = re.findall(r"Booting worker with pid: (\d+)", server.log())
+    assert len(booted) == 2
+
+    config["apps"].append(NEW_APP)
+    server.config_path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "ipe", "reload", "--pid-file", str(pid_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: server.log().count("reloaded ") == 2, 5, message="both workers reloaded")
+    assert re.findall(r"Booting worker with pid: (\d+)", server.log()) == booted
+
+    # The new app is served by both workers, and its events cross between them.
+    new_clients = []
+    for _ in range(20):
+        client = server.ws(key="new-key")
+        assert client.established is not None, client.first
+        client.subscribe("news")
+        new_clients.append(client)
+    sdk = server.sdk(app_id="2001", key="new-key", secret="new-secret")
+    assert sdk.trigger("news", "hello", {"n": 1}) == {}
+    sdk._pusher_client.http.session.close()
+    for client in new_clients:
+        client.wait_for("hello", "news")
+    # Sockets of the unchanged app lived through it on both workers.
+    old = server.sdk()
+    assert old.trigger("orders", "still-here", {}) == {}
+    old._pusher_client.http.session.close()
+    for client in clients:
+        client.wait_for("still-here", "orders")

@@ -7,11 +7,13 @@ scenario uses channel and user names of its own.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import IpeServer
+import yaml
+from conftest import IpeServer, config_with, wait_until
 from nodejs import MASTER_KEY, run_scenario, shared_server
 
 
@@ -213,3 +215,29 @@ def test_laravel_echo_presence_and_whispers(ipe: IpeServer) -> None:
     assert seen["whisper_metadata"] == {"user_id": "2"}
     assert seen["taylor_sees_leaving"] == jess
     assert seen["jess_whispers_heard"] == 0
+
+
+def test_reloads_leave_pusher_js_sockets_alone(make_server: Any) -> None:
+    server = make_server()
+    config = config_with()
+
+    def reload(_data: Any = None) -> None:
+        before = server.log().count("reloaded ")
+        server.config_path.write_text(yaml.safe_dump(config))
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.log().count("reloaded ") > before, 5, message="a reload")
+
+    def round_(data: dict[str, Any]) -> None:
+        config["apps"][4]["name"] = f"Quiet {data['round']}"  # another app changes each time
+        reload()
+
+    def disable_other(_data: Any) -> None:
+        config["apps"][1]["enabled"] = False
+        reload()
+
+    seen = run_scenario(server, "reload", {"reload": round_, "disable_other": disable_other})
+    assert [seen[f"tick_{i}"] for i in range(10)] == list(range(10))
+    assert seen["states"] == ["connecting", "connected"]
+    assert seen["same_socket"] is True
+    assert seen["other_error"] == 4003
+    assert seen["other_plan"] == NOT_RECONNECTING
