@@ -75,23 +75,25 @@ async function logIn(page, base) {
   observe('after_login', new URL(page.url()).pathname);
 }
 
-async function logRow(page, test, timeout) {
-  // `test` runs in the page on each row's cells: [time, node, kind, channel, details].
-  try {
-    return await page.waitForFunction(
-      (source) => {
-        const match = new Function('cells', 'return ' + source);
-        return [...document.querySelectorAll('#log tbody tr')].some((row) =>
-          match([...row.cells].map((c) => c.textContent)));
-      },
-      { timeout: timeout || WAIT, polling: 25 },
-      test,
-    );
-  } catch (e) {
-    const rows = await page.$$eval('#log tbody tr',
-      (all) => all.map((r) => [...r.cells].map((c) => c.textContent).join(' | ')));
-    const state = await page.$eval('#stream-state', (x) => x.textContent);
-    throw new Error(`no log row with ${test} (stream ${state}); rows:\n${rows.join('\n')}`);
+async function logRows(page) {
+  return page.$$eval('#log tbody tr',
+    (rows) => rows.map((row) => [...row.cells].map((cell) => cell.textContent)));
+}
+
+async function logRow(page, want, timeout) {
+  // `want`: {kind, channel, details (a prefix)}; polled from here, every 25 ms.
+  const matches = (cells) => cells[2] === want.kind &&
+    (want.channel === undefined || cells[3] === want.channel) &&
+    (want.details === undefined || cells[4].startsWith(want.details));
+  const deadline = Date.now() + (timeout || WAIT);
+  for (;;) {
+    const rows = await logRows(page);
+    if (rows.some(matches)) return;
+    if (Date.now() > deadline) {
+      throw new Error(`no log row ${JSON.stringify(want)}; rows:\n` +
+        rows.map((cells) => cells.join(' | ')).join('\n'));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }
 
@@ -129,13 +131,13 @@ async function single(page, base) {
     { timeout: WAIT });
   const bob = client(base, sdk);
   await connected(bob);
-  await logRow(page, "cells[2] === 'connected'");
+  await logRow(page, { kind: 'connected' });
   const news = alice.subscribe('console-news');
   await subscribed(news);
-  await logRow(page, "cells[2] === 'subscribed' && cells[3] === 'console-news'");
+  await logRow(page, { kind: 'subscribed', channel: 'console-news' });
   const started = Date.now();
   await sdk.trigger('console-news', 'sdk-event', { from: 'the node SDK' });
-  await logRow(page, "cells[2] === 'api_message' && cells[4].startsWith('sdk-event')", 1000);
+  await logRow(page, { kind: 'api_message', details: 'sdk-event' }, 1000);
   observe('sdk_event_in_log_ms', Date.now() - started);
 
   // The send form publishes like REST: pusher-js receives it.
@@ -152,9 +154,9 @@ async function single(page, base) {
   // Presence: the member and its user_info on the channels page.
   const room = alice.subscribe('presence-console-room');
   await subscribed(room);
-  await logRow(page, "cells[2] === 'member_added' && cells[3] === 'presence-console-room'");
+  await logRow(page, { kind: 'member_added', channel: 'presence-console-room' });
   bob.disconnect();
-  await logRow(page, "cells[2] === 'disconnected'");
+  await logRow(page, { kind: 'disconnected' });
   if (env.SCREENSHOTS) {
     await page.screenshot({ path: path.join(env.SCREENSHOTS, 'console-live-log.png') });
   }
@@ -191,7 +193,7 @@ async function cluster(page) {
   const onB = client(b, sdkFor(b));
   await Promise.all([connected(onA), connected(onB)]);
   // The lease reaches the other node within a moment; until then its records are not sent.
-  await logRow(page, "cells[2] === 'connected'");
+  await logRow(page, { kind: 'connected' });
   const t = Date.now();
   let nodes = [];
   while (Date.now() - t < WAIT) {
