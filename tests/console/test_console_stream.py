@@ -82,6 +82,7 @@ def test_every_kind_of_record_reaches_the_stream(make_server, users):
     closed = stream.expect(lambda r: r["k"] == "disconnected")
     assert (closed["socket_id"], closed["code"]) == (socket_id, 4321)
     assert SECRET not in "".join(line.decode() for line in stream.raw)
+    assert SECRET not in server.log()  # (at debug level)
 
 
 def test_records_of_one_node_arrive_in_order(make_server, users):
