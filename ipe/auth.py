@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from ipe.protocol import is_presence
 
-REST_TIMESTAMP_WINDOW = 600  # seconds either side of now (PROTOCOL.md §6.2)
+REST_TIMESTAMP_WINDOW = 600  # seconds either side of now (docs/protocol-notes.md §6.2)
 EMPTY_BODY_MD5 = hashlib.md5(b"").hexdigest()
 
 

@@ -1,10 +1,10 @@
-"""One client WebSocket: RFC 6455 framing, a non-blocking bounded write path, and close codes.
+"""One client WebSocket: its lifecycle, reading messages, a non-blocking bounded write path.
 
-gevent-websocket performs the HTTP upgrade; after that this module owns the socket and reads
-and writes frames itself (the pure framing is `ipe.frames`). That fixes three gevent-websocket
-0.10.1 problems in one place (docs/design-decisions.md): close codes are really sent,
-pre-encoded UTF-8 goes out as a *text* frame, and an oversize frame is refused from its
-header, its payload never held in memory.
+gevent-websocket performs the HTTP upgrade; after that this module owns the socket (taken over
+by `ipe.handover`) and reads and writes frames itself (built and judged by `ipe.frames`). That
+fixes three gevent-websocket 0.10.1 problems (docs/design-decisions.md): close codes are
+really sent, pre-encoded UTF-8 goes out as a *text* frame, and an oversize frame is refused
+from its header, its payload never held in memory.
 
 An idle connection costs no greenlet. The socket is taken from pywsgi after the upgrade (its
 handler greenlet, environ and 8 KB read buffer are then freed), and a libev watcher calls back
@@ -27,12 +27,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.socket
-from geventwebsocket.websocket import WebSocket
 
 from ipe import protocol
 from ipe.frames import (
@@ -49,6 +48,7 @@ from ipe.frames import (
     text_frame,
     unmask,
 )
+from ipe.handover import take_socket
 
 log = logging.getLogger(__name__)
 
@@ -59,51 +59,37 @@ READ_SIZE = 65536
 INBOX_HIGH, INBOX_LOW = 64, 16
 
 
-class _Released(WebSocket):  # type: ignore[misc]
-    """gevent-websocket's object once ipe owns the socket: closing it does nothing.
+class Lifecycle(IntEnum):
+    """Where a connection is in its life; it only ever moves forward.
 
-    Its own close() writes a frame without our code, and on an already closed socket it
-    builds a new class (MockApp) on every call, twice per connection, through __del__.
+    OPEN -> CLOSING: `close` (ours; `_fail` for a client's error, `_overflow` for a slow
+    reader), `_peer_closed` (answering the client's close), `_abort` (dropping TCP).
+    -> ENDED: `_end` (EOF, or the closing handshake done); `_finish` then runs `on_end`.
+    -> RELEASED: `_release` closes the socket, once the writer has flushed what it holds.
     """
 
-    __slots__ = ()
-
-    def close(self, code: int = 1000, message: bytes = b"") -> None:
-        self.closed = True
-
-    def __del__(self) -> None:
-        pass
+    OPEN = 0  # reading and writing
+    CLOSING = 1  # our close frame is out (or TCP is being dropped): nothing more is sent, and
+    # what the peer still sends is read and dropped until its close frame arrives
+    ENDED = 2  # reading has stopped; `on_end` runs once the queued messages are handled
+    RELEASED = 3  # our socket is closed
 
 
-def _take_socket(ws: Any) -> tuple[Any, bytes, bool]:
-    """(socket, bytes already read past the HTTP request, whether pywsgi let go of it).
+OPEN, CLOSING, ENDED, RELEASED = Lifecycle
 
-    A plain socket's descriptor is detached into a socket of our own, so pywsgi's handler can
-    return without closing the connection; a TLS socket stays with its handler greenlet.
-    """
-    handler = ws.handler
-    sock = handler.socket
-    rfile = handler.rfile
-    # A client may have sent its first frame right behind the upgrade request: whatever the
-    # buffered reader already holds is ours. Timeout 0 makes the read non-blocking.
-    sock.settimeout(0.0)
-    try:
-        pending = rfile.read1(READ_SIZE) or b""
-    except OSError:
-        pending = b""
-    finally:
-        sock.settimeout(None)
-    # gevent-websocket must not write its own close frame after ours (it drops the code).
-    ws.__class__ = _Released
-    ws.closed = True
-    if hasattr(sock, "_sslobj"):
-        return sock, pending, False
-    rfile.close()
-    own = gevent.socket.socket(fileno=sock.detach())
-    handler.socket = None  # pywsgi's cleanup then neither reads from nor closes it
-    if own.family in (socket.AF_INET, socket.AF_INET6):
-        own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return own, pending, True
+
+class Gate:
+    """How events of one channel reach one socket, when not simply sent (rare: most sockets
+    have none; see `ipe.hub.Hub.deliver` and `ipe.session.Session._subscribe`)."""
+
+    __slots__ = ("waiting", "version")
+
+    def __init__(self) -> None:
+        # Until subscription_succeeded has gone out: the events that arrived, (version, frame).
+        self.waiting: list[tuple[int | None, bytes]] | None = []
+        # A presence channel: the version of the roster this socket was sent; member events
+        # no newer than it are already in that roster.
+        self.version: int | None = None
 
 
 class Connection:
@@ -116,10 +102,10 @@ class Connection:
         "user_id",
         "user_data",
         "watchlist",
-        "rosters",
+        "gates",
         "last_seen",
         "ping_sent",
-        "closing",
+        "state",
         "close_code",
         "events_window",
         "events_count",
@@ -138,9 +124,7 @@ class Connection:
         "_inbox",
         "_inline",
         "_worker",
-        "_ended",
         "_finished",
-        "_released",
         "_outbox",
         "_outbox_bytes",
         "_max_outbox",
@@ -166,20 +150,18 @@ class Connection:
         self.user_id: str | None = None
         self.user_data: dict[str, Any] | None = None
         self.watchlist: tuple[str, ...] = ()
-        # Presence channel -> version of the roster this socket was sent; any channel whose
-        # subscription is being confirmed -> the events that arrived meanwhile (version or
-        # None, frame), sent after the confirmation (ipe.hub.deliver, Session.on_subscribe).
-        # None while empty, as for most sockets.
-        self.rosters: dict[str, Any] | None = None
+        # Channel -> its Gate, for channels being confirmed and presence channels; None while
+        # empty, as for most sockets (no empty dict for life).
+        self.gates: dict[str, Gate] | None = None
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
-        self.closing = False
+        self.state = OPEN
         self.close_code: int | None = None
         self.events_window = 0.0
         self.events_count = 0
         self.on_message: Callable[[str], Any] = _ignore
         self.on_end: Callable[[], Any] = _nothing
-        sock, pending, detached = _take_socket(ws)
+        sock, pending, detached = take_socket(ws, READ_SIZE)
         self._sock = sock
         self._detached = detached
         # TLS sockets must go through the SSL object; plain ones are read and written raw.
@@ -196,9 +178,7 @@ class Connection:
         self._inbox: deque[str] | None = None
         self._inline = inline
         self._worker: Any = None
-        self._ended = False
         self._finished: Any = None
-        self._released = False
         self._outbox: deque[bytes] | None = None
         self._outbox_bytes = 0
         self._max_outbox = max_outbox
@@ -209,6 +189,11 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.socket_id} app={getattr(self.app, 'app_id', None)}>"
 
+    @property
+    def closing(self) -> bool:
+        """True once nothing more may be sent (the close has begun, or the connection ended)."""
+        return self.state is not OPEN
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -218,14 +203,14 @@ class Connection:
             data, self._rbuf = self._rbuf, b""
             self._feed(data)
         if self._detached:
-            if not self._ended:
+            if self.state < ENDED:
                 self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
                 self._watcher.start(self._on_readable)
             return
         self._finished = gevent.event.Event()
         recv = self._sock.recv
         try:
-            while not self._ended:
+            while self.state < ENDED:
                 data = recv(READ_SIZE)
                 if not data:
                     break
@@ -254,10 +239,9 @@ class Connection:
 
     def _end(self) -> None:
         """The peer is gone or the closing handshake is over: stop reading, then clean up."""
-        if self._ended:
+        if self.state >= ENDED:
             return
-        self._ended = True
-        self.closing = True
+        self.state = ENDED
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.close()
@@ -280,7 +264,7 @@ class Connection:
                     log.exception("error handling a message on %r", self)
         finally:
             self._worker = None
-        if self._ended:
+        if self.state >= ENDED:
             self._finish()
         elif inbox:  # a message arrived while the last one was being finished
             self._worker = gevent.spawn(self._work)
@@ -304,9 +288,9 @@ class Connection:
 
     def _release(self) -> None:
         """Close our socket (a TLS socket is closed by pywsgi when the reader returns)."""
-        if self._released:
+        if self.state is RELEASED:
             return
-        self._released = True
+        self.state = RELEASED
         if self._closer is not None:
             if self._closer is not gevent.getcurrent():
                 self._closer.kill(block=False)
@@ -323,7 +307,7 @@ class Connection:
 
     def send(self, data: bytes) -> bool:
         """Write one pre-built frame without blocking; False if the connection is closing."""
-        if self.closing:
+        if self.state:  # anything but OPEN
             return False
         return self._write(data)
 
@@ -340,7 +324,7 @@ class Connection:
             outbox.append(data)
             self._outbox_bytes += len(data)
             return True
-        if self._released:
+        if self.state is RELEASED:
             return False
         sent = 0
         if self._raw_send is not None:
@@ -377,7 +361,7 @@ class Connection:
             if self._outbox is outbox:
                 self._outbox = None
                 self._outbox_bytes = 0
-            if self._ended and self._worker is None:
+            if self.state >= ENDED and self._worker is None:
                 self._release()
 
     def _overflow(self) -> None:
@@ -391,11 +375,11 @@ class Connection:
 
     def close(self, code: int, reason: str = "", error: bool = False) -> None:
         """Start the closing handshake with `code`; with `error`, send a pusher:error first."""
-        if self.closing:
+        if self.state is not OPEN:
             return
         if error:
             self._write(text_frame(protocol.encode_error(code, reason)))
-        self.closing = True
+        self.state = CLOSING
         self.close_code = code
         self._write(close_frame(code, reason))
         # The connection ends when the peer answers; if it never does, drop the TCP connection.
@@ -403,9 +387,10 @@ class Connection:
 
     def _abort(self) -> None:
         """Drop the TCP connection now (a stuck writer fails); the connection then ends."""
-        self.closing = True
-        if self._released:
+        if self.state is RELEASED:
             return
+        if self.state is OPEN:
+            self.state = CLOSING
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -432,7 +417,7 @@ class Connection:
         Once the connection is closing, every frame but the peer's close is read and dropped,
         and a payload being dropped is never buffered.
         """
-        if self._ended:
+        if self.state >= ENDED:
             return
         if self._skip_left:
             n = min(self._skip_left, len(data))
@@ -444,18 +429,18 @@ class Connection:
         pos, end = 0, len(buf)
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
-        while not self._ended:
+        while self.state < ENDED:
             header = parse_header(buf, pos, end)
             if header is None:
                 break
             b0, opcode, masked, length, head = header
-            if not self.closing:
+            if self.state is OPEN:
                 error = header_error(
                     b0, masked, opcode, length, self._started, self._size, self._max_frame
                 )
                 if error is not None:
                     self._fail(*error)
-            if self.closing and (opcode != OP_CLOSE or length > 125):
+            if self.state is not OPEN and (opcode != OP_CLOSE or length > 125):
                 available = end - pos - head
                 if available >= length:
                     pos += head + length
@@ -518,9 +503,9 @@ class Connection:
 
     def _peer_closed(self, payload: bytes) -> None:
         """Answer the peer's close frame (echoing its code) unless we started the close."""
-        if not self.closing:
+        if self.state is OPEN:
             code = peer_close_code(payload)
-            self.closing = True
+            self.state = CLOSING
             self.close_code = code
             self._write(close_frame(code))
         self._end()

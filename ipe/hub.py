@@ -152,7 +152,7 @@ class Hub:
 
         A member event (`version` given) reaches only sockets whose roster is older than it.
         Any event waits with a socket whose subscription is not confirmed yet (see
-        `Connection.rosters`).
+        `ipe.connection.Gate`).
         """
         user_id = protocol.server_to_user_id(channel)
         if user_id is not None:
@@ -168,13 +168,16 @@ class Hub:
         for conn in tuple(conns):
             if conn is skip:
                 continue
-            if conn.rosters is not None:  # rare: a presence roster, or a confirmation due
-                seen = conn.rosters.get(channel)
-                if isinstance(seen, list):  # not confirmed yet: it waits for that
-                    seen.append((version, data))
-                    continue
-                if version is not None and seen is not None and version <= seen:
-                    continue  # the roster this socket was sent already has this change
+            gates = conn.gates
+            if gates is not None:  # rare: a presence roster, or a confirmation due
+                gate = gates.get(channel)
+                if gate is not None:
+                    if gate.waiting is not None:  # not confirmed yet: it waits for that
+                        gate.waiting.append((version, data))
+                        continue
+                    seen = gate.version
+                    if version is not None and seen is not None and version <= seen:
+                        continue  # the roster this socket was sent already has this change
             if conn.send(data):
                 sent += 1
         self.delivered += sent
@@ -226,7 +229,7 @@ class Hub:
     def reap(self, now: float) -> None:
         """Ping connections silent for activity_timeout; close those that never answered."""
         for conn in tuple(self.connections.values()):
-            if conn.closing:
+            if conn.state:  # closing or gone
                 continue
             if conn.ping_sent:
                 if now - conn.ping_sent >= self.pong_timeout:

@@ -10,7 +10,7 @@ from typing import Any
 PROTOCOL_VERSION = 7
 SUPPORTED_PROTOCOLS = range(4, 8)
 
-# Close / pusher:error codes (PROTOCOL.md §1.6). 4000-4099: the client must not reconnect;
+# Close / pusher:error codes (protocol-notes.md §1.6). 4000-4099: the client must not reconnect;
 # 4100-4199: reconnect after a back-off; 4200-4299: reconnect at once; 4300+: not a close code.
 SSL_ONLY = 4000
 APP_NOT_FOUND = 4001
@@ -26,6 +26,17 @@ GENERIC_RECONNECT = 4200
 PONG_NOT_RECEIVED = 4201
 CLIENT_EVENT_REJECTED = 4301
 WATCHLIST_LIMIT = 4302
+
+# `pusher:subscription_error`: its types and statuses, in the shapes soketi sends and Laravel
+# Echo's `.error()` receives (the 4xxx statuses reuse the Pusher code of the same meaning).
+SUB_AUTH_ERROR = "AuthError"
+SUB_LIMIT_REACHED = "LimitReached"
+SUB_INVALID_CHANNEL = "InvalidChannel"
+SUB_INVALID = 400
+SUB_UNAUTHORIZED = 401
+SUB_TOO_LONG = UNAUTHORIZED  # a channel name or user id over its limit
+SUB_PRESENCE_FULL = OVER_CAPACITY
+SUB_USER_INFO_TOO_BIG = CLIENT_EVENT_REJECTED
 
 # Plain WebSocket close codes (RFC 6455 §7.4.1).
 WS_NORMAL = 1000
@@ -117,7 +128,7 @@ def allows_client_events(channel: str) -> bool:
 
 
 def valid_channel_name(channel: object, max_length: int) -> bool:
-    """Pusher's channel-name rule (PROTOCOL.md §2.1), `#server-to-user-{id}` included."""
+    """Pusher's channel-name rule (docs/protocol-notes.md §2.1), `#server-to-user-{id}` included."""
     if not isinstance(channel, str) or not 0 < len(channel) <= max_length:
         return False
     user_id = server_to_user_id(channel)

@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, protocol
-from ipe.connection import Connection
+from ipe import auth, channels, protocol
+from ipe.connection import Connection, Gate
 from ipe.hub import EVENT, WATCH
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Session:
             handler(self, channel, data)
         elif event.startswith(protocol.CLIENT_EVENT_PREFIX):
             self.on_client_event(event, channel, data)
-        # Anything else is ignored, as Pusher does (PROTOCOL.md §1.7, §9.7): a pusher:error
+        # Anything else is ignored, as Pusher does (protocol-notes.md §1.7, §9.7): a pusher:error
         # would surface in every pusher-js app as a connection error.
 
     def cleanup(self) -> None:
@@ -105,68 +105,34 @@ class Session:
     def on_subscribe(self, _channel: str | None, data: Any) -> None:
         channel, payload = self._subscribe_data(data)
         conn = self.conn
-        limits = self.limits
-        if len(channel) > limits.max_channel_name_length:
-            return self._refuse(
-                channel,
-                "LimitReached",
-                f"Channel name longer than {limits.max_channel_name_length} characters",
-                4009,
-            )
-        if not protocol.valid_channel_name(channel, limits.max_channel_name_length):
-            return self._refuse(channel, "InvalidChannel", "Invalid channel name", 400)
-
-        member: tuple[str, Any] | None = None
-        user_id = protocol.server_to_user_id(channel)
-        if user_id is not None:
-            if conn.user_id != user_id:
-                return self._refuse(
-                    channel, "AuthError", "Sign in as this user to subscribe to its channel", 401
-                )
-        elif protocol.is_private(channel) or protocol.is_presence(channel):
-            channel_data = payload.get("channel_data")
-            if channel_data is not None and not isinstance(channel_data, str):
-                return self._refuse(channel, "AuthError", "channel_data must be a string", 401)
-            token = payload.get("auth")
+        try:
+            who = channels.Subscriber(conn.socket_id, conn.user_id, conn.user_data)
+            # Signed with the app as it is now (its secrets may have rotated since connecting).
             app = self.state.apps.current(self.app)
-            if not auth.channel_auth_valid(
-                app.key, app.secrets, conn.socket_id, channel, token, channel_data
-            ):
-                signed = auth.channel_string_to_sign(conn.socket_id, channel, channel_data)
-                return self._refuse(
-                    channel,
-                    "AuthError",
-                    f"Invalid signature: Expected HMAC SHA256 hex digest of {signed}, "
-                    f"but got {str(token)[:200]}",
-                    401,
+            member = channels.admit(who, app, self.limits, channel, payload)
+            if channel in conn.channels:
+                # Subscribing twice is harmless: confirm again, change nothing.
+                return self._confirm(channel, self._roster(channel) if member else None)
+            if member is not None:
+                channels.check_room(
+                    self.state.presence, self.app.app_id, self.limits, channel, member[0]
                 )
-            if protocol.is_presence(channel):
-                member = self._presence_member(channel, channel_data)
-                if member is None:
-                    return
+        except channels.Refused as refused:
+            return self._refuse(channel, refused.kind, refused.error, refused.status)
+        self._subscribe(channel, member)
 
-        if channel in conn.channels:
-            # Subscribing twice is harmless: confirm again, change nothing.
-            return self._confirm(channel, self._roster(channel) if member else None)
-
+    def _subscribe(self, channel: str, member: channels.Member | None) -> None:
+        """Join an admitted channel: confirm it, announce a new member, replay a cache."""
+        conn = self.conn
         state = self.state
         app_id = self.app.app_id
-        if member is not None:
-            roster = state.presence.members(app_id, channel)
-            if member[0] not in roster and len(roster) >= limits.max_presence_members:
-                return self._refuse(
-                    channel,
-                    "LimitReached",
-                    "The maximum members per presence channel limit was reached",
-                    4100,
-                )
         # Until the confirmation (and a cache channel's replay) has gone out, events for this
         # channel wait here (ipe.hub.deliver): with Redis, the round trips below let other
         # greenlets run, and no event may reach the client before subscription_succeeded.
-        waiting: list[tuple[int | None, bytes]] = []
-        if conn.rosters is None:
-            conn.rosters = {}
-        conn.rosters[channel] = waiting
+        gate = Gate()
+        if conn.gates is None:
+            conn.gates = {}
+        conn.gates[channel] = gate
         state.hub.add(app_id, channel, conn)
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
@@ -177,27 +143,11 @@ class Session:
             if member is None:
                 self._confirm(channel, None)
             else:
-                first, members, version = state.presence.join(app_id, channel, *member)
-                self._confirm(channel, members)
-                if first:
-                    state.broker.publish(
-                        app_id,
-                        EVENT,
-                        channel,
-                        protocol.member_added(channel, member[0], member[1]),
-                        conn.socket_id,
-                        version=version,
-                    )
-                    state.webhooks.emit(
-                        self.app,
-                        {"name": "member_added", "channel": channel, "user_id": member[0]},
-                    )
-                    if app_id in state.tap.apps:
-                        state.tap.emit(app_id, "member_added", channel=channel, user_id=member[0])
+                version = self._join(channel, member)
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
-            self._release_waiting(channel, waiting, version)
+            self._release_waiting(channel, gate, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
         if app_id in state.tap.apps:
@@ -209,8 +159,30 @@ class Session:
                 user_id=member[0] if member else None,
             )
 
+    def _join(self, channel: str, member: channels.Member) -> int:
+        """Join a presence channel and confirm it with the roster; the roster's version."""
+        state = self.state
+        app_id = self.app.app_id
+        first, members, version = state.presence.join(app_id, channel, *member)
+        self._confirm(channel, members)
+        if first:
+            state.broker.publish(
+                app_id,
+                EVENT,
+                channel,
+                protocol.member_added(channel, *member),
+                self.conn.socket_id,
+                version=version,
+            )
+            state.webhooks.emit(
+                self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
+            )
+            if app_id in state.tap.apps:
+                state.tap.emit(app_id, "member_added", channel=channel, user_id=member[0])
+        return version
+
     def _release_waiting(
-        self, channel: str, waiting: list[tuple[int | None, bytes]], version: int | None
+        self, channel: str, gate: Gate, version: int | None
     ) -> None:
         """Send what waited for the confirmation, in order; from now on events flow directly.
 
@@ -218,64 +190,22 @@ class Session:
         the roster just sent are dropped: the roster already had them.
         """
         conn = self.conn
+        waiting, gate.waiting = gate.waiting or [], None
         if version is None:
-            self._drop_roster(channel)
+            self._drop_gate(channel)
         else:
-            assert conn.rosters is not None
-            conn.rosters[channel] = version
+            gate.version = version
         for event_version, frame in waiting:
             if event_version is None or version is None or event_version > version:
                 conn.send(frame)
 
-    def _drop_roster(self, channel: str) -> None:
-        """Forget `channel`'s roster version or waiting events, if the socket holds any."""
-        rosters = self.conn.rosters
-        if rosters:
-            rosters.pop(channel, None)
-            if not rosters:
-                self.conn.rosters = None  # most sockets hold no roster: no empty dict for life
-
-    def _presence_member(self, channel: str, channel_data: str | None) -> tuple[str, Any] | None:
-        """(user_id, user_info) from channel_data, or from the sign-in; None if refused."""
-        conn = self.conn
-        limits = self.limits
-        if channel_data is None:
-            if conn.user_data is None:
-                self._refuse(channel, "AuthError", "Presence channels need channel_data", 401)
-                return None
-            user_id, info = conn.user_id, conn.user_data.get("user_info")
-        else:
-            try:
-                parsed = json.loads(channel_data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict) or parsed.get("user_id") in (None, ""):
-                self._refuse(channel, "AuthError", "channel_data must hold a user_id", 401)
-                return None
-            raw_id = parsed["user_id"]
-            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | float):
-                self._refuse(channel, "AuthError", "user_id must be a string or number", 401)
-                return None
-            user_id = raw_id if isinstance(raw_id, str) else json.dumps(raw_id)
-            info = parsed.get("user_info")
-        assert user_id is not None
-        if len(user_id) > limits.max_user_id_length:
-            self._refuse(
-                channel,
-                "LimitReached",
-                f"user_id longer than {limits.max_user_id_length} characters",
-                4009,
-            )
-            return None
-        if info is not None and len(protocol.dumps(info).encode()) > limits.max_user_info_size:
-            self._refuse(
-                channel,
-                "LimitReached",
-                f"user_info larger than {limits.max_user_info_size} bytes",
-                4301,
-            )
-            return None
-        return user_id, info
+    def _drop_gate(self, channel: str) -> None:
+        """Forget `channel`'s gate (roster version or waiting events), if the socket has one."""
+        gates = self.conn.gates
+        if gates:
+            gates.pop(channel, None)
+            if not gates:
+                self.conn.gates = None  # most sockets have no gate: no empty dict for life
 
     def _roster(self, channel: str) -> dict[str, Any]:
         return self.state.presence.members(self.app.app_id, channel)
@@ -304,7 +234,7 @@ class Session:
         app_id = self.app.app_id
         user_id = conn.channels.pop(channel)
         state.hub.remove(app_id, channel, conn)
-        self._drop_roster(channel)
+        self._drop_gate(channel)
         if user_id is None:
             last, version = False, 0
         else:

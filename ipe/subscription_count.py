@@ -1,5 +1,5 @@
 """Pusher's subscription counting: a channel's new subscriber count, told to its subscribers
-and to the webhooks each time it changes, paced above 100 subscribers (PROTOCOL.md §2.7, §7).
+and to the webhooks each time it changes, paced above 100 subscribers (protocol-notes.md §2.7, §7).
 
 Only for apps with `subscription_count: true`, and never for presence channels (their count is
 their members) or `#server-to-user-` channels. A count at most THRESHOLD goes out at once.

@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The credentials of PROTOCOL.md's test vectors.
+# The credentials of docs/protocol-notes.md's test vectors.
 APP_ID, KEY, SECRET = "1001", "demo-key", "demo-secret"
 
 BASE_CONFIG: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """Fan-out through Redis Pub/Sub: `RedisBroker` carries every publish to every node, this one
 included, so that one path gives one order. It is the only module that uses Redis Pub/Sub.
 
-The message on the wire (../shared/DESIGN.md §2.2) is a one-line JSON header, a newline, and
+The message on the wire (docs/design-decisions.md) is a one-line JSON header, a newline, and
 the client payload exactly as encoded once by the publisher:
 `{"k":"e","c":"presence-room","x":"123.456","n":"node-id"}\\n{"event":...}`. A listener parses
 only the header; the payload bytes go into the WebSocket frame untouched.

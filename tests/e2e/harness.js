@@ -171,7 +171,7 @@ class Context {
    * pusher-js from `params`), as a real backend would take it from its session.
    * `sdkOptions` (e.g. a wrong `secret`) configure the signing SDK; with
    * `presenceChannelData: false` presence authorizations carry no channel_data, so the member
-   * is the signed-in user (PROTOCOL.md §3.2).
+   * is the signed-in user (docs/protocol-notes.md §3.2).
    */
   async authServer(sdkOptions, { presenceChannelData = true } = {}) {
     const signer = this.sdk(sdkOptions);

@@ -24,7 +24,7 @@ import pytest
 from conftest import IpeServer, config_with
 
 E2E_DIR = Path(__file__).resolve().parent
-# Pinned in tests/e2e/package.json; it is also the master key PROTOCOL.md's vectors use.
+# Pinned in tests/e2e/package.json; it is also the master key docs/protocol-notes.md's vectors use.
 MASTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 Step = Callable[[Any], Any]

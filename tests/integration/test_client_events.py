@@ -1,4 +1,4 @@
-"""Client events (PROTOCOL.md §5): client- prefix, private and presence only, never echoed."""
+"""Client events (protocol-notes.md §5): client- prefix, private and presence only, never echoed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Handshake (PROTOCOL.md §1.1-§1.3): who may connect; the codes reach those who may not."""
+"""Handshake (protocol-notes.md §1.1-§1.3): who may connect; the codes reach those who may not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ping, pong and the activity timeout (PROTOCOL.md §1.5): silence earns a ping, then 4201."""
+"""Ping, pong and the activity timeout (protocol-notes.md §1.5): silence earns a ping, then 4201."""
 
 from __future__ import annotations
 

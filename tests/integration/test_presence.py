@@ -1,4 +1,4 @@
-"""Presence channels (PROTOCOL.md §2.4, §2.5): members counted per user, not per socket."""
+"""Presence channels (protocol-notes.md §2.4, §2.5): members counted per user, not per socket."""
 
 from __future__ import annotations
 

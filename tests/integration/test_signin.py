@@ -1,4 +1,4 @@
-"""User sign-in (PROTOCOL.md §4): pusher:signin, #server-to-user-{id}, watchlists, terminate."""
+"""User sign-in (protocol-notes.md §4): signin, #server-to-user-{id}, watchlists, terminate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subscription counting (PROTOCOL.md §2.7): subscribers hear each change of the channel's count.
+"""Subscription counting (protocol-notes.md §2.7): subscribers hear each change of the count.
 
 App 1007 (`counted-key`) has `subscription_count: true`; app 1001 has Pusher's default (off).
 """

@@ -1,4 +1,4 @@
-"""Subscribe and unsubscribe for every channel type (PROTOCOL.md §2.2-§2.6, §3)."""
+"""Subscribe and unsubscribe for every channel type (docs/protocol-notes.md §2.2-§2.6, §3)."""
 
 from __future__ import annotations
 

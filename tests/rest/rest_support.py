@@ -82,7 +82,7 @@ def signed_query(
     sign_path: str | None = None,
     drop: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """Query parameters signed as PROTOCOL.md §6.2 describes, built here with hmac."""
+    """Query parameters signed as docs/protocol-notes.md §6.2 describes, built here with hmac."""
     query = {
         "auth_key": key,
         "auth_timestamp": str(int(time.time()) if timestamp is None else timestamp),

@@ -1,4 +1,4 @@
-"""REST request authentication (PROTOCOL.md §6.2) and routing, with hand-signed requests.
+"""REST request authentication (docs/protocol-notes.md §6.2) and routing, with hand-signed requests.
 
 Every rejection must be Pusher's status with a JSON body {"error": "..."}.
 """

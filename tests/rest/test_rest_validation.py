@@ -1,4 +1,4 @@
-"""REST parameters and limits (PROTOCOL.md §6.3, §8): 400 and 413, each with a JSON error.
+"""REST parameters and limits (protocol-notes.md §6.3, §8): 400 and 413, each with a JSON error.
 
 Hand-signed requests, so that the SDKs' own client-side checks don't hide the server's.
 """

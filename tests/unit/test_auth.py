@@ -1,4 +1,4 @@
-"""Every signature check against the test vectors of PROTOCOL.md §3.4, §6.2 and §7."""
+"""Every signature check against the test vectors of docs/protocol-notes.md §3.4, §6.2 and §7."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wire format: channel names and types, socket ids, frames in and out (PROTOCOL.md §1-§2)."""
+"""The wire format: channel names and kinds, socket ids, frames (protocol-notes.md §1-§2)."""
 
 from __future__ import annotations
 
