@@ -33,6 +33,8 @@ LEASE_TTL = 7.0  # a lease not renewed for this long ends
 OVERVIEW = "*overview*"  # the lease asking every node for its numbers
 OUTBOX = 10000  # records waiting for Redis; beyond, new ones are dropped (counted)
 BATCH = 256  # messages per pipeline
+MAX_APPS_SCANNED = 1000  # apps whose node shares the overview reads
+MAX_NODES = 1000  # nodes the overview lists
 DELIVERIES_KEPT = 50  # webhook deliveries kept per target in Redis...
 DELIVERIES_TTL = 7 * 86400  # ...for a week after the last one
 
@@ -181,21 +183,21 @@ class Relay:
         return result
 
     def _heartbeats(self) -> set[str] | None:
-        """Nodes whose janitor heartbeat is in Redis; None if Redis cannot say."""
-        prefix = keys.heartbeat(self.link.prefix, "")
+        """Nodes that hold a share of an app and whose janitor heartbeat is in Redis (as the
+        janitors judge them); None if Redis cannot say. Nodes with no client yet are known
+        only by their answer to the overview lease."""
         try:
-            client = self.link.client
-            if self.link.config.cluster:
-                names = client.scan_iter(match=prefix + "*", count=1000, target_nodes="primaries")
-            else:
-                names = client.scan_iter(match=prefix + "*", count=1000)
-            found = set()
-            for key in names:
-                name = key.decode() if isinstance(key, bytes) else key
-                found.add(name[len(prefix) :])
-                if len(found) >= 1000:
-                    break
-            return found
+            presence = self.console.state.presence
+            names: set[str] = set()
+            for app in self.console.state.apps.all[:MAX_APPS_SCANNED]:
+                names |= presence.nodes(app.app_id)
+            names = set(sorted(names)[:MAX_NODES])
+            pipe = self.link.client.pipeline(transaction=False)
+            ordered = sorted(names)
+            for node in ordered:
+                pipe.exists(keys.heartbeat(self.link.prefix, node))
+            alive = pipe.execute() if ordered else []
+            return {node for node, up in zip(ordered, alive, strict=True) if up}
         except REDIS_ERRORS:
             return None
 
