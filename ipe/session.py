@@ -101,6 +101,14 @@ class Session:
         """Send the channel-scoped error Echo's `.error()` receives, and Pusher's own."""
         self.conn.send_event(protocol.subscription_error(channel, kind, error, status))
         self.conn.send_event(protocol.encode_error(None, error))
+        if self.app.app_id in self.state.tap.apps:
+            self.state.tap.emit(
+                self.app.app_id,
+                "subscription_refused",
+                channel=channel[:200],
+                socket_id=self.conn.socket_id,
+                reason=f"{kind} {status}: {error[:300]}",
+            )
 
     def on_subscribe(self, _channel: str | None, data: Any) -> None:
         channel, payload = self._subscribe_data(data)

@@ -73,6 +73,11 @@ def test_every_kind_of_record_reaches_the_stream(make_server, users):
     limited = stream.expect(lambda r: r["k"] == "rate_limited")
     assert limited["limit"] == "client_events_per_second"
 
+    client.send("pusher:subscribe", {"channel": "private-vault", "auth": "demo-key:forged"})
+    refused = stream.expect(lambda r: r["k"] == "subscription_refused")
+    assert refused["channel"] == "private-vault" and refused["reason"].startswith("AuthError 401")
+    assert SECRET not in refused["reason"]
+
     client.send("pusher:unsubscribe", {"channel": "presence-room"})
     removed = stream.expect(lambda r: r["k"] == "member_removed")
     assert removed["user_id"] == "ada"

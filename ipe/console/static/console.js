@@ -112,7 +112,7 @@
 
   const GROUPS = {
     connected: "connection", disconnected: "connection",
-    subscribed: "subscription", unsubscribed: "subscription",
+    subscribed: "subscription", unsubscribed: "subscription", subscription_refused: "subscription",
     member_added: "member", member_removed: "member",
     webhook_sent: "webhook", webhook_failed: "webhook",
   };
@@ -123,6 +123,7 @@
       case "disconnected": return r.socket_id + " closed" + (r.code ? " with " + r.code : "");
       case "subscribed": return r.socket_id + (r.user_id ? " as " + r.user_id : "");
       case "unsubscribed": return r.socket_id;
+      case "subscription_refused": return r.socket_id + " · " + r.reason;
       case "member_added": case "member_removed": return "user " + r.user_id;
       case "api_message":
         return r.event + " · " + r.size + " B · " + r.preview + (r.size > r.preview.length ? "…" : "");
