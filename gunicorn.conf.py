@@ -4,6 +4,8 @@ Never add --preload, and never import ipe.app here: the gevent worker must monke
 before the app (and redis, ssl) is imported, which happens in each worker after fork.
 """
 
+import functools
+import math
 import os
 import signal
 
@@ -13,9 +15,45 @@ worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # The gevent pool size caps concurrent WebSockets per worker (gunicorn's default is 1000).
 worker_connections = int(os.environ.get("IPE_WORKER_CONNECTIONS", "10000"))
-# Open WebSockets never finish by themselves: ipe closes them with 4200 on SIGTERM, so
-# clients reconnect at once, and the worker does not need long to drain.
-graceful_timeout = 10
+
+
+def _config_path() -> str:
+    return os.environ.get("IPE_CONFIG") or (
+        "config.yml" if os.path.exists("config.yml") else "config.yml.sample"
+    )
+
+
+@functools.cache
+def _ipe_config():
+    """The ipe config the workers will serve, or None when it does not load (the worker then
+    reports the error itself)."""
+    from ipe import config as ipe_config  # pure: imports no gevent, socket users or redis
+
+    try:
+        return ipe_config.load(_config_path())
+    except ipe_config.ConfigError:
+        return None
+
+
+def _stop_seconds() -> float:
+    """How long a worker may take after SIGTERM: its drain (`drain_seconds`), the last closing
+    handshakes and the webhook flush (see ipe.config.Config.stop_seconds)."""
+    config = _ipe_config()
+    return config.stop_seconds if config is not None else 20.0
+
+
+def _ipe_logconfig():
+    from ipe import logs  # pure, like ipe.config
+
+    config = _ipe_config()
+    level = os.environ.get("IPE_LOG_LEVEL") or (config.log_level if config else "info")
+    fmt = os.environ.get("IPE_LOG_FORMAT", "").lower() or (config.log_format if config else "")
+    return logs.gunicorn_logconfig(level, fmt or "text")
+
+
+# On SIGTERM a worker keeps listening (so /ready answers 503) while it closes its WebSockets
+# with 4200 in batches over `drain_seconds`; gunicorn must not kill it before it is done.
+graceful_timeout = math.ceil(_stop_seconds())  # gunicorn wants an int
 timeout = 30
 max_requests = 0  # recycling a worker would drop every socket it holds
 # TLS ends at the proxy (Heroku's router, nginx): trust its X-Forwarded-Proto for only_ssl.
@@ -23,16 +61,10 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Two gunicorns on one host would otherwise fight over one control socket path.
 control_socket_disable = True
 # ipe logs through `logging` (one line per connection, REST call and Redis state change):
-# give the root logger gunicorn's handler and format, which shows each worker's pid, and
-# keep gunicorn's own lines from reaching it twice.
-_level = os.environ.get("IPE_LOG_LEVEL", "info").upper()
-logconfig_dict = {
-    "root": {"level": _level, "handlers": ["error_console"]},
-    "loggers": {
-        name: {"level": "INFO", "handlers": ["error_console"], "propagate": False}
-        for name in ("gunicorn.error", "gunicorn.access")
-    },
-}
+# the root logger gets gunicorn's handler and format (which shows each worker's pid), or JSON
+# lines with `log_format: json` / IPE_LOG_FORMAT=json, and gunicorn's own lines do not reach
+# it twice.
+logconfig_dict = _ipe_logconfig()
 
 
 def on_starting(server):
@@ -40,10 +72,7 @@ def on_starting(server):
     from ipe import config as ipe_config  # pure: imports no gevent, socket users or redis
 
     if server.cfg.workers > 1:
-        path = os.environ.get("IPE_CONFIG") or (
-            "config.yml" if os.path.exists("config.yml") else "config.yml.sample"
-        )
-        if ipe_config.load(path).redis is None:
+        if ipe_config.load(_config_path()).redis is None:
             raise SystemExit(
                 f"ipe: {server.cfg.workers} workers need Redis (set REDIS_URL or the redis: "
                 "section); without it each worker reaches only its own clients. "
@@ -81,15 +110,16 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, close every WebSocket with 4200 before gunicorn waits for handlers."""
+    """On SIGTERM, drain (/ready 503, WebSockets closed with 4200 over `drain_seconds`) while
+    still listening, and only then let gunicorn stop accepting and wait for handlers."""
     import gevent
 
     state = worker.wsgi.extensions["ipe"]
     stop_serving = worker.handle_exit
 
     def handle_exit(sig, frame):
-        stop_serving(sig, frame)
-        worker.ipe_shutdown = gevent.spawn(state.shutdown)
+        if getattr(worker, "ipe_shutdown", None) is None:
+            worker.ipe_shutdown = gevent.spawn(state.shutdown, lambda: stop_serving(sig, frame))
 
     signal.signal(signal.SIGTERM, handle_exit)
     # The reload runs in a greenlet: a signal handler must not block the worker's loop.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,17 +68,24 @@ class State:
         if self.console is not None:
             self.console.start()
 
-    def shutdown(self) -> None:
-        """Tell every client to reconnect elsewhere (4200), then stop background work."""
+    def shutdown(self, after_drain: Callable[[], None] | None = None) -> None:
+        """Drain: /ready answers 503 and new sockets are refused at once, open sockets are
+        told to reconnect elsewhere (4200) in batches over `drain_seconds`; then
+        `after_drain` (stop listening), webhooks flushed, background work stopped."""
         self.draining = True
         if self.console is not None:
             self.console.stop()  # end the console's streams: they would hold the server open
-        self.hub.close_all(protocol.GENERIC_RECONNECT, "Server is shutting down")
+        log.info("draining %d connection(s) over %gs", self.hub.count(), self.config.drain_seconds)
+        self.hub.drain(
+            protocol.GENERIC_RECONNECT, "Server is shutting down", self.config.drain_seconds
+        )
         # Sessions end in their own greenlets; wait (bounded: unanswered closes are dropped
         # after CLOSE_WAIT) so that their member_removed/channel_vacated reach the webhooks.
         deadline = time.monotonic() + CLOSE_WAIT + 0.5
         while self.hub.count() and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        if after_drain is not None:
+            after_drain()
         self.webhooks.stop()
         self.apps.stop()
         self.broker.stop()
@@ -131,9 +139,12 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        opened, received, delivered, closes = self.hub.take_tallies()
-        self.metrics.add_tallies(len(self.hub.connections), opened, received, delivered, closes)
-        self.tap.add_tallies(received, delivered)
+        tallies = self.hub.take_tallies()
+        self.metrics.add_tallies(tallies)
+        self.metrics.add_pubsub(*self.broker.take_tallies())
+        self.tap.add_tallies(
+            sum(t.received for t in tallies.values()), sum(t.delivered for t in tallies.values())
+        )
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -181,7 +192,7 @@ def _apps(config: Config, link: Any) -> Apps:
 
 def _build_state(config: Config) -> State:
     hub = Hub(config.activity_timeout, config.pong_timeout)
-    metrics = Metrics()
+    metrics = Metrics(tuple(app.app_id for app in config.apps))
     if config.redis is None:
         apps = _apps(config, None)
         broker = LocalBroker(hub)

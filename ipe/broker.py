@@ -42,6 +42,10 @@ class Broker(Protocol):
         """True while messages can cross to every node."""
         ...
 
+    def take_tallies(self) -> tuple[int, int]:
+        """(Pub/Sub messages received, dropped) since the last call, for ipe.metrics."""
+        ...
+
 
 class LocalBroker:
     """The in-process broker: publishing is delivering."""
@@ -71,3 +75,6 @@ class LocalBroker:
 
     def ready(self) -> bool:
         return True
+
+    def take_tallies(self) -> tuple[int, int]:
+        return 0, 0  # no Pub/Sub in one process

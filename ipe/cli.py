@@ -17,7 +17,7 @@ import gevent.event  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
-from ipe import __version__  # noqa: E402
+from ipe import __version__, logs  # noqa: E402
 from ipe import config as config_module  # noqa: E402
 
 log = logging.getLogger("ipe")
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         choices=["debug", "info", "warning", "error"],
         help="log level (default: $IPE_LOG_LEVEL, else config, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: $IPE_LOG_FORMAT, else config)",
     )
     parser.add_argument(
         "--check-config", action="store_true", help="validate the config, print a summary, exit"
@@ -162,10 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     host = args.host if args.host is not None else cfg.host
     port = args.port or int(os.environ.get("PORT") or 0) or cfg.port
     level = (args.log_level or os.environ.get("IPE_LOG_LEVEL") or cfg.log_level).upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_format = args.log_format or cfg.log_format
+    logs.configure(level, log_format)
     if args.check_config:
         print(f"{path}: OK")
         print(_summary(cfg, host, port))
@@ -193,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     for server in servers:
         server.start()
-    print(f"serving {path}\n{_summary(cfg, host, port)}", flush=True)
+    if log_format == "json":  # every line of output a JSON object
+        log.info("serving %s\n%s", path, _summary(cfg, host, port))
+    else:
+        print(f"serving {path}\n{_summary(cfg, host, port)}", flush=True)
 
     stopping = gevent.event.Event()
 

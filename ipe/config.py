@@ -192,11 +192,19 @@ class Config:
     redis: RedisConfig | None = None
     instance_id: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     webhooks: WebhookSettings = WebhookSettings()
     pid_file: str = ""  # where `ipe` writes its pid, for `ipe reload` (SIGHUP)
     app_manager: AppManagerConfig = AppManagerConfig()
     limits: Limits = Limits()  # the top-level limits: the base of apps from other managers
     console: ConsoleConfig = ConsoleConfig()
+    drain_seconds: float = 10.0
+
+    @property
+    def stop_seconds(self) -> float:
+        """Longest a SIGTERM'd process takes to exit: the drain, the last closing handshakes
+        (3 s), the webhook flush, and a margin (gunicorn's graceful_timeout is this)."""
+        return self.drain_seconds + 3.0 + self.webhooks.flush_timeout + 2.0
 
     def app_by_key(self, key: str) -> AppConfig | None:
         """The app whose public key is `key`."""
@@ -666,6 +674,15 @@ def _console(section: _Section, env: Mapping[str, str]) -> ConsoleConfig:
     )
 
 
+def _log_format(value: str, env: Mapping[str, str]) -> str:
+    # $IPE_LOG_FORMAT wins over the file, as $IPE_LOG_LEVEL does in the cli.
+    fmt = (env.get("IPE_LOG_FORMAT") or value).strip().lower()
+    if fmt not in ("text", "json"):
+        where = "IPE_LOG_FORMAT" if env.get("IPE_LOG_FORMAT") else "log_format"
+        raise ConfigError(f"{where}: must be text or json")
+    return fmt
+
+
 def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Build a Config from parsed YAML, expanding `${VAR}` from `env` (default os.environ)."""
     env = os.environ if env is None else env
@@ -703,7 +720,9 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         redis=_redis(top.get("redis", None), env),
         instance_id=top.str("instance_id", env.get("IPE_INSTANCE_ID", "")),
         log_level=top.str("log_level", env.get("IPE_LOG_LEVEL", "info")).lower(),
+        log_format=_log_format(top.str("log_format", "text"), env),
         webhooks=_webhook_settings(top.section("webhooks")),
+        drain_seconds=top.float("drain_seconds", Config.drain_seconds),
         pid_file=top.str("pid_file", env.get("IPE_PID_FILE", "")),
         app_manager=manager,
         limits=limits,

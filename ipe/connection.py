@@ -111,6 +111,7 @@ class Connection:
         "events_count",
         "on_message",
         "on_end",
+        "tally",
         "_sock",
         "_raw",
         "_raw_send",
@@ -161,6 +162,7 @@ class Connection:
         self.events_count = 0
         self.on_message: Callable[[str], Any] = _ignore
         self.on_end: Callable[[], Any] = _nothing
+        self.tally: Any = None  # ipe.hub.AppTally of the app, once the connection is accepted
         sock, pending, detached = take_socket(ws, READ_SIZE)
         self._sock = sock
         self._detached = detached
@@ -214,6 +216,8 @@ class Connection:
                 data = recv(READ_SIZE)
                 if not data:
                     break
+                if self.tally is not None:
+                    self.tally.bytes_in += len(data)
                 self._feed(data)
         except OSError:
             pass
@@ -230,6 +234,9 @@ class Connection:
             data = b""
         try:
             if data:
+                tally = self.tally
+                if tally is not None:
+                    tally.bytes_in += len(data)
                 self._feed(data)
             else:
                 self._end()
@@ -313,7 +320,10 @@ class Connection:
 
     def send_event(self, payload: bytes) -> bool:
         """Frame and send one JSON payload to this connection only."""
-        return self.send(text_frame(payload))
+        data = text_frame(payload)
+        if self.tally is not None:
+            self.tally.bytes_out += len(data)
+        return self.send(data)
 
     def _write(self, data: bytes) -> bool:
         outbox = self._outbox

@@ -18,12 +18,41 @@ from ipe.frames import text_frame
 
 log = logging.getLogger(__name__)
 
+DRAIN_TICK = 0.1  # seconds between two batches of closes while draining
 PING_FRAME = text_frame(protocol.encode_event(protocol.PING))
 
 # Kinds of broker message (the envelope's "k"): what `Hub.dispatch` does with them.
 EVENT = "e"  # target: channel name; payload: encoded event
 TERMINATE = "t"  # target: user id; close that user's signed-in sockets
 WATCH = "w"  # target: user id; payload: b"online" or b"offline"
+
+
+class AppTally:
+    """One app's plain-int counts since the last export (ipe.metrics folds them in once a
+    second): counting in prometheus_client on every message would cost a lock and calls."""
+
+    __slots__ = ("open", "opened", "received", "delivered", "bytes_in", "bytes_out", "closes")
+
+    def __init__(self) -> None:
+        self.open = 0  # a level, never reset
+        self.opened = 0
+        self.received = 0
+        self.delivered = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.closes: dict[int, int] = {}  # close code -> count (bucketed when exported)
+
+    def take(self) -> AppTally:
+        """A copy of the counts, which start again from zero here."""
+        taken = AppTally()
+        taken.open = self.open
+        taken.opened, self.opened = self.opened, 0
+        taken.received, self.received = self.received, 0
+        taken.delivered, self.delivered = self.delivered, 0
+        taken.bytes_in, self.bytes_in = self.bytes_in, 0
+        taken.bytes_out, self.bytes_out = self.bytes_out, 0
+        taken.closes, self.closes = self.closes, {}
+        return taken
 
 
 class Hub:
@@ -37,34 +66,39 @@ class Hub:
         self._users: dict[str, dict[str, set[Connection]]] = {}
         self._watchers: dict[str, dict[str, set[Connection]]] = {}
         self._reaper: gevent.Greenlet | None = None
-        # Tallies for metrics: plain ints on the hot path, exported by `take_tallies`.
-        self.opened = 0
-        self.received = 0
-        self.delivered = 0
-        self.closes: dict[int, int] = {}
+        # Tallies for metrics, per app (apps are configured: the keys are bounded).
+        self.tallies: dict[str, AppTally] = {}
 
     # --- connections --------------------------------------------------------------------------
+
+    def tally(self, app_id: str) -> AppTally:
+        """The tally of one app (made on first use)."""
+        tally = self.tallies.get(app_id)
+        if tally is None:
+            tally = self.tallies[app_id] = AppTally()
+        return tally
 
     def register(self, conn: Connection) -> None:
         """Track a new connection (for pings, terminate and socket-id lookups)."""
         self.connections[conn.socket_id] = conn
-        self.opened += 1
+        tally = conn.tally = self.tally(conn.app.app_id)
+        tally.open += 1
+        tally.opened += 1
 
     def unregister(self, conn: Connection) -> None:
         """Forget a connection that has ended; its channels must already be removed."""
-        self.connections.pop(conn.socket_id, None)
-        code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
-        self.closes[code] = self.closes.get(code, 0) + 1
+        if self.connections.pop(conn.socket_id, None) is not None:
+            tally = self.tally(conn.app.app_id)
+            tally.open -= 1
+            code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
+            tally.closes[code] = tally.closes.get(code, 0) + 1
         if conn.user_id is not None:
             self._discard(self._users, conn.app.app_id, conn.user_id, conn)
         self.unwatch(conn)
 
-    def take_tallies(self) -> tuple[int, int, int, dict[int, int]]:
-        """(opened, received, delivered, closes by code) since the last call."""
-        tallies = (self.opened, self.received, self.delivered, self.closes)
-        self.opened = self.received = self.delivered = 0
-        self.closes = {}
-        return tallies
+    def take_tallies(self) -> dict[str, AppTally]:
+        """Each app's counts since the last call (and its open connections)."""
+        return {app_id: tally.take() for app_id, tally in self.tallies.items()}
 
     def count(self, app_id: str | None = None) -> int:
         """Local connections, of one app or all."""
@@ -180,7 +214,10 @@ class Hub:
                         continue  # the roster this socket was sent already has this change
             if conn.send(data):
                 sent += 1
-        self.delivered += sent
+        tally = self.tallies.get(app_id)
+        if tally is not None:  # counted once per publish, not per subscriber
+            tally.delivered += sent
+            tally.bytes_out += sent * len(data)
         return sent
 
     def terminate_user(self, app_id: str, user_id: str) -> int:
@@ -201,8 +238,11 @@ class Hub:
                 protocol.WATCHLIST_EVENTS, data={"events": [{"name": name, "user_ids": [user_id]}]}
             )
         )
-        for conn in tuple(conns):
-            conn.send(data)
+        sent = sum(1 for conn in tuple(conns) if conn.send(data))
+        tally = self.tallies.get(app_id)
+        if tally is not None:
+            tally.delivered += sent
+            tally.bytes_out += sent * len(data)
 
     # --- liveness -----------------------------------------------------------------------------
 
@@ -249,3 +289,22 @@ class Hub:
         """Close every local connection (shutdown: 4200 tells clients to reconnect at once)."""
         for conn in tuple(self.connections.values()):
             conn.close(code, reason, error=True)
+
+    def drain(self, code: int, reason: str, seconds: float) -> None:
+        """Close every local connection in even batches spread over `seconds` (blocking).
+
+        Closing all at once on a rolling restart would send every client to the other nodes
+        in the same second; spread out, they reconnect at the pace the drain sets. The caller
+        refuses new connections meanwhile; any that slipped in go with the last batch.
+        """
+        conns = tuple(self.connections.values())
+        ticks = max(1, round(seconds / DRAIN_TICK))
+        started = time.monotonic()
+        for tick in range(ticks):
+            if not self.connections:
+                return  # everyone left by themselves
+            for conn in conns[tick * len(conns) // ticks : (tick + 1) * len(conns) // ticks]:
+                if not conn.closing:
+                    conn.close(code, reason, error=True)
+            gevent.sleep(max(0.0, started + (tick + 1) * seconds / ticks - time.monotonic()))
+        self.close_all(code, reason)

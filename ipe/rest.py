@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ipe import auth, protocol
+from ipe import auth, logs, protocol
 from ipe.hub import EVENT, TERMINATE
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ def _app(app_id: str) -> tuple[AppConfig, bytes]:
     app = _state().apps.by_id(app_id)
     if app is None:
         raise ApiError(404, f"Unknown app: {app_id[:64]}")
+    g.ipe_app_id = app.app_id  # a served app's id: a bounded metrics label
     body = _read_body(app.limits)
     _authenticate(app, body)
     return app, body
@@ -356,6 +357,8 @@ def terminate(app_id: str, user_id: str) -> Response:
 def terminate_without_app(user_id: str) -> Response:
     """The path pusher-http-python 3.3.x signs: the app is found by its auth_key."""
     app = _state().apps.by_key(request.args.get("auth_key", ""))
+    if app is not None:
+        g.ipe_app_id = app.app_id
     if app is None:
         # No app id in the path: an unknown key is a credentials problem (401), not a 404.
         raise ApiError(401, "Unknown or missing auth_key")
@@ -400,6 +403,23 @@ def _log_request(response: Response) -> Response:
     started = g.get("ipe_started")
     elapsed = (time.monotonic() - started) * 1000 if started else 0.0
     endpoint = request.endpoint or "unknown"
-    _state().metrics.http_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-    log.info("%s %s %d %.1fms", request.method, request.path, response.status_code, elapsed)
+    app_id = (request.view_args or {}).get("app_id")
+    _state().metrics.http_requests.labels(
+        app_id=g.get("ipe_app_id", ""), endpoint=endpoint, status=str(response.status_code)
+    ).inc()
+    log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        request.path,
+        response.status_code,
+        elapsed,
+        extra={
+            "app_id": str(app_id)[:64] if app_id is not None else None,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(elapsed, 1),
+            "remote_addr": logs.remote_address(request.environ),
+        },
+    )
     return response

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ipe import auth, channels, protocol
+from ipe import auth, channels, logs, protocol
 from ipe.connection import Connection, Gate
 from ipe.hub import EVENT, WATCH
 
@@ -36,12 +36,13 @@ class Session:
         self.conn = conn
         self.app = app
         self.limits = app.limits
+        self.tally = state.hub.tally(app.app_id)
 
     # --- messages -----------------------------------------------------------------------------
 
     def on_message(self, raw: str) -> None:
         """Handle one client message; errors become a pusher:error, never a dropped socket."""
-        self.state.hub.received += 1
+        self.tally.received += 1
         try:
             self.handle(raw)
         except protocol.PusherError as exc:
@@ -99,6 +100,13 @@ class Session:
 
     def _refuse(self, channel: str, kind: str, error: str, status: int) -> None:
         """Send the channel-scoped error Echo's `.error()` receives, and Pusher's own."""
+        log.debug(
+            "subscription of %s to %s refused: %s",
+            self.conn.socket_id,
+            channel[:200],
+            kind,
+            extra=self._fields(channel[:200], status),
+        )
         self.conn.send_event(protocol.subscription_error(channel, kind, error, status))
         self.conn.send_event(protocol.encode_error(None, error))
         if self.app.app_id in self.state.tap.apps:
@@ -166,6 +174,17 @@ class Session:
                 socket_id=conn.socket_id,
                 user_id=member[0] if member else None,
             )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("subscribed %s to %s", conn.socket_id, channel, extra=self._fields(channel))
+
+    def _fields(self, channel: str, status: int | None = None) -> dict[str, Any]:
+        """The structured log fields of this connection (see ipe.logs)."""
+        return {
+            "app_id": self.app.app_id,
+            "socket_id": self.conn.socket_id,
+            "channel": channel,
+            "status": status,
+        }
 
     def _join(self, channel: str, member: channels.Member) -> int:
         """Join a presence channel and confirm it with the roster; the roster's version."""
@@ -488,6 +507,8 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     """
     config = state.config
     app, code, message = _handshake_error(environ, state)
+    if code is None and state.draining:  # it would be closed by the next batch anyway
+        code, message = protocol.GENERIC_RECONNECT, "Server is shutting down"
     limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
@@ -500,22 +521,36 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         on_overflow=state.metrics.slow_consumer_closes.inc,
         inline=state.handlers_never_block,
     )
+    remote = logs.remote_address(environ)
     if code is not None:
-        log.info("refused connection to %s: %d %s", environ.get("PATH_INFO"), code, message)
+        log.info(
+            "refused connection to %s: %d %s",
+            environ.get("PATH_INFO"),
+            code,
+            message,
+            extra={"app_id": getattr(app, "app_id", None), "status": code, "remote_addr": remote},
+        )
         conn.close(code, message, error=True)
     else:
-        _open(state, conn, app)
+        _open(state, conn, app, remote)
         if app.app_id in state.tap.apps:
             origin = str(environ.get("HTTP_ORIGIN", ""))[:200]
             state.tap.emit(app.app_id, "connected", socket_id=conn.socket_id, origin=origin)
     conn.start()
 
 
-def _open(state: State, conn: Connection, app: AppConfig) -> None:
+def _open(state: State, conn: Connection, app: AppConfig, remote: str) -> None:
     """Register a new connection, greet it, and wire its messages to a Session."""
     session = Session(state, conn, app)
     state.hub.register(conn)
-    log.debug("connected %s app=%s", conn.socket_id, app.app_id)
+    opened = time.monotonic()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "connected %s app=%s",
+            conn.socket_id,
+            app.app_id,
+            extra={"app_id": app.app_id, "socket_id": conn.socket_id, "remote_addr": remote},
+        )
 
     def on_end() -> None:
         try:
@@ -526,7 +561,20 @@ def _open(state: State, conn: Connection, app: AppConfig) -> None:
                 state.tap.emit(
                     app.app_id, "disconnected", socket_id=conn.socket_id, code=conn.close_code
                 )
-            log.debug("disconnected %s app=%s code=%s", conn.socket_id, app.app_id, conn.close_code)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "disconnected %s app=%s code=%s",
+                    conn.socket_id,
+                    app.app_id,
+                    conn.close_code,
+                    extra={
+                        "app_id": app.app_id,
+                        "socket_id": conn.socket_id,
+                        "status": conn.close_code,
+                        "duration_ms": round((time.monotonic() - opened) * 1000),
+                        "remote_addr": remote,
+                    },
+                )
 
     conn.on_message = session.on_message
     conn.on_end = on_end

@@ -155,7 +155,7 @@ class Webhooks:
 
     def _drop(self, app: AppConfig, event: Event) -> None:
         if self.metrics is not None:
-            self.metrics.webhooks_dropped.inc()
+            self.metrics.webhooks_dropped.labels(app_id=app.app_id).inc()
         self._dropped_unlogged += 1
         now = time.monotonic()
         if now - self._drop_logged_at >= _DROP_LOG_INTERVAL:
@@ -296,6 +296,17 @@ class Webhooks:
         # Doubling up to retry_backoff_max; the jitter spreads retries of many batches.
         backoff = Backoff(settings.retry_backoff, settings.retry_backoff_max, jitter=0.2)
         attempts = 0
+        started = time.monotonic()
+
+        def fields() -> dict[str, object]:  # for JSON logs (ipe.logs); never the signature
+            return {
+                "app_id": app.app_id,
+                "url": safe_url(target.url),
+                "events": len(batch.events),
+                "attempts": attempts,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            }
+
         try:
             while True:
                 attempts += 1
@@ -304,12 +315,13 @@ class Webhooks:
                 self._tell_console(app.app_id, batch, target, error, attempts, began, False)
                 if error is None:
                     if self.metrics is not None:
-                        self.metrics.webhooks_sent.inc()
+                        self.metrics.webhooks_sent.labels(app_id=app.app_id).inc()
                     log.debug(
                         "webhook delivered: app %s, %d event(s), %s",
                         app.app_id,
                         len(batch.events),
                         safe_url(target.url),
+                        extra=fields(),
                     )
                     self._tell_console(app.app_id, batch, target, None, attempts, began, True)
                     break
@@ -323,7 +335,7 @@ class Webhooks:
                     give_up = time.time() + wait > batch.created_ms / 1000 + settings.retry_for
                 if give_up:
                     if self.metrics is not None:
-                        self.metrics.webhooks_failed.inc()
+                        self.metrics.webhooks_failed.labels(app_id=app.app_id).inc()
                     log.warning(
                         "webhook given up: app %s, %d event(s) to %s after %d attempt(s) "
                         "in %.1fs; last error: %s",
@@ -333,6 +345,7 @@ class Webhooks:
                         attempts,
                         time.time() - batch.created_ms / 1000,
                         error,
+                        extra=fields(),
                     )
                     self._tell_console(app.app_id, batch, target, error, attempts, began, True)
                     break
@@ -342,6 +355,7 @@ class Webhooks:
                     error,
                     attempts,
                     wait,
+                    extra=fields(),
                 )
                 # Shutdown cuts the wait short for one last attempt.
                 self._stopping.wait(wait)

@@ -568,9 +568,10 @@ class Soak {
         const pres = (await this.getJson(`${appPath}/channels`, { filter_by_prefix: 'presence-', info: 'user_count' })).channels;
         for (const [ch, set] of users) if (!pres[ch] || pres[ch].user_count !== set.size) mism.push(`${ch} users: server ${pres[ch] ? pres[ch].user_count : 0}, client ${set.size}`);
         const metrics = await this.request('GET', '/metrics');
-        const m = metrics.status === 200 && /^ipe_connections(?:\{[^}]*\})? ([0-9.e+]+)$/m.exec(metrics.body);
-        if (m) {
-          result.server_connections = Math.round(+m[1]);
+        // ipe_connections has one series per app: the server's total is their sum.
+        const ms = metrics.status === 200 ? [...metrics.body.matchAll(/^ipe_connections(?:\{[^}]*\})? ([0-9.e+]+)$/gm)] : [];
+        if (ms.length) {
+          result.server_connections = Math.round(ms.reduce((sum, m) => sum + +m[1], 0));
           if (result.server_connections !== this.live.length) mism.push(`connections: server ${result.server_connections}, client ${this.live.length}`);
         } else result.server_connections = null;
       } catch (e) {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,9 @@ BASE_CONFIG: dict[str, Any] = {
     "host": "127.0.0.1:8080",  # --port overrides it
     "activity_timeout": 30,
     "pong_timeout": 30,
+    # Close every socket at once on SIGTERM, so that stopping a server never waits: the
+    # spread-out drain has its own tests (tests/integration/test_drain.py).
+    "drain_seconds": 0,
     "apps": [
         {"name": "Main", "app_id": APP_ID, "key": KEY, "secret": SECRET, "user_events": True},
         {"name": "Other", "app_id": "1002", "key": "other-key", "secret": "other-secret"},
@@ -65,6 +69,17 @@ BASE_CONFIG: dict[str, Any] = {
         },
     ],
 }
+
+
+SIGNATURE = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+
+
+def parse_sample(line: str) -> tuple[str, dict[str, str], float]:
+    """One line of the Prometheus text format: (name, labels, value)."""
+    head, _, value = line.rpartition(" ")
+    name, _, labels = head.partition("{")
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+    return name, dict(pairs), float(value)
 
 
 def free_port() -> int:
@@ -159,26 +174,54 @@ class IpeServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        """Signal the process and wait for it; then check its log (every server of the suite
+        passes here) for secrets and signatures."""
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(5)
+        finally:
+            self.assert_no_secrets_logged()
+
+    def assert_no_secrets_logged(self) -> None:
+        """No app secret and nothing shaped like a signature (64 hex digits: channel auth,
+        REST auth_signature, webhook signature) anywhere in this server's log."""
+        log = self.log()
+        for app in self.config.get("apps", ()):
+            secret = str(app.get("secret", ""))
+            assert len(secret) < 6 or secret not in log, f"secret logged in {self.log_path}"
+        found = SIGNATURE.search(log)
+        assert found is None, f"a signature logged in {self.log_path}: {found.group()}"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def metric(self, name: str) -> float:
-        """The value of one metric on /metrics, labels included as exported
-        (`name{code="4100"}`); 0 when not exported yet."""
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on /metrics: (name, labels, value)."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.split(" ")[0] == name:
-                    return float(line.split(" ")[1])
-        return 0.0
+            text = r.read().decode()
+        return [parse_sample(line) for line in text.splitlines() if line and line[0] != "#"]
+
+    def metric(self, name: str, required: bool = False) -> float:
+        """The sum of one metric's series on /metrics whose labels include those given (as
+        exported: `name{code="4100"}`; a bare name sums every series); 0 when there is none,
+        unless `required`."""
+        wanted_name, wanted = parse_sample(name + " 0")[:2]
+        values = [
+            value
+            for sample_name, labels, value in self.metrics()
+            if sample_name == wanted_name and wanted.items() <= labels.items()
+        ]
+        if required and not values:
+            raise AssertionError(f"no {name} in /metrics")
+        return sum(values)
 
     def sdk(
         self, app_id: str = APP_ID, key: str = KEY, secret: str = SECRET, **kwargs: Any
@@ -209,6 +252,28 @@ class IpeServer:
         client = WsClient(url, **kwargs)
         self.clients.append(client)
         return client
+
+
+class Gunicorn(IpeServer):
+    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        env = {
+            **self.env,
+            "IPE_CONFIG": str(self.config_path),
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+        }
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if wait:
+            self.wait_healthy()
+        return self
 
 
 class WsClient:
@@ -411,8 +476,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., IpeServer]]:
         start: bool = True,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        launcher: type[IpeServer] = IpeServer,
     ) -> IpeServer:
-        server = IpeServer(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
+        server = launcher(config or config_with(), tmp_path, name or f"ipe{len(servers)}", env)
         servers.append(server)
         return server.start() if start else server
 

@@ -53,6 +53,9 @@ class RedisBroker:
         self._failures_unlogged = 0
         self._outbox: deque[tuple[str, bytes, Any]] = deque()
         self._publisher: gevent.Greenlet | None = None
+        # Plain-int tallies for metrics, folded in by `State.export_metrics`.
+        self.received = 0
+        self.dropped = 0
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -211,14 +214,22 @@ class RedisBroker:
         """True while Redis answers and every listener is subscribed."""
         return self.link.up and self._listening and all(g.live for g in self._groups)
 
+    def take_tallies(self) -> tuple[int, int]:
+        """(Pub/Sub messages received, dropped) since the last call, for ipe.metrics."""
+        tallies = (self.received, self.dropped)
+        self.received = self.dropped = 0
+        return tallies
+
     def receive(self, channel: bytes, data: bytes) -> None:
         """Carry out one message from Redis: parse the header, hand the payload to the hub."""
+        self.received += 1
         app_id = self._apps.get(channel)
         newline = data.find(b"\n")
         try:
             header = json.loads(data[:newline]) if app_id is not None and newline > 0 else None
             kind, target = header["k"], header["c"]  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
+            self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
             return
         if header.get("l") and header.get("n") == self.node:
@@ -228,6 +239,7 @@ class RedisBroker:
                 app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
             )
         except Exception:  # one bad message must not cost the subscription
+            self.dropped += 1
             log.exception("error delivering a message of app %s", app_id)
 
 

@@ -299,14 +299,8 @@ def occupied(server: IpeServer, channel: str) -> bool:
 
 
 def metric(server: IpeServer, name: str) -> float:
-    """The value of an unlabelled counter in the server's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
+    """The value of a metric in the server's /metrics (summed over its labels)."""
+    return server.metric(name, required=True)
 
 
 def after_sweeps(*servers: IpeServer) -> None:

@@ -14,31 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster_support import FIXTURES, RedisServer, ready_status, redis_config
-from conftest import BASE_CONFIG, ROOT, IpeServer, free_port, wait_until
+from conftest import BASE_CONFIG, ROOT, Gunicorn, free_port, wait_until
 
 make_redis, redis_server, nodes = FIXTURES
-
-
-class Gunicorn(IpeServer):
-    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
-
-    def start(self, wait: bool = True) -> Gunicorn:
-        env = {
-            **self.env,
-            "IPE_CONFIG": str(self.config_path),
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-        }
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        if wait:
-            self.wait_healthy()
-        return self
 
 
 @pytest.fixture

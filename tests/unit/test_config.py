@@ -506,3 +506,19 @@ def test_log_level_and_instance_id_come_from_the_file_or_environment():
 def test_sample_config_is_valid():
     cfg = config.load(str(config.__file__).replace("ipe/config.py", "config.yml.sample"), env={})
     assert cfg.apps and cfg.apps[0].key == "app-key"
+
+
+def test_drain_seconds_default_and_the_stop_budget_it_sets():
+    assert parse().drain_seconds == 10
+    cfg = parse(drain_seconds=2, webhooks={"flush_timeout": 1})
+    # gunicorn's graceful_timeout: drain, last closing handshakes (3 s), flush, margin (2 s).
+    assert cfg.stop_seconds == 2 + 3 + 1 + 2
+    fails("drain_seconds: must be at least 0", drain_seconds=-1)
+
+
+def test_log_format_comes_from_the_file_or_environment():
+    assert parse().log_format == "text"
+    assert parse(log_format="JSON").log_format == "json"
+    assert parse(env={"IPE_LOG_FORMAT": "json"}, log_format="text").log_format == "json"
+    fails("log_format: must be text or json", log_format="xml")
+    fails("IPE_LOG_FORMAT: must be text or json", env={"IPE_LOG_FORMAT": "yaml"})
