@@ -188,32 +188,40 @@ async function cluster(page) {
   await page.goto(a + '/console/apps/' + env.APP_ID);
   await page.waitForFunction(() => document.querySelector('#stream-state').textContent === 'live',
     { timeout: WAIT });
-  // One client on each node; a trigger through each node.
-  const onA = client(a, sdkFor(a));
-  const onB = client(b, sdkFor(b));
-  await Promise.all([connected(onA), connected(onB)]);
-  // The lease reaches the other node within a moment; until then its records are not sent.
-  await logRow(page, { kind: 'connected' });
+  // The lease reaches the other node within a moment; until then it records nothing. A
+  // trigger through each node until both show up.
+  const kinds = (kind) => page.$$eval('#log tbody tr', (rows, k) => [...new Set(rows
+    .filter((r) => r.cells[2].textContent === k).map((r) => r.cells[1].textContent))].sort(), kind);
   const t = Date.now();
   let nodes = [];
   while (Date.now() - t < WAIT) {
     await sdkFor(b).trigger('cluster-news', 'via-b', { n: 1 });
     await sdkFor(a).trigger('cluster-news', 'via-a', { n: 1 });
-    nodes = await page.$$eval('#log tbody tr',
-      (rows) => [...new Set(rows.filter((r) => r.cells[2].textContent === 'api_message')
-        .map((r) => r.cells[1].textContent))]);
+    nodes = await kinds('api_message');
     if (nodes.length >= 2) break;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-  observe('api_message_nodes', nodes.sort());
-  observe('connected_nodes', await page.$$eval('#log tbody tr',
-    (rows) => [...new Set(rows.filter((r) => r.cells[2].textContent === 'connected')
-      .map((r) => r.cells[1].textContent))].sort()));
+  observe('api_message_nodes', nodes);
+  // Both nodes record now: one client on each.
+  const onA = client(a, sdkFor(a));
+  const onB = client(b, sdkFor(b));
+  await Promise.all([connected(onA), connected(onB)]);
+  const deadline = Date.now() + WAIT;
+  let connectedNodes = [];
+  while (Date.now() < deadline) {
+    connectedNodes = await kinds('connected');
+    if (connectedNodes.length >= 2) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  observe('connected_nodes', connectedNodes);
   await page.goto(a + '/console/');
   await page.waitForFunction(() => document.querySelectorAll('#nodes tbody tr:not(.muted)').length >= 2,
     { timeout: WAIT });
   observe('overview_nodes', await page.$$eval('#nodes tbody tr',
     (rows) => rows.map((r) => r.cells[0].textContent).sort()));
+  // Each node's numbers are a couple of seconds old at most: wait for both clients.
+  await page.waitForFunction(() => document.querySelector('#total-connections').textContent === '2',
+    { timeout: WAIT }).catch(() => {});
   observe('overview_connections', Number(await page.$eval('#total-connections', (e) => e.textContent)));
   onA.disconnect();
   onB.disconnect();
