@@ -43,6 +43,7 @@ class State:
     metrics: Metrics
     counts: SubscriptionCounts
     draining: bool = False
+    http: Any = None  # ipe.http_transport.HttpSessions: pusher-js's HTTP fallback sessions
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
     tap: Tap = field(default_factory=Tap)  # what the console sees; idle unless it watches
@@ -57,6 +58,7 @@ class State:
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
+        self.http.start()
         self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
@@ -87,6 +89,7 @@ class State:
         if after_drain is not None:
             after_drain()
         self.webhooks.stop()
+        self.http.stop()
         self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
@@ -142,6 +145,7 @@ class State:
         tallies = self.hub.take_tallies()
         self.metrics.add_tallies(tallies)
         self.metrics.add_pubsub(*self.broker.take_tallies())
+        self.metrics.http_sessions.set(len(self.http.sessions))
         self.tap.add_tallies(
             sum(t.received for t in tallies.values()), sum(t.delivered for t in tallies.values())
         )
@@ -164,7 +168,10 @@ def config_path() -> str:
 
 def build_state(config: Config) -> State:
     """Wire the per-process objects for `config`."""
+    from ipe.http_transport import HttpSessions
+
     state = _build_state(config)
+    state.http = HttpSessions(state)
     state.apps.on_change(state._apps_changed)
     return state
 
@@ -239,8 +246,13 @@ def _build_state(config: Config) -> State:
     return state
 
 
+# The last path segment of pusher-js's HTTP fallback requests.
+_HTTP_TRANSPORT_ENDINGS = ("/xhr_streaming", "/xhr", "/xhr_send")
+
+
 class _WebSocketRouter:
-    """WSGI middleware: upgraded requests go to `ipe.session`, everything else to Flask."""
+    """WSGI middleware: upgraded requests go to `ipe.session`, pusher-js's HTTP fallback to
+    `ipe.http_transport`, everything else to Flask."""
 
     def __init__(self, state: State, wsgi_app: Any) -> None:
         self.state = state
@@ -250,6 +262,8 @@ class _WebSocketRouter:
         if environ.get("wsgi.websocket") is not None:
             session.serve(self.state, environ)
             return []
+        if environ.get("PATH_INFO", "").endswith(_HTTP_TRANSPORT_ENDINGS):
+            return self.state.http.serve(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
 

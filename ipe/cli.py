@@ -95,7 +95,7 @@ def _summary(cfg: config_module.Config, host: str, port: int) -> str:
         )
         lines.append(
             f"    pusher-js: new Pusher('{app.key}', {{wsHost: '{shown}', wsPort: {port}, "
-            "forceTLS: false, enabledTransports: ['ws', 'wss'], cluster: ''})"
+            f"httpHost: '{shown}', httpPort: {port}, forceTLS: false, cluster: ''}})"
         )
     return "\n".join(lines)
 

@@ -187,6 +187,8 @@ class Config:
     activity_timeout: int = 30
     pong_timeout: int = 30
     max_outbox_bytes: int = 1 << 20
+    http_session_timeout: float = 30.0  # seconds an HTTP-fallback session may go unpolled
+    http_max_sessions: int = 10000  # HTTP-fallback sessions one process holds at most
     profiling: bool = False  # IPÊ's key: accepted, and ignored (config.yml.sample)
     ssl: SSLConfig = SSLConfig()
     redis: RedisConfig | None = None
@@ -715,6 +717,10 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         activity_timeout=top.int("activity_timeout", Config.activity_timeout, minimum=1),
         pong_timeout=top.int("pong_timeout", Config.pong_timeout, minimum=1),
         max_outbox_bytes=top.int("max_outbox_bytes", Config.max_outbox_bytes, minimum=1024),
+        http_session_timeout=top.float(
+            "http_session_timeout", Config.http_session_timeout, minimum=1.0
+        ),
+        http_max_sessions=top.int("http_max_sessions", Config.http_max_sessions, minimum=1),
         profiling=top.bool("profiling", False),
         ssl=ssl_config,
         redis=_redis(top.get("redis", None), env),

@@ -92,8 +92,14 @@ class Gate:
         self.version: int | None = None
 
 
-class Connection:
-    """A client connection: identity, subscriptions, and the two directions of its socket."""
+class Client:
+    """One client of a transport, as the protocol sees it: identity, subscriptions, liveness.
+
+    `Session`, `Hub` and the rest use only what is here plus `send` (a pre-built WebSocket
+    text frame), `send_event` (a JSON payload), `close`, `start` and `closing`: a
+    transport (`Connection` for WebSockets, `ipe.http_transport.HttpClient` for pusher-js's
+    HTTP fallbacks) provides those.
+    """
 
     __slots__ = (
         "socket_id",
@@ -112,6 +118,42 @@ class Connection:
         "on_message",
         "on_end",
         "tally",
+        "__weakref__",
+    )
+
+    def __init__(self, app: Any, socket_id: str) -> None:
+        self.socket_id = socket_id
+        self.app = app
+        self.channels: dict[str, Any] = {}  # channel -> presence user id or None
+        self.user_id: str | None = None
+        self.user_data: dict[str, Any] | None = None
+        self.watchlist: tuple[str, ...] = ()
+        # Channel -> its Gate, for channels being confirmed and presence channels; None while
+        # empty, as for most sockets (no empty dict for life).
+        self.gates: dict[str, Gate] | None = None
+        self.last_seen = time.monotonic()
+        self.ping_sent = 0.0
+        self.state = OPEN
+        self.close_code: int | None = None
+        self.events_window = 0.0
+        self.events_count = 0
+        self.on_message: Callable[[str], Any] = _ignore
+        self.on_end: Callable[[], Any] = _nothing
+        self.tally: Any = None  # ipe.hub.AppTally of the app, once the connection is accepted
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.socket_id} app={getattr(self.app, 'app_id', None)}>"
+
+    @property
+    def closing(self) -> bool:
+        """True once nothing more may be sent (the close has begun, or the connection ended)."""
+        return self.state is not OPEN
+
+
+class Connection(Client):
+    """A client WebSocket: the two directions of its socket."""
+
+    __slots__ = (
         "_sock",
         "_raw",
         "_raw_send",
@@ -132,7 +174,6 @@ class Connection:
         "_max_frame",
         "_on_overflow",
         "_closer",
-        "__weakref__",
     )
 
     def __init__(
@@ -145,24 +186,7 @@ class Connection:
         on_overflow: Callable[[], Any] | None = None,
         inline: bool = False,
     ) -> None:
-        self.socket_id = socket_id
-        self.app = app
-        self.channels: dict[str, Any] = {}  # channel -> presence user id or None
-        self.user_id: str | None = None
-        self.user_data: dict[str, Any] | None = None
-        self.watchlist: tuple[str, ...] = ()
-        # Channel -> its Gate, for channels being confirmed and presence channels; None while
-        # empty, as for most sockets (no empty dict for life).
-        self.gates: dict[str, Gate] | None = None
-        self.last_seen = time.monotonic()
-        self.ping_sent = 0.0
-        self.state = OPEN
-        self.close_code: int | None = None
-        self.events_window = 0.0
-        self.events_count = 0
-        self.on_message: Callable[[str], Any] = _ignore
-        self.on_end: Callable[[], Any] = _nothing
-        self.tally: Any = None  # ipe.hub.AppTally of the app, once the connection is accepted
+        super().__init__(app, socket_id)
         sock, pending, detached = take_socket(ws, READ_SIZE)
         self._sock = sock
         self._detached = detached
@@ -187,14 +211,6 @@ class Connection:
         self._max_frame = max_frame
         self._on_overflow = on_overflow
         self._closer: Any = None
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.socket_id} app={getattr(self.app, 'app_id', None)}>"
-
-    @property
-    def closing(self) -> bool:
-        """True once nothing more may be sent (the close has begun, or the connection ended)."""
-        return self.state is not OPEN
 
     # --- lifecycle ----------------------------------------------------------------------------
 

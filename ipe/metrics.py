@@ -75,6 +75,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.http_sessions = Gauge(
+            "ipe_http_sessions",
+            "Sessions of pusher-js's HTTP fallback transports held by this process "
+            "(also counted in ipe_connections)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.connections_total = Counter(
             "ipe_connections_opened_total", "WebSocket connections accepted", app, registry=r
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ipe import auth, channels, logs, protocol
-from ipe.connection import Connection, Gate
+from ipe.connection import Client, Connection, Gate
 from ipe.hub import EVENT, WATCH
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _APP_PATH = re.compile(r"(?:/.*)?/app/([^/]+)/?")
 class Session:
     """The protocol state machine of one connection; its messages are handled one at a time."""
 
-    def __init__(self, state: State, conn: Connection, app: AppConfig) -> None:
+    def __init__(self, state: State, conn: Client, app: AppConfig) -> None:
         self.state = state
         self.conn = conn
         self.app = app
@@ -460,7 +460,7 @@ _HANDLERS = {
 # --- handshake ----------------------------------------------------------------------------------
 
 
-def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | None, str]:
+def handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | None, str]:
     """(app, None, "") when the connection may proceed, else (app or None, code, message)."""
     match = _APP_PATH.fullmatch(environ.get("PATH_INFO", ""))
     if match is None:
@@ -485,6 +485,8 @@ def _handshake_error(environ: dict[str, Any], state: State) -> tuple[Any, int | 
             protocol.SSL_ONLY,
             "Application only accepts SSL connections, reconnect using wss://",
         )
+    if state.draining:  # it would be closed by the next batch of the drain anyway
+        return app, protocol.GENERIC_RECONNECT, "Server is shutting down"
     return app, None, ""
 
 
@@ -506,9 +508,7 @@ def serve(state: State, environ: dict[str, Any]) -> None:
     connection is read in this greenlet until it ends.
     """
     config = state.config
-    app, code, message = _handshake_error(environ, state)
-    if code is None and state.draining:  # it would be closed by the next batch anyway
-        code, message = protocol.GENERIC_RECONNECT, "Server is shutting down"
+    app, code, message = handshake_error(environ, state)
     limits = app.limits if app is not None else state.config.limits
     conn = Connection(
         environ["wsgi.websocket"],
@@ -532,18 +532,17 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         )
         conn.close(code, message, error=True)
     else:
-        _open(state, conn, app, remote)
-        if app.app_id in state.tap.apps:
-            origin = str(environ.get("HTTP_ORIGIN", ""))[:200]
-            state.tap.emit(app.app_id, "connected", socket_id=conn.socket_id, origin=origin)
+        open_client(state, conn, app, remote, str(environ.get("HTTP_ORIGIN", ""))[:200])
     conn.start()
 
 
-def _open(state: State, conn: Connection, app: AppConfig, remote: str) -> None:
-    """Register a new connection, greet it, and wire its messages to a Session."""
+def open_client(state: State, conn: Client, app: AppConfig, remote: str, origin: str = "") -> None:
+    """Register a new client (of any transport), greet it, and wire its messages to a Session."""
     session = Session(state, conn, app)
     state.hub.register(conn)
     opened = time.monotonic()
+    if app.app_id in state.tap.apps:
+        state.tap.emit(app.app_id, "connected", socket_id=conn.socket_id, origin=origin)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "connected %s app=%s",

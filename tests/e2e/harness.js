@@ -241,8 +241,7 @@ class Context {
       wsHost: this.host,
       wsPort: this.port,
       forceTLS: false,
-      // ipe speaks WebSocket only; without this pusher-js would fall back to HTTP transports.
-      enabledTransports: ['ws'],
+      ...this.transports(),
       disableStats: true,
       channelAuthorization: { endpoint: auth.channelEndpoint, params },
       userAuthentication: { endpoint: auth.userEndpoint, params },
@@ -289,12 +288,23 @@ class Context {
       wsHost: this.host,
       wsPort: this.port,
       forceTLS: false,
-      enabledTransports: ['ws'],
+      ...this.transports(),
       disableStats: true,
       ...options,
     });
     this.track(echo.connector.pusher, name);
     return echo;
+  }
+
+  /**
+   * pusher-js's transport options: WebSocket only (without this pusher-js would also try its
+   * HTTP fallbacks), or with E2E_TRANSPORTS='["xhr_streaming"]' (or xhr_polling) the HTTP
+   * transports only, on the same host and port, so that any scenario runs over them.
+   */
+  transports() {
+    const http = process.env.E2E_TRANSPORTS;
+    if (!http) return { enabledTransports: ['ws'] };
+    return { enabledTransports: JSON.parse(http), httpHost: this.host, httpPort: this.port };
   }
 
   /** Wait until the client's connection is in `state` (now or later). */

@@ -1,0 +1,514 @@
+"""pusher-js's HTTP fallback transports, `xhr_streaming` and `xhr_polling`, for clients whose
+WebSocket cannot get through (a proxy that refuses the upgrade).
+
+pusher-js opens `{httpPath}/app/{key}/{server}/{session}/xhr_streaming` (or `.../xhr` to poll)
+with POST, and sends with POST `.../xhr_send` a JSON array of messages. Every response is a
+series of lines, one frame each (pusher-js's `src/core/http/http_socket.ts` parses them):
+
+    o                     the session is open (only once: a second one is "Server lost session")
+    a["<event json>",...] messages, each the JSON text of one Pusher event
+    h                     heartbeat (streaming: the client answers with an empty send)
+    c[4001,"reason"]      the session is closed with that code
+
+A streaming response stays open and carries frames as they come; pusher-js itself replaces it
+once it holds 256 KB (`buffer_too_long`), and ends the session when a response ends, so ipe
+ends one only past `STREAM_BYTES` (a client that never recycles). A polling response carries
+what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
+
+`HttpClient` is a `Client` like a WebSocket `Connection`: `Session`, the hub and everything
+above see no difference. Its outgoing messages wait in a bounded queue (`max_outbox_bytes`,
+then 4100) until a receive request takes them; a session that no request picks up for
+`http_session_timeout` seconds is closed and cleaned up like a dropped socket.
+
+Sessions live in the process that opened them. Under several processes (gunicorn workers, or
+hosts behind a load balancer), every request of one session must reach that process: see
+README ("HTTP fallback").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+import gevent.lock
+
+from ipe import logs, protocol
+from ipe.connection import CLOSING, ENDED, OPEN, Client
+
+if TYPE_CHECKING:
+    from ipe.app import State
+
+log = logging.getLogger(__name__)
+
+# {httpPath}/app/{key}/{server}/{session}/{kind}: pusher-js makes server a number below 1000
+# and session 8 base-32 characters; anything of a sane size is accepted.
+HTTP_PATH = re.compile(
+    r"(?:/[^/]*)*/app/([^/]{1,256})/([0-9A-Za-z_-]{1,32})/([0-9A-Za-z_-]{1,64})"
+    r"/(xhr_streaming|xhr|xhr_send)"
+)
+STREAM_BYTES = 1 << 20  # a streaming response ends past this (pusher-js recycles at 256 KB)
+POLL_WAIT = 25.0  # seconds a poll waits for a message before answering a heartbeat
+HEARTBEAT = 25.0  # seconds of silence on a stream before a heartbeat line
+MAX_SEND_BODY = 1 << 20  # bytes of one xhr_send body (its messages are checked one by one)
+SWEEP_INTERVAL = 1.0
+# A receive request whose client hung up (pusher-js's disconnect() just aborts it): the session
+# ends this long after, unless the client comes back (it recycles a stream that way).
+HANGUP_GRACE = 2.0
+
+_OPEN_LINE = b"o\n"
+_HEARTBEAT_LINE = b"h\n"
+# Each message's JSON text, escaped once as a JSON string: a publish offers the same frame
+# bytes to every subscriber, so the first HTTP client escapes it and the others find it here.
+_escaped: dict[bytes, bytes] = {}
+_ESCAPED_MAX = 256
+
+
+def _payload(frame: bytes) -> bytes:
+    """The payload of a server-built (unmasked) WebSocket text frame."""
+    length = frame[1] & 0x7F
+    return frame[2:] if length < 126 else frame[4:] if length == 126 else frame[10:]
+
+
+def _escape(payload: bytes) -> bytes:
+    escaped = _escaped.get(payload)
+    if escaped is None:
+        escaped = json.dumps(payload.decode("utf-8")).encode()
+        if len(_escaped) >= _ESCAPED_MAX:
+            _escaped.clear()
+        _escaped[payload] = escaped
+    return escaped
+
+
+def close_line(code: int, reason: str) -> bytes:
+    """The frame that ends a session with `code`."""
+    return b"c" + json.dumps([code, reason], separators=(",", ":")).encode() + b"\n"
+
+
+class HttpClient(Client):
+    """One pusher-js session over HTTP: a queue of outgoing messages, and at most one receive
+    request (a stream or a poll) attached at a time."""
+
+    __slots__ = (
+        "sid",
+        "_queue",
+        "_queued_bytes",
+        "_max_outbox",
+        "_on_overflow",
+        "_wake",
+        "_closing_line",
+        "_opened",
+        "_receiver",
+        "_detached_at",
+        "_hung_up",
+        "_lock",
+        "_ended",
+        "_registry",
+    )
+
+    def __init__(
+        self,
+        registry: HttpSessions,
+        sid: str,
+        app: Any,
+        socket_id: str,
+        max_outbox: int,
+        on_overflow: Any = None,
+    ) -> None:
+        super().__init__(app, socket_id)
+        self._registry = registry
+        self.sid = sid
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._max_outbox = max_outbox
+        self._on_overflow = on_overflow
+        self._wake = gevent.event.Event()
+        self._closing_line: bytes | None = None
+        self._opened = False  # the "o" frame has gone out
+        self._receiver = 0  # id of the receive request attached (0: none)
+        self._detached_at = time.monotonic()
+        self._hung_up = False  # the last receive request ended with its client gone
+        self._lock = gevent.lock.Semaphore()  # one xhr_send handled at a time, in order
+        self._ended = False
+
+    # --- what Session and the hub call --------------------------------------------------------
+
+    def start(self) -> None:
+        """Nothing to start: requests drive an HTTP session."""
+
+    def send(self, data: bytes) -> bool:
+        """Queue one pre-built WebSocket text frame's message; False if closing."""
+        if self.state is not OPEN:
+            return False
+        return self._enqueue(_escape(_payload(data)))
+
+    def send_event(self, payload: bytes) -> bool:
+        """Queue one JSON payload for this client only."""
+        if self.state is not OPEN:
+            return False
+        return self._enqueue(json.dumps(payload.decode("utf-8")).encode())
+
+    def close(self, code: int, reason: str = "", error: bool = False) -> None:
+        """End the session with `code` (after a pusher:error with `error`)."""
+        if self.state is not OPEN:
+            return
+        if error:
+            self._enqueue(json.dumps(protocol.encode_error(code, reason).decode()).encode())
+        self.state = CLOSING
+        self.close_code = code
+        # The next receive request hears it (and the session ends); if none comes, the
+        # sweep ends it after http_session_timeout.
+        self._closing_line = close_line(code, reason)
+        self._wake.set()
+
+    # --- the queue ----------------------------------------------------------------------------
+
+    def _enqueue(self, escaped: bytes) -> bool:
+        if self._queued_bytes + len(escaped) > self._max_outbox:
+            log.warning("closing %r: %d bytes wait for it (slow consumer)", self, self._max_outbox)
+            if self._on_overflow is not None:
+                self._on_overflow()
+            self._queue.clear()
+            self._queued_bytes = 0
+            self.close(protocol.OVER_CAPACITY, "Client is not reading fast enough")
+            return False
+        self._queue.append(escaped)
+        self._queued_bytes += len(escaped)
+        if self.tally is not None:
+            self.tally.bytes_out += len(escaped)
+        self._wake.set()
+        return True
+
+    def _take(self) -> bytes | None:
+        """Everything queued as one `a[...]` line (or the close line once drained); None if
+        nothing waits."""
+        if self._queue:
+            items = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            return b"a[" + b",".join(items) + b"]\n"
+        if self._closing_line is not None:
+            line, self._closing_line = self._closing_line, None
+            gevent.spawn(self.end)
+            return line
+        return None
+
+    # --- receive requests ---------------------------------------------------------------------
+
+    def _attach(self) -> int:
+        self._registry.next_receiver += 1
+        self._receiver = self._registry.next_receiver
+        self._hung_up = False
+        self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
+        self.last_seen = time.monotonic()
+        return self._receiver
+
+    def _detach(self, receiver: int, hung_up: bool) -> None:
+        if self._receiver == receiver:
+            self._receiver = 0
+            self._hung_up = hung_up
+            self._detached_at = time.monotonic()
+
+    def stream(self, hangup: _Hangup) -> Iterator[bytes]:
+        """The body of an `xhr_streaming` response: frames as they come."""
+        me = self._attach()
+        hangup.notify(self._wake)
+        sent = 0
+        try:
+            if not self._opened:
+                self._opened = True
+                yield _OPEN_LINE
+            else:
+                # A recycled stream: headers go out with the first line, and a client (or a
+                # proxy) should not wait for them until there is news. Pusher's own server
+                # opens every stream with heartbeats too.
+                yield _HEARTBEAT_LINE
+            while self._receiver == me and not self._ended and not hangup.seen:
+                line = self._take()
+                if line is None:
+                    self._wake.clear()
+                    if not self._wake.wait(HEARTBEAT):
+                        line = _HEARTBEAT_LINE
+                    else:
+                        continue
+                sent += len(line)
+                yield line
+                if line.startswith(b"c"):
+                    return
+                if sent > STREAM_BYTES:
+                    return  # a client that never recycles: it reconnects with a new session
+        finally:
+            hangup.stop()
+            self._detach(me, hangup.seen)
+
+    def poll(self, hangup: _Hangup) -> Iterator[bytes]:
+        """The body of an `xhr` (polling) response: what waits, or the next message."""
+        me = self._attach()
+        hangup.notify(self._wake)
+        try:
+            if not self._opened:
+                self._opened = True
+                yield _OPEN_LINE
+                return
+            line = self._take()
+            if line is None:
+                self._wake.clear()
+                deadline = time.monotonic() + POLL_WAIT
+                while line is None and self._receiver == me and not self._ended:
+                    left = deadline - time.monotonic()
+                    if hangup.seen or left <= 0 or not self._wake.wait(left):
+                        break
+                    self._wake.clear()
+                    line = self._take()
+            if not hangup.seen:
+                yield line if line is not None else _HEARTBEAT_LINE
+        finally:
+            hangup.stop()
+            self._detach(me, hangup.seen)
+
+    def receive(self, messages: list[str]) -> None:
+        """Handle the messages of one `xhr_send`, in order."""
+        self.last_seen = time.monotonic()
+        self.ping_sent = 0.0
+        if self.tally is not None:
+            self.tally.bytes_in += sum(len(text) for text in messages)
+        with self._lock:
+            for text in messages:
+                if self.state is not OPEN:
+                    return
+                try:
+                    self.on_message(text)
+                except Exception:
+                    log.exception("error handling a message on %r", self)
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """The session is over: clean up once (member_removed, vacated, ...)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.state is OPEN:
+            self.state = CLOSING
+            if self.close_code is None:
+                self.close_code = protocol.WS_GOING_AWAY
+        self._wake.set()
+        self._registry.forget(self)
+        try:
+            self.on_end()
+        except Exception:
+            log.exception("error cleaning up %r", self)
+        self.state = ENDED
+
+    def abandoned(self, now: float, timeout: float) -> bool:
+        """True if no request has picked the session up for `timeout` seconds (or for
+        HANGUP_GRACE after its client hung up on one)."""
+        if self._receiver:
+            return False
+        idle = now - max(self._detached_at, self.last_seen)
+        return idle >= (min(HANGUP_GRACE, timeout) if self._hung_up else timeout)
+
+
+class _Hangup:
+    """Notices that the client of a waiting response closed its connection: pusher-js's
+    disconnect() only aborts its request, and nothing is written to a stream that has nothing
+    to say, so without this a gone client would hold its session for http_session_timeout."""
+
+    __slots__ = ("seen", "_sock", "_watcher", "_wake")
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.seen = False
+        self._wake: gevent.event.Event | None = None
+        self._watcher: Any = None
+        # pywsgi (also under gunicorn's gevent workers) reads the request through a file made
+        # by socket.makefile(): its raw SocketIO holds gevent's socket, which holds the OS one.
+        rfile = getattr(environ.get("wsgi.input"), "rfile", None)
+        gsock = getattr(getattr(rfile, "raw", None), "_sock", None)
+        self._sock = getattr(gsock, "_sock", None)
+
+    def notify(self, wake: gevent.event.Event) -> None:
+        """Set `wake` when the client hangs up."""
+        if self._sock is None:
+            return  # another server: a hang-up is noticed at the next write
+        self._wake = wake
+        try:
+            self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+            self._watcher.start(self._readable)
+        except (OSError, ValueError):
+            self._watcher = None
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.stop()
+        if not data:  # EOF: the client is gone (bytes instead: a pipelined request, let it be)
+            self.seen = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def stop(self) -> None:
+        """Stop watching (the response is over)."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+
+class HttpSessions:
+    """This process's HTTP sessions by id, and the sweeper that ends abandoned ones."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.sessions: dict[str, HttpClient] = {}
+        self.next_receiver = 0
+        self._sweeper: gevent.Greenlet | None = None
+
+    def forget(self, client: HttpClient) -> None:
+        """Drop an ended session."""
+        if self.sessions.get(client.sid) is client:
+            del self.sessions[client.sid]
+
+    def start(self) -> None:
+        """Start ending abandoned sessions (once per process, after fork)."""
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep_forever)
+
+    def stop(self) -> None:
+        """Stop the sweeper."""
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
+
+    def _sweep_forever(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_INTERVAL)
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # never let the sweeper die: sessions would pile up
+                log.exception("HTTP session sweep failed")
+
+    def sweep(self, now: float) -> None:
+        """End every session no request picked up for `http_session_timeout`."""
+        timeout = self.state.config.http_session_timeout
+        for client in [c for c in self.sessions.values() if c.abandoned(now, timeout)]:
+            log.info("HTTP session %s abandoned after %.0fs", client.sid, timeout)
+            if client.close_code is None:
+                client.close_code = protocol.WS_GOING_AWAY
+            client.end()
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def serve(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        """Answer one request of pusher-js's HTTP transports (WSGI)."""
+        match = HTTP_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        headers = _cors(environ)
+        method = environ.get("REQUEST_METHOD", "")
+        if match is None:
+            return _answer(start_response, "404 Not Found", headers, b'{"error":"Not found"}')
+        if method == "OPTIONS":
+            headers.append(("Access-Control-Max-Age", "86400"))
+            return _answer(start_response, "204 No Content", headers, b"")
+        if method not in ("POST", "GET"):
+            headers.append(("Allow", "POST, OPTIONS"))
+            return _answer(start_response, "405 Method Not Allowed", headers, b"")
+        key, server, session, kind = match.groups()
+        sid = f"{key}/{server}/{session}"
+        client = self.sessions.get(sid)
+        if kind == "xhr_send":
+            if client is None or client.app.key != key:
+                return _answer(start_response, "404 Not Found", headers, b"")
+            messages = _read_messages(environ)
+            if messages is None:
+                return _answer(start_response, "400 Bad Request", headers, b"")
+            client.receive(messages)
+            return _answer(start_response, "204 No Content", headers, b"")
+        if client is None:
+            if len(self.sessions) >= self.state.config.http_max_sessions:
+                log.warning("refusing an HTTP session: %d are open", len(self.sessions))
+                headers.append(("Retry-After", "5"))
+                body = b'{"error":"Too many HTTP sessions"}'
+                return _answer(start_response, "503 Service Unavailable", headers, body)
+            client = self._open(environ, sid, key)
+        headers.append(("Content-Type", "application/javascript; charset=UTF-8"))
+        headers.append(("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0"))
+        start_response("200 OK", headers)
+        hangup = _Hangup(environ)
+        return client.stream(hangup) if kind == "xhr_streaming" else client.poll(hangup)
+
+    def _open(self, environ: dict[str, Any], sid: str, key: str) -> HttpClient:
+        """A new session: the same handshake as a WebSocket's, then a Session over it."""
+        from ipe import session
+
+        state = self.state
+        handshake = dict(environ)
+        handshake["PATH_INFO"] = f"/app/{key}"
+        app, code, message = session.handshake_error(handshake, state)
+        client = HttpClient(
+            self,
+            sid,
+            app,
+            protocol.new_socket_id(),
+            max_outbox=state.config.max_outbox_bytes,
+            on_overflow=state.metrics.slow_consumer_closes.inc,
+        )
+        self.sessions[sid] = client
+        log.debug("HTTP session %s opened for %s", sid, key[:64])
+        if code is not None:
+            log.info("refused HTTP session for %s: %d %s", key[:64], code, message)
+            client.close(code, message, error=True)
+        else:
+            session.open_client(state, client, app, logs.remote_address(environ))
+        return client
+
+
+def _read_messages(environ: dict[str, Any]) -> list[str] | None:
+    """The messages of an xhr_send body (a JSON array of strings), or None if it is not one."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if not 0 < length <= MAX_SEND_BODY:
+        return None
+    try:
+        body = environ["wsgi.input"].read(length)
+        messages = json.loads(body)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+        return None
+    return messages
+
+
+def _cors(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    """pusher-js's browser build calls these routes cross-origin (credentials included)."""
+    origin = environ.get("HTTP_ORIGIN")
+    if not origin:
+        return []
+    return [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+        ("Access-Control-Allow-Headers", "Content-Type"),
+        ("Vary", "Origin"),
+    ]
+
+
+def _answer(
+    start_response: Any, status: str, headers: list[tuple[str, str]], body: bytes
+) -> list[bytes]:
+    headers.append(("Content-Length", str(len(body))))
+    if body:
+        headers.append(("Content-Type", "application/json"))
+    start_response(status, headers)
+    return [body]

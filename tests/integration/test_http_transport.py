@@ -1,0 +1,250 @@
+"""pusher-js's HTTP fallback transports on the wire: the framing pusher-js parses, bounded
+sessions, CORS, refusals, cleanup of abandoned sessions, and fan-out to 100 HTTP subscribers.
+(pusher-js itself runs every scenario over them in tests/e2e/test_http_transports.py.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from conftest import IpeServer, config_with, wait_until
+
+QUERY = "?protocol=7&client=js&version=8.6.0&flash=false"
+
+
+class HttpSession:
+    """A raw client of one HTTP session: polls (or streams) and sends like pusher-js does."""
+
+    def __init__(self, server: IpeServer, key: str = "demo-key", sid: str = "123/abcdefgh") -> None:
+        self.base = f"{server.url}/pusher/app/{key}/{sid}"
+        self.http = requests.Session()
+
+    def poll(self, timeout: float = 30) -> list[str]:
+        """One xhr poll: its lines."""
+        answer = self.http.post(f"{self.base}/xhr{QUERY}", timeout=timeout)
+        assert answer.status_code == 200, answer.text
+        return answer.text.splitlines()
+
+    def events(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """Poll until a line of messages arrives; its events."""
+        while True:
+            for line in self.poll(timeout):
+                if line.startswith("a"):
+                    return [json.loads(m) for m in json.loads(line[1:])]
+                assert line == "h", line
+
+    def send(self, event: str, data: Any = None, channel: str | None = None) -> int:
+        message: dict[str, Any] = {"event": event, "data": data}
+        if channel is not None:
+            message["channel"] = channel
+        body = json.dumps([json.dumps(message)])
+        return self.http.post(f"{self.base}/xhr_send", data=body, timeout=10).status_code
+
+    def open(self) -> str:
+        """Open the session; the socket id from connection_established."""
+        assert self.poll() == ["o"]
+        (established,) = self.events()
+        assert established["event"] == "pusher:connection_established"
+        return str(json.loads(established["data"])["socket_id"])
+
+
+@pytest.fixture
+def quick(make_server: Any) -> IpeServer:
+    return make_server(config_with(http_session_timeout=2))
+
+
+def test_a_polling_session_opens_once_subscribes_and_receives(quick: IpeServer) -> None:
+    session = HttpSession(quick)
+    socket_id = session.open()
+    assert session.send("pusher:subscribe", {"channel": "orders"}) == 204
+    (succeeded,) = session.events()
+    assert succeeded["event"] == "pusher_internal:subscription_succeeded"
+    assert quick.sdk().trigger("orders", "made", {"n": 1}) == {}
+    (made,) = session.events()
+    assert (made["event"], json.loads(made["data"])) == ("made", {"n": 1})
+    # Excluded by its socket id, like a WebSocket.
+    quick.sdk().trigger("orders", "not-for-me", {}, socket_id=socket_id)
+    quick.sdk().trigger("orders", "for-me", {})
+    (only,) = session.events()
+    assert only["event"] == "for-me"
+    assert session.send("pusher:ping", {}) == 204
+    assert session.events()[0]["event"] == "pusher:pong"
+
+
+def test_a_stream_opens_once_and_a_recycled_stream_does_not_open_again(quick: IpeServer) -> None:
+    url = f"{quick.url}/pusher/app/demo-key/7/stream01/xhr_streaming{QUERY}"
+    base = url.split("/xhr_streaming")[0]
+
+    def send(event: str, data: Any) -> None:
+        body = json.dumps([json.dumps({"event": event, "data": data})])
+        assert requests.post(f"{base}/xhr_send", data=body, timeout=10).status_code == 204
+
+    with requests.post(url, stream=True, timeout=10) as first:
+        lines = first.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        send("pusher:subscribe", {"channel": "orders"})
+        assert b"subscription_succeeded" in next(lines)
+    # pusher-js replaces a full stream with a new request for the same session.
+    quick.sdk().trigger("orders", "between", {})
+    with requests.post(url, stream=True, timeout=10) as second:
+        lines = second.iter_lines()
+        send("pusher:ping", {})
+        assert next(lines) == b"h"  # no "o" again: pusher-js would drop the session
+        seen = b""
+        while b"pusher:pong" not in seen:
+            line = next(lines)
+            assert line.startswith(b"a"), line
+            seen += line
+        assert b"between" in seen  # what came between the two streams waited for the second
+
+
+def test_refusals_are_an_error_then_a_close_frame(quick: IpeServer) -> None:
+    session = HttpSession(quick, key="no-such-key")
+    assert session.poll() == ["o"]
+    (error,) = session.events()
+    assert error["event"] == "pusher:error" and error["data"]["code"] == 4001
+    assert session.poll() == ['c[4001,"Application does not exist: no-such-key"]']
+
+
+def test_bad_requests_get_statuses_not_tracebacks(quick: IpeServer) -> None:
+    base = f"{quick.url}/pusher/app/demo-key/1/unknown0"
+    assert requests.post(f"{base}/xhr_send", data="[]", timeout=5).status_code == 404
+    session = HttpSession(quick)
+    session.open()
+    for body in ("not json", '{"a": 1}', "[1, 2]", ""):
+        answer = session.http.post(f"{session.base}/xhr_send", data=body, timeout=5)
+        assert answer.status_code == 400, body
+    assert requests.put(f"{base}/xhr", timeout=5).status_code == 405
+    # A message that is not Pusher's JSON gets the protocol's error, over the same session.
+    answer = session.http.post(f"{session.base}/xhr_send", data='["{nope"]', timeout=5)
+    assert answer.status_code == 204
+    assert session.events()[0]["event"] == "pusher:error"
+
+
+def test_cors_for_the_browser_build(quick: IpeServer) -> None:
+    url = f"{quick.url}/pusher/app/demo-key/1/corsabcd/xhr_send"
+    origin = "https://app.example.com"
+    answer = requests.options(
+        url, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}, timeout=5
+    )
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == origin
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "content-type" in answer.headers["Access-Control-Allow-Headers"].lower()
+    poll = requests.post(url.replace("xhr_send", "xhr") + QUERY, headers={"Origin": origin})
+    assert poll.headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_an_abandoned_session_is_cleaned_up_like_a_dropped_socket(quick: IpeServer) -> None:
+    watcher = quick.ws()
+    sdk = quick.sdk()
+    auth = sdk.authenticate(
+        channel="presence-room", socket_id=watcher.socket_id, custom_data={"user_id": "w"}
+    )
+    watcher.subscribe("presence-room", auth["auth"], auth["channel_data"])
+    session = HttpSession(quick)
+    socket_id = session.open()
+    auth = sdk.authenticate(
+        channel="presence-room", socket_id=socket_id, custom_data={"user_id": "gone"}
+    )
+    session.send("pusher:subscribe", {"channel": "presence-room", **auth})
+    assert session.events()[0]["event"] == "pusher_internal:subscription_succeeded"
+    watcher.wait_for("pusher_internal:member_added", "presence-room")
+    wait_until(lambda: quick.metric("ipe_http_sessions") == 1, 5, message="one session")
+    # The client vanishes without a word and without closing anything: within
+    # http_session_timeout (2 s) + 5 s its member is removed and its session freed.
+    removed = watcher.wait_for("pusher_internal:member_removed", "presence-room", timeout=7)
+    assert json.loads(removed["data"]) == {"user_id": "gone"}
+    users = sdk.users_info("presence-room")
+    assert users == {"users": [{"id": "w"}]}
+    wait_until(lambda: quick.metric("ipe_http_sessions") == 0, 5, message="no session")
+    assert quick.metric("ipe_connections") == 1  # the watcher
+
+
+def test_a_session_whose_client_hangs_up_ends_at_once(make_server: Any) -> None:
+    server = make_server(config_with(http_session_timeout=60))  # the timeout cannot do it
+    watcher = server.ws()
+    watcher.subscribe("left")
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(
+        b"POST /pusher/app/demo-key/5/hangup01/xhr_streaming?protocol=7 HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    wait_until(lambda: b"connection_established" in raw.recv(4096), 5, message="the stream")
+    wait_until(lambda: server.metric("ipe_http_sessions") == 1, 5, message="the session")
+    raw.close()  # what pusher-js's disconnect() does: abort the request
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 5, message="its end")
+
+
+def test_too_many_sessions_are_refused_with_503(make_server: Any) -> None:
+    server = make_server(config_with(http_max_sessions=2))
+    for n in range(2):
+        HttpSession(server, sid=f"1/full{n}").open()
+    answer = requests.post(f"{server.url}/pusher/app/demo-key/1/full9/xhr{QUERY}", timeout=5)
+    assert answer.status_code == 503 and answer.json() == {"error": "Too many HTTP sessions"}
+    assert server.ws().established is not None  # WebSockets are not affected
+
+
+def test_a_session_that_does_not_poll_is_closed_with_4100(make_server: Any) -> None:
+    server = make_server(config_with(max_outbox_bytes=4096))
+    session = HttpSession(server)
+    session.open()
+    session.send("pusher:subscribe", {"channel": "flood"})
+    assert session.events()[0]["event"] == "pusher_internal:subscription_succeeded"
+    sdk = server.sdk()
+    for n in range(20):
+        sdk.trigger("flood", "big", {"n": n, "pad": "x" * 400})
+    lines = session.poll()
+    while not lines[-1].startswith("c"):
+        lines = session.poll()
+    assert lines[-1] == 'c[4100,"Client is not reading fast enough"]'
+
+
+@pytest.fixture
+def streams(quick: IpeServer) -> Iterator[list[Any]]:
+    opened: list[Any] = []
+    yield opened
+    for stream in opened:
+        stream.close()
+
+
+def test_a_rest_trigger_reaches_100_http_subscribers(quick: IpeServer, streams: list[Any]) -> None:
+    received: list[str] = []
+    lock = threading.Lock()
+    ready = threading.Semaphore(0)
+
+    def subscriber(n: int) -> None:
+        base = f"{quick.url}/pusher/app/demo-key/{n}/fanout{n:02d}"
+        stream = requests.post(f"{base}/xhr_streaming{QUERY}", stream=True, timeout=30)
+        streams.append(stream)
+        lines = stream.iter_lines()
+        assert next(lines) == b"o" and b"connection_established" in next(lines)
+        body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "f"}})])
+        requests.post(f"{base}/xhr_send", data=body, timeout=10)
+        assert b"subscription_succeeded" in next(lines)
+        ready.release()
+        for line in lines:
+            if b"fanned" in line:
+                with lock:
+                    received.append(line.decode())
+                return
+
+    threads = [threading.Thread(target=subscriber, args=(n,), daemon=True) for n in range(100)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert ready.acquire(timeout=30)
+    assert quick.sdk().trigger("f", "fanned", {"to": "all"}) == {}
+    for thread in threads:
+        thread.join(15)
+    assert len(received) == 100
+    assert len(set(received)) == 1  # the same bytes for everyone (escaped once)
+    with urllib.request.urlopen(quick.url + "/health", timeout=5) as health:
+        assert health.status == 200
