@@ -44,6 +44,8 @@ class State:
     counts: SubscriptionCounts
     draining: bool = False
     http: Any = None  # ipe.http_transport.HttpSessions: pusher-js's HTTP fallback sessions
+    # ipe.redis.http_routing.HttpRouter: those sessions' requests that reach another process
+    http_router: Any = None
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
     tap: Tap = field(default_factory=Tap)  # what the console sees; idle unless it watches
@@ -59,6 +61,8 @@ class State:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
         self.http.start()
+        if self.http_router is not None:
+            self.http_router.start()
         self.apps.start()
         gevent.spawn(self._export_forever)
         if self.janitor is not None:
@@ -90,6 +94,8 @@ class State:
             after_drain()
         self.webhooks.stop()
         self.http.stop()
+        if self.http_router is not None:
+            self.http_router.stop()
         self.apps.stop()
         self.broker.stop()
         if self.janitor is not None:
@@ -172,6 +178,10 @@ def build_state(config: Config) -> State:
 
     state = _build_state(config)
     state.http = HttpSessions(state)
+    if state.redis is not None:
+        from ipe.redis.http_routing import HttpRouter
+
+        state.http_router = HttpRouter(state.redis, state.http, state.metrics)
     state.apps.on_change(state._apps_changed)
     return state
 

@@ -20,9 +20,10 @@ above see no difference. Its outgoing messages wait in a bounded queue (`max_out
 then 4100) until a receive request takes them; a session that no request picks up for
 `http_session_timeout` seconds is closed and cleaned up like a dropped socket.
 
-Sessions live in the process that opened them. Under several processes (gunicorn workers, or
-hosts behind a load balancer), every request of one session must reach that process: see
-README ("HTTP fallback").
+Sessions live in the process that opened them. Under several processes sharing Redis
+(gunicorn workers, or hosts behind a load balancer) a request may reach another process:
+`state.http_router` (`ipe.redis.http_routing.HttpRouter`, None without Redis) then carries it
+to the owner: an `xhr_send` is forwarded, a receive request relays the owner's lines.
 """
 
 from __future__ import annotations
@@ -378,6 +379,8 @@ class HttpSessions:
         """Drop an ended session."""
         if self.sessions.get(client.sid) is client:
             del self.sessions[client.sid]
+            if self.state.http_router is not None:
+                self.state.http_router.ended(client.sid)
 
     def start(self) -> None:
         """Start ending abandoned sessions (once per process, after fork)."""
@@ -425,26 +428,58 @@ class HttpSessions:
         key, server, session, kind = match.groups()
         sid = f"{key}/{server}/{session}"
         client = self.sessions.get(sid)
+        router = self.state.http_router
+        # Another process may hold the session (its requests reach any of them).
+        owner = router.owner_of(sid) if client is None and router is not None else None
         if kind == "xhr_send":
-            if client is None or client.app.key != key:
+            if owner is None and (client is None or client.app.key != key):
                 return _answer(start_response, "404 Not Found", headers, b"")
             messages = _read_messages(environ)
             if messages is None:
                 return _answer(start_response, "400 Bad Request", headers, b"")
-            client.receive(messages)
+            if client is None:
+                router.forward_send(owner, sid, json.dumps(messages).encode())
+            else:
+                client.receive(messages)
             return _answer(start_response, "204 No Content", headers, b"")
-        if client is None:
-            if len(self.sessions) >= self.state.config.http_max_sessions:
-                log.warning("refusing an HTTP session: %d are open", len(self.sessions))
-                headers.append(("Retry-After", "5"))
-                body = b'{"error":"Too many HTTP sessions"}'
-                return _answer(start_response, "503 Service Unavailable", headers, body)
-            client = self._open(environ, sid, key)
+        if client is None and owner is None and self._full():
+            headers.append(("Retry-After", "5"))
+            body = b'{"error":"Too many HTTP sessions"}'
+            return _answer(start_response, "503 Service Unavailable", headers, body)
         headers.append(("Content-Type", "application/javascript; charset=UTF-8"))
         headers.append(("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0"))
         start_response("200 OK", headers)
         hangup = _Hangup(environ)
+        if client is None and owner is not None:
+            return router.relay(
+                owner,
+                sid,
+                kind,
+                hangup,
+                lambda: self._receive_here(environ, sid, key, kind, hangup),
+            )
+        if client is None:
+            client = self._open(environ, sid, key)
         return client.stream(hangup) if kind == "xhr_streaming" else client.poll(hangup)
+
+    def _full(self) -> bool:
+        """True (logged) when this process holds `http_max_sessions` sessions."""
+        if len(self.sessions) < self.state.config.http_max_sessions:
+            return False
+        log.warning("refusing an HTTP session: %d are open", len(self.sessions))
+        return True
+
+    def _receive_here(
+        self, environ: dict[str, Any], sid: str, key: str, kind: str, hangup: _Hangup
+    ) -> Iterator[bytes]:
+        """A receive request for a session whose owner is gone: open it here (pusher-js hears
+        a second "o", "Server lost session", and reconnects), as for any unknown session."""
+        client = self.sessions.get(sid)
+        if client is None:
+            if self._full():
+                return
+            client = self._open(environ, sid, key)
+        yield from client.stream(hangup) if kind == "xhr_streaming" else client.poll(hangup)
 
     def _open(self, environ: dict[str, Any], sid: str, key: str) -> HttpClient:
         """A new session: the same handshake as a WebSocket's, then a Session over it."""
@@ -463,6 +498,8 @@ class HttpSessions:
             on_overflow=state.metrics.slow_consumer_closes.inc,
         )
         self.sessions[sid] = client
+        if state.http_router is not None:
+            state.http_router.opened(sid)
         log.debug("HTTP session %s opened for %s", sid, key[:64])
         if code is not None:
             log.info("refused HTTP session for %s: %d %s", key[:64], code, message)

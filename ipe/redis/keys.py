@@ -14,6 +14,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
   P:app:<A>           the app's Pub/Sub channel             (ipe.redis.broker)
   {P:apps}  :keys     apps of `app_manager: redis`: id -> JSON, key -> id  (ipe.redis.apps)
   P:apps:changed      Pub/Sub: the apps changed, read them again  (ipe.redis.apps)
+  P:http:<sid>        String: the node holding an HTTP session, with a TTL
+  P:http:node:<N>     Pub/Sub: HTTP session requests for node N  (ipe.redis.http_routing)
   {P:A}:console:webhooks:<lane>   a target's last deliveries  (ipe.console.relay)
   P:console           the debug console's Pub/Sub channel   (ipe.console.relay)
 """
@@ -110,3 +112,15 @@ def app_keys(prefix: str) -> str:
 def apps_changed(prefix: str) -> str:
     """The Pub/Sub channel on which a change of the stored apps is announced."""
     return f"{prefix}:apps:changed"
+
+
+def http_owner(prefix: str, sid: str) -> str:
+    """String: the node holding pusher-js HTTP session `sid` ("key/server/session"), with a
+    TTL its owner refreshes while the session lives."""
+    return f"{prefix}:http:{sid}"
+
+
+def http_node(prefix: str, node: str) -> str:
+    """The Pub/Sub channel on which node `node` hears about the HTTP sessions it holds or
+    relays (forwarded sends, attach/detach, relayed lines)."""
+    return f"{prefix}:http:node:{node}"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+from support import (
     APP_ID,
     KEY,
     ROOT,

@@ -4,7 +4,6 @@ two-node cluster, served by both nodes within a second, with no restart."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,15 @@ from typing import Any
 import pusher
 import pytest
 import yaml
-from cluster_support import FIXTURES, RedisServer, redis_config, wait_ready
-from conftest import ROOT, ConnectionClosed, IpeServer, wait_until
-
-make_redis, redis_server, nodes = FIXTURES
+from support import (
+    ConnectionClosed,
+    IpeServer,
+    RedisServer,
+    redis_config,
+    run_ipe,
+    wait_ready,
+    wait_until,
+)
 
 
 def _config(redis_server: RedisServer) -> dict[str, Any]:
@@ -27,13 +31,7 @@ def _config(redis_server: RedisServer) -> dict[str, Any]:
 
 def ipe_apps(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `ipe apps ARGS` against the config file, as an operator would."""
-    return subprocess.run(
-        [sys.executable, "-m", "ipe", "apps", "--config", str(config_path), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_ipe("apps", "--config", str(config_path), *args)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:

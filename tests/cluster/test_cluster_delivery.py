@@ -6,9 +6,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_support import FIXTURES, private_auth, signin
-
-make_redis, redis_server, nodes = FIXTURES
+from support import private_auth, sign_in
 
 
 def test_client_on_node_a_receives_trigger_sent_to_node_b(nodes):
@@ -104,12 +102,12 @@ def test_client_events_cross_nodes_and_skip_the_sender(nodes):
 def test_server_to_user_terminate_and_watchlist_across_nodes(nodes):
     a, b = nodes(2)
     watcher = a.ws()
-    signin(watcher, "watcher", watchlist=["ann"])
+    sign_in(watcher, "watcher", watchlist=["ann"])
     assert watcher.expect("pusher_internal:watchlist_events")["data"] == {
         "events": [{"name": "offline", "user_ids": ["ann"]}]
     }
     ann = b.ws()
-    signin(ann, "ann")
+    sign_in(ann, "ann")
     online = watcher.expect("pusher_internal:watchlist_events")
     assert online["data"] == {"events": [{"name": "online", "user_ids": ["ann"]}]}
 

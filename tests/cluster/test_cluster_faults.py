@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from cluster_support import (
-    FIXTURES,
+from support import (
     RedisServer,
     after_sweeps,
     free_low_port,
@@ -17,13 +16,11 @@ from cluster_support import (
     redis_config,
     rest_users,
     settle,
-    signin,
+    sign_in,
     subscription_count,
     wait_ready,
+    wait_until,
 )
-from conftest import wait_until
-
-make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 
@@ -31,7 +28,7 @@ ROOM = "presence-room"
 def test_killed_node_is_reaped_once_by_the_survivors(nodes):
     a, b, c = nodes(3)
     watcher_a = join(a, ROOM, "watcher-a")
-    signin(watcher_a, "watcher-a", watchlist=["ann"])
+    sign_in(watcher_a, "watcher-a", watchlist=["ann"])
     watcher_a.expect("pusher_internal:watchlist_events")
     settle(a, b, c)
     watcher_c = join(c, ROOM, "watcher-c")
@@ -39,7 +36,7 @@ def test_killed_node_is_reaped_once_by_the_survivors(nodes):
     watcher_a.expect("pusher_internal:member_added", ROOM)
     settle(a, b, c)
     ann = join(b, ROOM, "ann", {"name": "Ann"})
-    signin(ann, "ann")
+    sign_in(ann, "ann")
     only_on_b = b.ws()
     only_on_b.subscribe("orders")
     for watcher in watchers:

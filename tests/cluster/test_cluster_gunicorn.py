@@ -13,22 +13,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_support import FIXTURES, RedisServer, ready_status, redis_config
-from conftest import BASE_CONFIG, ROOT, Gunicorn, free_port, wait_until
-
-make_redis, redis_server, nodes = FIXTURES
+from support import (
+    BASE_CONFIG,
+    ROOT,
+    Gunicorn,
+    RedisServer,
+    free_port,
+    ready_status,
+    redis_config,
+    run_ipe,
+    stop_all,
+    wait_until,
+)
 
 
 @pytest.fixture
 def gunicorns(tmp_path: Path) -> Iterator[list[Gunicorn]]:
     servers: list[Gunicorn] = []
     yield servers
-    for server in servers:
-        for client in server.clients:
-            client.close()
-        server.stop()
-    for server in servers:
-        assert "Traceback" not in server.log(), server.log()
+    stop_all(servers)
 
 
 def _workers_with(redis_server: RedisServer, channel: str) -> set[str]:
@@ -147,13 +150,7 @@ def test_sighup_reloads_every_worker_without_restarting_them(gunicorns, redis_se
 
     config["apps"].append(NEW_APP)
     server.config_path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "ipe", "reload", "--pid-file", str(pid_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_ipe("reload", "--pid-file", str(pid_file))
     assert done.returncode == 0, done.stderr
     wait_until(lambda: server.log().count("reloaded ") == 2, 5, message="both workers reloaded")
     assert re.findall(r"Booting worker with pid: (\d+)", server.log()) == booted

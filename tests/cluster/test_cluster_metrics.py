@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from cluster_support import FIXTURES
-from conftest import APP_ID, wait_until
-
-make_redis, redis_server, nodes = FIXTURES
+from support import APP_ID, wait_until
 
 
 def test_pubsub_messages_received_and_dropped_per_node(nodes, redis_server):

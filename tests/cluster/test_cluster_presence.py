@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cluster_support import (
-    FIXTURES,
+from support import (
     join,
     occupied,
     presence_auth,
@@ -13,10 +12,8 @@ from cluster_support import (
     roster,
     settle,
     subscription_count,
+    wait_until,
 )
-from conftest import wait_until
-
-make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 

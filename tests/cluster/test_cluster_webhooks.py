@@ -9,10 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from cluster_support import FIXTURES, after_sweeps, join, redis_config, settle, wait_ready
-from conftest import wait_until
-
-make_redis, redis_server, nodes = FIXTURES
+from support import after_sweeps, join, redis_config, settle, wait_ready, wait_until
 
 
 class Hooks:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from cluster_support import (
-    FIXTURES,
+from support import (
     REDIS_CLI,
+    IpeServer,
+    Receiver,
     RedisServer,
     join,
     presence_auth,
@@ -20,11 +21,8 @@ from cluster_support import (
     roster,
     settle,
     wait_ready,
+    wait_until,
 )
-from conftest import IpeServer, wait_until
-from webhooks.receiver import Receiver
-
-make_redis, redis_server, nodes = FIXTURES
 
 ROOM = "presence-room"
 

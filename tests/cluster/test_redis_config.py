@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BASE_CONFIG
+from support import BASE_CONFIG
 
 from ipe.config import ConfigError, parse
 

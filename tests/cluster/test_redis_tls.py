@@ -5,10 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from cluster_support import FIXTURES, ready_status, redis_config, wait_ready
-from conftest import wait_until
-
-make_redis, redis_server, nodes = FIXTURES
+from support import ready_status, redis_config, wait_ready, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
 

@@ -11,14 +11,12 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
-from cluster_support import FIXTURES, RedisServer
+from support import RedisServer
 
 from ipe.config import AppConfig, RedisConfig, WebhookTarget
 from ipe.redis.link import RedisLink
 from ipe.redis.webhook_store import RedisWebhookStore
 from ipe.webhook_store import Arrival, Batch
-
-make_redis, redis_server, _ = FIXTURES
 
 APPS = (
     AppConfig(

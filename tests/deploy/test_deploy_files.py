@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT
+from support import ROOT
 
 from ipe import config as ipe_config
 

@@ -15,13 +15,13 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from conftest import IpeServer, config_with
+from support import IpeServer, running
 
 E2E_DIR = Path(__file__).resolve().parent
 # Pinned in tests/e2e/package.json; it is also the master key docs/protocol-notes.md's vectors use.
@@ -30,15 +30,11 @@ MASTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 Step = Callable[[Any], Any]
 
 
-@contextmanager
-def shared_server(workdir: Path, config: dict[str, Any] | None = None) -> Iterator[IpeServer]:
+def shared_server(
+    workdir: Path, config: dict[str, Any] | None = None
+) -> AbstractContextManager[IpeServer]:
     """One ipe process for a whole test module; fails if its log shows a Traceback."""
-    server = IpeServer(config or config_with(), workdir, "ipe-e2e").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log(), f"{server.log_path}:\n{server.log()}"
+    return running(workdir, config, "ipe-e2e")
 
 
 class Observations(dict[str, Any]):

@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from conftest import IpeServer, config_with
 from nodejs import shared_server
+from support import IpeServer, config_with
 
 # The same tests, collected again here with this module's `ipe` fixture.
 from test_pusher_js import (  # noqa: F401

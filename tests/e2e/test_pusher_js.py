@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import IpeServer, config_with, wait_until
 from nodejs import MASTER_KEY, run_scenario, shared_server
+from support import IpeServer, config_with, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import ConnectionClosed, IpeServer, config_with, wait_until
+from support import ConnectionClosed, IpeServer, config_with, wait_until
 
 SHARED = "endpoint-secret"
 
@@ -53,9 +53,7 @@ class AppEndpoint:
         wanted = params.get("key") or params.get("app_id") or ""
         with self.lock:
             self.asked[wanted] += 1
-            found = next(
-                (a for a in self.apps.values() if wanted in (a["key"], a["app_id"])), None
-            )
+            found = next((a for a in self.apps.values() if wanted in (a["key"], a["app_id"])), None)
         if found is None:
             return self._send(handler, 404, {"error": "no such app"})
         return self._send(handler, 200, found)

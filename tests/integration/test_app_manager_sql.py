@@ -16,7 +16,7 @@ from typing import Any
 
 import pusher
 import pytest
-from conftest import ConnectionClosed, IpeServer, config_with, free_port, wait_until
+from support import ConnectionClosed, IpeServer, config_with, free_port, wait_until
 
 # soketi's apps table (its MySQL/PostgreSQL migration), with the optional columns.
 SOKETI_TABLE = """
@@ -124,7 +124,8 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_a_postgresql_table_in_soketis_layout(make_server: Any, postgres: str) -> None:
+def test_a_postgresql_table_in_soketis_layout(postgres: str, make_server: Any) -> None:
+    # postgres first: torn down last, so ipe is stopped before its database goes away.
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(postgres)
@@ -134,10 +135,12 @@ def test_a_postgresql_table_in_soketis_layout(make_server: Any, postgres: str) -
     server = make_server(config_with(apps=[], app_manager={"driver": "sql", "url": postgres}))
     _serves_the_row(server)
     with engine.begin() as db:  # a row added later: found by its key at the first connection
-        db.execute(sqlalchemy.text(
-            "INSERT INTO apps (id, key, secret, max_connections, enable_client_messages, "
-            "enabled, max_backend_events_per_sec, max_client_events_per_sec, "
-            "max_read_req_per_sec) VALUES ('5002', 'later', 'ls', 10, 0, 1, 100, 5, 100)"
-        ))
+        db.execute(
+            sqlalchemy.text(
+                "INSERT INTO apps (id, key, secret, max_connections, enable_client_messages, "
+                "enabled, max_backend_events_per_sec, max_client_events_per_sec, "
+                "max_read_req_per_sec) VALUES ('5002', 'later', 'ls', 10, 0, 1, 100, 5, 100)"
+            )
+        )
     assert server.ws(key="later").established is not None
     engine.dispose()

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import wait_until
+from support import wait_until
 
 MASTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 
-def pair(server, channel: str, key: str = "demo-key"):
+@pytest.fixture
+def server(app_server):
+    """An app of its own on the module's shared server (channels and users are per app)."""
+    return app_server
+
+
+def pair(server, channel: str, key: str | None = None):
     """Two sockets on `channel` (presence members "1" and "2"); returns (sender, receiver)."""
-    if key == "demo-key":
+    if key is None:
         sdk = server.sdk(encryption_master_key_base64=MASTER_KEY)
     else:
         sdk = server.sdk("1005", "quiet-key", "quiet-secret")

@@ -8,6 +8,14 @@ import json
 import os
 import socket
 
+import pytest
+
+
+@pytest.fixture
+def server(shared_server):
+    """One process for the module: each test uses channels of its own."""
+    return shared_server
+
 
 def _masked(payload: bytes, opcode: int = 0x1) -> bytes:
     key = os.urandom(4)

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Gunicorn, IpeServer, config_with, wait_until
+from support import KEY, Gunicorn, IpeServer, config_with, wait_until
 
 from ipe import config as ipe_config
 

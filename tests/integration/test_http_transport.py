@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import IpeServer, config_with, wait_until
+from support import IpeServer, config_with, wait_until
 
 QUERY = "?protocol=7&client=js&version=8.6.0&flash=false"
 

@@ -7,13 +7,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import websocket
-from conftest import config_with
+from support import config_with, pooled
+
+
+@pytest.fixture(scope="module")
+def pool_server(tmp_path_factory):
+    """A server that pings after 1 s of silence and gives up 2 s later."""
+    config = config_with(activity_timeout=1, pong_timeout=2)
+    with pooled(tmp_path_factory.mktemp("liveness"), config) as server:
+        yield server
 
 
 @pytest.fixture
-def server(make_server):
-    """A server that pings after 1 s of silence and gives up 2 s later."""
-    return make_server(config_with(activity_timeout=1, pong_timeout=2))
+def server(app_server):
+    """An app of its own on the module's server."""
+    return app_server
 
 
 def test_pusher_ping_gets_pusher_pong(server):
@@ -86,7 +94,8 @@ def test_silent_presence_member_is_removed_for_the_others(server):
         assert closed.result()[0] == 4201
 
 
-def test_shutdown_tells_every_client_to_reconnect_at_once_with_4200(server):
+def test_shutdown_tells_every_client_to_reconnect_at_once_with_4200(make_server):
+    server = make_server()  # its own: it stops the process
     clients = [server.ws() for _ in range(3)]
     clients[0].subscribe("orders")
     with ThreadPoolExecutor(1) as pool:

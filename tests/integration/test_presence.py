@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
-from conftest import config_with
+import support
+from support import config_with, token
 
 ROOM = "presence-room"
 
 
-def token(string_to_sign: str) -> str:
-    """A demo-key token signed by hand: for the compact JSON that Node and PHP apps sign."""
-    digest = hmac.new(b"demo-secret", string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"demo-key:{digest}"
+@pytest.fixture
+def server(app_server):
+    """An app of its own on the module's shared server (channels and users are per app)."""
+    return app_server
 
 
-def join(server, user_id: Any, user_info: Any = None, channel: str = ROOM, key: str = "demo-key"):
+def join(server, user_id: Any, user_info: Any = None, channel: str = ROOM, key: str | None = None):
     """A new socket that joined `channel` as `user_id`; returns (client, presence data)."""
-    client = server.ws(key=key)
-    member: dict[str, Any] = {"user_id": user_id}
-    if user_info is not None:
-        member["user_info"] = user_info
-    sdk = server.sdk() if key == "demo-key" else server.sdk("1002", "other-key", "other-secret")
-    reply = client.subscribe_signed(sdk, channel, member)
-    assert reply["event"] == "pusher_internal:subscription_succeeded", reply
-    assert reply["channel"] == channel
-    assert isinstance(reply["data"], str), "presence data is a JSON string"
-    return client, json.loads(reply["data"])["presence"]
+    client = support.join(server, channel, user_id, user_info, key)
+    return client, client.joined
 
 
 def member_added(client, channel: str = ROOM) -> dict[str, Any]:
@@ -147,7 +138,7 @@ def test_channel_data_is_signed_byte_for_byte_in_node_form_too(server):
     without_data = server.sdk().authenticate(ROOM, client.socket_id)["auth"]
     reply = client.subscribe(ROOM, without_data, data)
     assert client.expect_refusal(ROOM, reply)["status"] == 401
-    reply = client.subscribe(ROOM, token(f"{client.socket_id}:{ROOM}:{data}"), data)
+    reply = client.subscribe(ROOM, token(f"{client.socket_id}:{ROOM}:{data}", client.key), data)
     assert json.loads(reply["data"])["presence"]["hash"] == {"42": {"name": "Ann"}}
 
 
@@ -165,7 +156,7 @@ def test_members_are_per_channel_and_per_app(server):
 def refused(server, channel_data: str | None, status: int = 401, kind: str = "AuthError"):
     client = server.ws()
     string = f"{client.socket_id}:{ROOM}" + ("" if channel_data is None else f":{channel_data}")
-    reply = client.subscribe(ROOM, token(string), channel_data)
+    reply = client.subscribe(ROOM, token(string, client.key), channel_data)
     refusal = client.expect_refusal(ROOM, reply)
     assert (refusal["type"], refusal["status"]) == (kind, status)
     client.sync()

@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pusher
 import pytest
 import yaml
-from conftest import (
+from support import (
     APP_ID,
     KEY,
-    ROOT,
     SECRET,
     ConnectionClosed,
     IpeServer,
     WsClient,
     config_with,
+    run_ipe,
     wait_until,
 )
 
@@ -139,13 +137,7 @@ def test_ipe_reload_signals_the_process_in_the_pid_file(make_server: Any, tmp_pa
     config = config_with(pid_file=str(pid_file))
     config["apps"].append(NEW_APP)
     server.config_path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "ipe", "reload", "--pid-file", str(pid_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_ipe("reload", "--pid-file", str(pid_file))
     assert done.returncode == 0, done.stderr
     assert wait_until(lambda: connects(server, NEW_APP["key"]), 2.0, 0.05, "the new app's key")
     server.stop()
@@ -153,14 +145,7 @@ def test_ipe_reload_signals_the_process_in_the_pid_file(make_server: Any, tmp_pa
 
 
 def test_ipe_reload_without_a_pid_file_says_so() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ipe", "reload", "--config", "config.yml.sample"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    done = run_ipe("reload", "--config", "config.yml.sample", env={"IPE_PID_FILE": ""})
     assert done.returncode == 2
     assert "no pid file" in done.stderr
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
+from support import token
 
 
-def token(string_to_sign: str) -> str:
-    """A demo-key token signed by hand, for user_data the SDK would not produce."""
-    digest = hmac.new(b"demo-secret", string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"demo-key:{digest}"
+@pytest.fixture
+def server(app_server):
+    """An app of its own on the module's shared server (channels and users are per app)."""
+    return app_server
 
 
 def signed_in(server, user_data: dict[str, Any]):
@@ -62,7 +61,10 @@ def test_signin_with_compact_user_data_as_node_signs_it(server):
     user_data = '{"id":"42","user_info":{"name":"Ann"}}'
     client.send(
         "pusher:signin",
-        {"auth": token(f"{client.socket_id}::user::{user_data}"), "user_data": user_data},
+        {
+            "auth": token(f"{client.socket_id}::user::{user_data}", client.key),
+            "user_data": user_data,
+        },
     )
     assert client.recv()["data"] == {"user_data": user_data}
 
@@ -76,7 +78,7 @@ def test_signin_data_may_be_a_json_string(server):
 
 def test_signin_with_a_bad_signature_gets_4009(server):
     client = server.ws()
-    client.send("pusher:signin", {"auth": "demo-key:" + "0" * 64, "user_data": '{"id":"42"}'})
+    client.send("pusher:signin", {"auth": f"{client.key}:" + "0" * 64, "user_data": '{"id":"42"}'})
     signin_refused(client)
 
 
@@ -96,7 +98,10 @@ def test_signin_without_a_non_empty_string_id_gets_4009(server, user_data):
     client = server.ws()
     client.send(
         "pusher:signin",
-        {"auth": token(f"{client.socket_id}::user::{user_data}"), "user_data": user_data},
+        {
+            "auth": token(f"{client.socket_id}::user::{user_data}", client.key),
+            "user_data": user_data,
+        },
     )
     signin_refused(client)
 

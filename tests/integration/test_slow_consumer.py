@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import config_with, wait_until
+from support import config_with, wait_until
 
 EVENT_DATA = "x" * 10000
 

@@ -14,7 +14,8 @@ BAD_TOKEN = "demo-key:" + "0" * 64
 
 @pytest.fixture
 def server(shared_server):
-    """One process for the module; the cache tests, which leave state behind, start their own."""
+    """One process for the module; the cache tests, which leave state behind, use an app of
+    their own (app_server)."""
     return shared_server
 
 
@@ -261,8 +262,8 @@ def subscribe_any(client, server, channel: str):
 
 
 @pytest.mark.parametrize("channel", CACHE_CHANNELS)
-def test_empty_cache_channel_sends_cache_miss_after_success(make_server, channel):
-    server = make_server()
+def test_empty_cache_channel_sends_cache_miss_after_success(app_server, channel):
+    server = app_server
     client = server.ws()
     reply = subscribe_any(client, server, channel)
     assert reply["event"] == "pusher_internal:subscription_succeeded"
@@ -272,8 +273,8 @@ def test_empty_cache_channel_sends_cache_miss_after_success(make_server, channel
 
 
 @pytest.mark.parametrize("channel", CACHE_CHANNELS)
-def test_cache_channel_replays_the_last_rest_event_to_a_new_subscriber(make_server, channel):
-    server = make_server()
+def test_cache_channel_replays_the_last_rest_event_to_a_new_subscriber(app_server, channel):
+    server = app_server
     early = server.ws()
     subscribe_any(early, server, channel)
     early.expect("pusher:cache_miss", channel)
@@ -289,8 +290,8 @@ def test_cache_channel_replays_the_last_rest_event_to_a_new_subscriber(make_serv
     late.sync()
 
 
-def test_cache_replays_batch_events_too(make_server):
-    server = make_server()
+def test_cache_replays_batch_events_too(app_server):
+    server = app_server
     server.sdk().trigger_batch(
         [
             {"channel": "cache-a", "name": "x", "data": "1"},
@@ -302,24 +303,24 @@ def test_cache_replays_batch_events_too(make_server):
     assert client.expect("y", "cache-a")["data"] == "2"
 
 
-def test_cache_is_per_channel(make_server):
-    server = make_server()
+def test_cache_is_per_channel(app_server):
+    server = app_server
     server.sdk().trigger("cache-a", "x", "1")
     client = server.ws()
     client.subscribe("cache-b")
     client.expect("pusher:cache_miss", "cache-b")
 
 
-def test_non_cache_channels_replay_nothing(make_server):
-    server = make_server()
+def test_non_cache_channels_replay_nothing(app_server):
+    server = app_server
     server.sdk().trigger("orders", "x", "1")
     client = server.ws()
     client.subscribe("orders")
     client.sync()
 
 
-def test_cache_channel_subscribers_also_get_live_events(make_server):
-    server = make_server()
+def test_cache_channel_subscribers_also_get_live_events(app_server):
+    server = app_server
     client = server.ws()
     client.subscribe("cache-orders")
     client.expect("pusher:cache_miss", "cache-orders")
@@ -357,8 +358,8 @@ def test_an_event_for_one_app_never_reaches_another_apps_channel_of_the_same_nam
     main.sync()
 
 
-def test_cache_is_per_app(make_server):
-    server = make_server()
+def test_cache_is_per_app(app_server):
+    server = app_server
     server.sdk().trigger("cache-orders", "x", "1")
     other = server.ws(key="other-key")
     other.subscribe("cache-orders")

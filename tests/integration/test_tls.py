@@ -7,11 +7,11 @@ import json
 import ssl
 
 import pytest
-from conftest import config_with, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import config_with, free_port, running, within_test
 
 NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
 
@@ -43,10 +43,11 @@ def self_signed(directory) -> tuple[str, str]:
     return str(key_file), str(cert_file)
 
 
-@pytest.fixture
-def tls(make_server, tmp_path):
-    """A server with its TLS listener on; returns (server, wss origin)."""
-    key_file, cert_file = self_signed(tmp_path)
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A server with its TLS listener on, for the module; yields (server, wss origin)."""
+    workdir = tmp_path_factory.mktemp("tls")
+    key_file, cert_file = self_signed(workdir)
     port = free_port()
     ssl_section = {
         "enabled": True,
@@ -54,8 +55,16 @@ def tls(make_server, tmp_path):
         "key_file": key_file,
         "cert_file": cert_file,
     }
-    server = make_server(config_with(ssl=ssl_section))
-    return server, f"wss://127.0.0.1:{port}"
+    with running(workdir, config_with(ssl=ssl_section), "tls") as server:
+        yield server, f"wss://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def tls(tls_server):
+    """(server, wss origin); the test's clients are closed afterwards."""
+    server, origin = tls_server
+    with within_test(server):
+        yield server, origin
 
 
 def test_only_ssl_app_connects_over_wss_and_receives_events(tls):

@@ -10,11 +10,9 @@ import time
 import urllib.parse
 
 import pytest
-from rest_support import Api, raw_query, shared_server, signed_query
+from support.rest import Api, raw_query, signed_query
 
 from ipe import auth
-
-rest_server = pytest.fixture(scope="module")(shared_server)
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 EVENT = {"name": "order-updated", "channels": ["orders"], "data": '{"id":7}'}

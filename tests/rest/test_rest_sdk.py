@@ -11,10 +11,17 @@ import json
 
 import nacl.secret
 import pytest
-from conftest import wait_until
-from rest_support import SDKS, NodeSdk, PythonSdk, SdkError, sign_in, subscribe
+from support import sign_in as sign_in_as
+from support import wait_until
+from support.rest import SDKS, NodeSdk, PythonSdk, SdkError, sign_in, subscribe
 
 MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+@pytest.fixture
+def server(app_server):
+    """An app of its own on the module's shared server (channels and users are per app)."""
+    return app_server
 
 
 @pytest.fixture(params=sorted(SDKS))
@@ -304,6 +311,13 @@ def test_terminate_an_unknown_user(server, sdk):
 def test_sdk_errors(server, app_id, key, secret, status):
     python = PythonSdk(server, app_id=app_id, key=key, secret=secret)
     node = NodeSdk(server, appId=app_id, key=key, secret=secret)
+    if status != 403 and secret != "wrong-secret":
+        # python's terminate path has no app id: the (valid) key alone names the app.
+        assert python.terminate_user_connections("42") == {}
+    # Watchers on app 1001, the app named by the path or the key: no refused call reaches them.
+    watchers = [server.ws(key="demo-key"), server.ws(key="demo-key")]
+    watchers[0].subscribe("orders")
+    sign_in_as(watchers[1], "42")
     for sdk in (python, node):
         calls = {
             "trigger": lambda s=sdk: s.trigger("orders", "e", "1"),
@@ -311,20 +325,24 @@ def test_sdk_errors(server, app_id, key, secret, status):
             "terminate": lambda s=sdk: s.terminate_user_connections("42"),
         }
         if sdk is python and status != 403 and secret != "wrong-secret":
-            # python's terminate path has no app id: the (valid) key alone names the app.
-            assert calls.pop("terminate")() == {}
+            del calls["terminate"]  # accepted, above
         for name, call in calls.items():
             with pytest.raises(SdkError) as raised:
                 call()
             assert raised.value.status == status, (sdk.name, name, raised.value.body)
             assert list(json.loads(raised.value.body)) == ["error"], (sdk.name, name)
+    for watcher in watchers:
+        watcher.sync()  # no event, and still connected
 
 
 def test_data_over_10kb_is_413(server, sdk):
+    client = server.ws()
+    subscribe(client, sdk, "orders")
     with pytest.raises(SdkError) as raised:
         sdk.trigger("orders", "e", "x" * 10241)
     assert raised.value.status == 413
     assert json.loads(raised.value.body) == {"error": "Event data larger than 10240 bytes"}
+    client.sync()  # nothing was published
 
 
 # --- encrypted channels -------------------------------------------------------------------------

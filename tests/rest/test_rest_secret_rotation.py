@@ -7,8 +7,8 @@ from typing import Any
 
 import pusher
 import pytest
-from conftest import APP_ID, KEY, SECRET, config_with
-from rest_support import node_sdk
+from support import APP_ID, KEY, SECRET, config_with
+from support.rest import node_sdk
 
 
 def test_both_sdks_sign_with_the_old_and_the_new_secret(make_server: Any) -> None:

@@ -10,12 +10,10 @@ import socket
 import time
 
 import pytest
-from rest_support import TIGHT, Api, raw_query, shared_server, signed_query
+from support.rest import TIGHT, Api, raw_query, signed_query
 
 from ipe import protocol, rest
 from ipe.config import Limits
-
-rest_server = pytest.fixture(scope="module")(shared_server)
 
 
 @pytest.fixture
@@ -156,7 +154,22 @@ def test_channel_or_channels(api, rest_server):
     client.expect("order-updated", "single-channel")
 
 
-def test_duplicate_channels_deliver_once(api, rest_server):
+def test_a_watcher_sees_a_publish_the_reply_denies(rest_server):
+    """The check every rejection here gets can fail: a publish reaches the watchers."""
+
+    class Pretending(Api):
+        def _send(self, *args, **kwargs):
+            reply = super()._send(*args, **kwargs)
+            assert reply.status == 200, reply
+            reply.status = 400  # as if refused: the watchers must have seen the event
+            return reply
+
+    with pytest.raises(AssertionError, match="expected nothing before the pong"):
+        Pretending(rest_server).trigger(**event(channels=["watched"]))
+
+
+def test_duplicate_channels_deliver_once(rest_server):
+    api = Api(rest_server)  # asks for counts: no watchers, who would count as subscribers
     client = rest_server.ws()
     client.subscribe("dup-channel")
     reply = api.trigger(**event(channels=["dup-channel", "dup-channel"], info="subscription_count"))
@@ -280,6 +293,7 @@ def test_terminate_an_invalid_user_id(api, user_id):
 def test_declared_body_over_the_cap_is_refused_unread(api, rest_server):
     """A huge Content-Length gets 413 at once: nothing of the body is sent or read."""
     query = raw_query(signed_query("POST", "/apps/1001/events", None, b"{}"))
+    watchers = api.watchers("/apps/1001/events", json.dumps(event()).encode())
     with socket.create_connection(("127.0.0.1", rest_server.port), timeout=10) as sock:
         sock.sendall(
             f"POST /apps/1001/events?{query} HTTP/1.1\r\nHost: ipe\r\n"
@@ -289,6 +303,8 @@ def test_declared_body_over_the_cap_is_refused_unread(api, rest_server):
     assert head.startswith(b"HTTP/1.1 413 ")
     cap = rest.body_cap(Limits())
     assert json.loads(body) == {"error": f"Request body larger than {cap} bytes"}
+    for watcher in watchers:
+        watcher.sync()  # nothing was published
 
 
 def test_chunked_body_over_the_cap(api, rest_server):
@@ -296,6 +312,7 @@ def test_chunked_body_over_the_cap(api, rest_server):
     cap = rest.body_cap(Limits())
     body = json.dumps(event(data="x" * (cap + 10))).encode()
     query = raw_query(signed_query("POST", "/apps/1001/events", None, body))
+    watchers = api.watchers("/apps/1001/events", body)
     with socket.create_connection(("127.0.0.1", rest_server.port), timeout=10) as sock:
         sock.sendall(
             f"POST /apps/1001/events?{query} HTTP/1.1\r\nHost: ipe\r\n"
@@ -312,6 +329,9 @@ def test_chunked_body_over_the_cap(api, rest_server):
         head, reply = read_response(sock)
     assert head.startswith(b"HTTP/1.1 413 ")
     assert json.loads(reply) == {"error": f"Request body larger than {cap} bytes"}
+    assert watchers
+    for watcher in watchers:
+        watcher.sync()  # nothing was published
 
 
 def test_chunked_body_under_the_cap(api, rest_server):

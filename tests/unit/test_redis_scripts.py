@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import ipe.redis.http_routing
 import ipe.redis.presence
 import ipe.redis.webhook_store  # noqa: F401 (declares its scripts)
 from ipe.redis.scripts import Script
@@ -21,6 +22,7 @@ def test_every_script_is_declared():
     names = {script.name for script in SCRIPTS}
     assert {"count_up", "count_down", "join", "leave", "restore", "reap"} <= names
     assert {"webhooks_pass", "webhooks_take", "webhooks_finish", "webhooks_renew"} <= names
+    assert "http_release" in names
     assert len(names) == len(SCRIPTS), "two scripts share a name"
 
 

@@ -8,8 +8,16 @@ import re
 from typing import Any
 
 import pytest
-from conftest import APP_ID, SECRET, Gunicorn, IpeServer, wait_until
-from receiver import Receivers, hook_config, private_subscribe
+from support import (
+    APP_ID,
+    SECRET,
+    Gunicorn,
+    IpeServer,
+    Receivers,
+    hook_config,
+    subscribe,
+    wait_until,
+)
 
 SIGNATURE = re.compile(r"[0-9a-f]{64}")  # an HMAC-SHA256 in hex: auth, REST or webhook
 
@@ -50,7 +58,7 @@ def test_json_lines_carry_the_fields_and_no_secret(how, make_server):
         server = make_server(config, env=env, launcher=launcher)
 
         client = server.ws()  # a connection: connected, subscribed, disconnected
-        private_subscribe(server, client, "private-orders")
+        subscribe(client, "private-orders")
         hook.wait_event("channel_occupied", channel="private-orders")  # a webhook
         server.sdk().trigger("private-orders", "order", {"id": 1})  # a REST call
         client.wait_for("order", "private-orders")

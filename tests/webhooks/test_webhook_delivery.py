@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
-import pytest
-from conftest import free_port, wait_until
-from receiver import Receiver, Receivers, hook_config
+from support import Receiver, free_port, hook_config, metric, wait_until
 
 # Short back-off so that a fault of a few attempts costs well under a second of retries.
 RETRY = {
@@ -24,24 +21,12 @@ RETRY = {
 }
 
 
-@pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    made = Receivers()
-    yield made
-    made.close()
-
-
 def publish_reaches_subscriber(server, channel: str = "live") -> None:
     """A subscriber gets an SDK publish: the WebSocket side is unaffected."""
     client = server.ws()
     client.subscribe(channel)
     server.sdk().trigger(channel, "tick", {"n": 1})
     assert json.loads(client.expect("tick", channel)["data"]) == {"n": 1}
-
-
-def metric(server, name: str) -> float:
-    """The value of a counter on the server's /metrics (summed over apps)."""
-    return server.metric(name)
 
 
 def occupied(hook: Receiver) -> list[str]:

@@ -7,20 +7,10 @@ official SDK's validate_webhook; real WebSocket clients and the SDK cause the ev
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
-from conftest import wait_until
-from receiver import Receivers, hook_config, presence_auth, private_subscribe
+from support import hook_config, presence_member, subscribe, wait_until
 
 FAST = {"batch_window": 0.05, "grace_period": 0}
-
-
-@pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    made = Receivers()
-    yield made
-    made.close()
 
 
 def test_every_event_type_with_its_fields(receivers, make_server):
@@ -39,9 +29,9 @@ def test_every_event_type_with_its_fields(receivers, make_server):
     a.expect("pusher:cache_miss", "cache-news")
     assert hook.wait_event("cache_miss") == {"name": "cache_miss", "channel": "cache-news"}
 
-    presence_auth(server, a, "presence-room", "42", {"name": "Ann"})
+    subscribe(a, "presence-room", presence_member("42", {"name": "Ann"}))
     # Laravel sends integer ids: the webhook carries the string, as everywhere else.
-    presence_auth(server, b, "presence-room", 7)
+    subscribe(b, "presence-room", presence_member(7))
     assert hook.wait_event("member_added", user_id="42") == {
         "name": "member_added",
         "channel": "presence-room",
@@ -58,7 +48,7 @@ def test_every_event_type_with_its_fields(receivers, make_server):
         "socket_id": a.socket_id,
         "user_id": "42",
     }
-    private_subscribe(server, b, "private-chat")
+    subscribe(b, "private-chat")
     b.send("client-note", "plain text", channel="private-chat")
     assert hook.wait_event("client_event", channel="private-chat") == {
         "name": "client_event",
@@ -114,9 +104,9 @@ def test_a_return_within_the_grace_period_cancels_both_events(receivers, make_se
     sdk = server.sdk()
 
     a = server.ws()
-    presence_auth(server, a, "presence-room", "u1")
+    subscribe(a, "presence-room", presence_member("u1"))
     lobby = server.ws()
-    presence_auth(server, lobby, "presence-lobby", "u3")
+    subscribe(lobby, "presence-lobby", presence_member("u3"))
     hook.wait_event("member_added", user_id="u1")
     hook.wait_event("member_added", user_id="u3")
 
@@ -124,16 +114,16 @@ def test_a_return_within_the_grace_period_cancels_both_events(receivers, make_se
     a.close()
     wait_until(lambda: sdk.users_info("presence-room")["users"] == [], message="u1 to have left")
     reloaded = server.ws()
-    presence_auth(server, reloaded, "presence-room", "u1")
+    subscribe(reloaded, "presence-room", presence_member("u1"))
     # A single-page app leaving and re-entering a room on the same connection.
     lobby.send("pusher:unsubscribe", {"channel": "presence-lobby"})
     lobby.sync()
-    presence_auth(server, lobby, "presence-lobby", "u3")
+    subscribe(lobby, "presence-lobby", presence_member("u3"))
 
     # A marker that leaves for good after both returns; its events are released after theirs
     # would have been, on the same ordered lane.
     marker = server.ws()
-    presence_auth(server, marker, "presence-marker", "u2")
+    subscribe(marker, "presence-marker", presence_member("u2"))
     hook.wait_event("member_added", user_id="u2")
     marker.send("pusher:unsubscribe", {"channel": "presence-marker"})
     marker.sync()
@@ -182,7 +172,7 @@ def test_filters_headers_and_several_targets(receivers, make_server):
     )
     client = server.ws()
     client.subscribe("orders")
-    presence_auth(server, client, "presence-room", "42")
+    subscribe(client, "presence-room", presence_member("42"))
     client.send("pusher:unsubscribe", {"channel": "presence-room"})
     client.sync()
     other = server.ws(key="other-key")
@@ -233,7 +223,7 @@ def test_subscription_count_webhook_carries_each_new_count(receivers, make_serve
     b.subscribe("orders")
     b.expect(count, "orders")
     a.expect(count, "orders")
-    presence_auth(server, a, "presence-room", "42")  # presence channels have no count
+    subscribe(a, "presence-room", presence_member("42"))  # presence channels have no count
     b.send("pusher:unsubscribe", {"channel": "orders"})
     b.sync()  # b's leave is done before a's
     a.expect(count, "orders")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pusher
-from conftest import APP_ID, KEY, SECRET, config_with, wait_until
-from receiver import Receiver
+from support import APP_ID, KEY, SECRET, Receiver, config_with, wait_until
 
 
 def test_webhooks_are_signed_with_the_first_secret(make_server: Any) -> None:

@@ -1,0 +1,50 @@
+"""Barriers and readings across one or more servers: settle, rosters, counts, sweeps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from support.client import WsClient
+from support.server import IpeServer, metric, wait_until
+
+
+def settle(*servers: IpeServer) -> None:
+    """Return once every node has handled every message published before (a barrier)."""
+    clients = []
+    for server in servers:
+        client = server.ws()
+        client.subscribe("settle")
+        clients.append(client)
+    servers[0].sdk().trigger("settle", "done", "")
+    for client in clients:
+        client.expect("done", "settle")
+        client.close()
+
+
+def roster(message: dict[str, Any]) -> dict[str, Any]:
+    """The presence hash of a subscription_succeeded message."""
+    return json.loads(message["data"])["presence"]  # type: ignore[no-any-return]
+
+
+def subscription_count(client: WsClient, channel: str, timeout: float | None = None) -> int:
+    """The number in the next frame, a `pusher_internal:subscription_count` of `channel`."""
+    message = client.expect("pusher_internal:subscription_count", channel, timeout)
+    return json.loads(message["data"])["subscription_count"]  # type: ignore[no-any-return]
+
+
+def rest_users(server: IpeServer, channel: str) -> set[str]:
+    """The ids GET /channels/{channel}/users lists."""
+    users = server.sdk().users_info(channel)["users"]
+    return {u["id"] for u in users}
+
+
+def occupied(server: IpeServer, channel: str) -> bool:
+    return bool(server.sdk().channel_info(channel)["occupied"])
+
+
+def after_sweeps(*servers: IpeServer) -> None:
+    """Return once every server's janitor has completed one more pass (a barrier)."""
+    before = [metric(s, "ipe_janitor_sweeps_total") for s in servers]
+    for server, count in zip(servers, before, strict=True):
+        wait_until(lambda s=server, c=count: metric(s, "ipe_janitor_sweeps_total") > c, 15)
