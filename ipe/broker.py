@@ -24,10 +24,13 @@ class Broker(Protocol):
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
         """Send one message (see `ipe.hub` for kinds) to every node; to this one unless `here`
         is False (it was served already). A member event carries its roster change's
-        `version` (ipe.presence)."""
+        `version` (ipe.presence). An `ordered` message (and every member event and watchlist
+        notice) reaches this node too in the one order every node hears: two nodes' changes
+        of one roster or count must end the same everywhere."""
         ...
 
     def start(self) -> None:
@@ -42,8 +45,13 @@ class Broker(Protocol):
         """True while messages can cross to every node."""
         ...
 
-    def take_tallies(self) -> tuple[int, int]:
-        """(Pub/Sub messages received, dropped) since the last call, for ipe.metrics."""
+    def routed(self, app_id: str, channel: str) -> None:
+        """Return once what other nodes publish to `channel` reaches this one (bounded)."""
+        ...
+
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        """(Pub/Sub messages received, dropped, published, channels subscribed) since the
+        last call (the last one a level), for ipe.metrics."""
         ...
 
 
@@ -63,6 +71,7 @@ class LocalBroker:
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
         if here:
             self.hub.dispatch(app_id, kind, target, payload, exclude, version)
@@ -76,5 +85,8 @@ class LocalBroker:
     def ready(self) -> bool:
         return True
 
-    def take_tallies(self) -> tuple[int, int]:
-        return 0, 0  # no Pub/Sub in one process
+    def routed(self, app_id: str, channel: str) -> None:
+        pass
+
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        return 0, 0, 0, 0  # no Pub/Sub in one process

@@ -137,6 +137,10 @@ class RedisConfig:
     tls_ca_file: str = ""
     cluster: bool = False
     addrs: tuple[tuple[str, int], ...] = ()
+    # Redis Sentinel: the master's name and the Sentinels to ask where it is (host/port unused).
+    sentinel_master: str = ""
+    sentinel_addrs: tuple[tuple[str, int], ...] = ()
+    sentinel_password: str | None = field(default=None, repr=False)
     prefix: str = "ipe"
     # "auto": SPUBLISH/SSUBSCRIBE on a Redis Cluster whose servers have them (Redis 7+).
     sharded_pubsub: str = "auto"
@@ -151,6 +155,13 @@ class RedisConfig:
 
     def describe(self) -> str:
         """Where Redis is, for logs and --check-config (never the password)."""
+        if self.sentinel_master:
+            where = ",".join(f"{h}:{p}" for h, p in self.sentinel_addrs)
+            tls = " (TLS)" if self.tls else ""
+            return (
+                f"Redis master {self.sentinel_master!r} of the Sentinels at {where}{tls}, "
+                f"db {self.db}, prefix {self.prefix}"
+            )
         if self.cluster:
             where = ",".join(f"{h}:{p}" for h, p in self.addrs)
             return f"Redis Cluster at {where}{' (TLS)' if self.tls else ''}, prefix {self.prefix}"
@@ -543,8 +554,37 @@ _REDIS_VARIABLES = frozenset(
         "REDIS_TLS_CA_FILE",
         "REDIS_PREFIX",
         "REDIS_ADDRS",
+        "REDIS_SENTINEL_ADDRS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_PASSWORD",
     }
 )
+
+
+def _addrs(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    """HOST:PORT addresses given as a list or one comma-separated string."""
+    if isinstance(value, str):
+        return _parse_addrs(value, where)
+    if isinstance(value, list):
+        return _parse_addrs(",".join(str(a) for a in value), where)
+    raise ConfigError(f"{where}: must be a list of HOST:PORT")
+
+
+def _sentinel(raw: Any) -> dict[str, Any]:
+    """The `redis.sentinel:` section as RedisConfig fields (empty when absent)."""
+    if raw is None:
+        return {}
+    section = _Section(raw, "redis.sentinel")
+    fields = {
+        "sentinel_master": section.str("master"),
+        "sentinel_addrs": _addrs(section.get("addrs"), "redis.sentinel.addrs"),
+        "sentinel_password": section.str("sentinel_password", None),
+    }
+    password = section.str("password", None)
+    if password is not None:
+        fields["password"] = password
+    section.done()
+    return fields
 
 
 def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
@@ -553,13 +593,8 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
     configured = bool(section.raw)
     url = section.str("url", "")
     redis = _redis_from_url(url, "redis.url") if url else RedisConfig()
-    addrs = section.get("addrs", [])
-    if isinstance(addrs, str):
-        addrs = _parse_addrs(addrs, "redis.addrs")
-    elif isinstance(addrs, list):
-        addrs = _parse_addrs(",".join(str(a) for a in addrs), "redis.addrs")
-    else:
-        raise ConfigError("redis.addrs: must be a list of HOST:PORT")
+    addrs = _addrs(section.get("addrs", []), "redis.addrs")
+    sentinel = _sentinel(section.get("sentinel", None))
     sharded = section.get("sharded_pubsub", "auto")
     if isinstance(sharded, bool):
         sharded = "true" if sharded else "false"
@@ -587,6 +622,7 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
         node_timeout=section.float("node_timeout", redis.node_timeout, minimum=1),
     )
     section.done()
+    redis = replace(redis, **sentinel)
 
     if env.get("REDIS_URL"):
         configured = True
@@ -611,6 +647,13 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
             addrs=_parse_addrs(overrides.str("REDIS_ADDRS"), "REDIS_ADDRS")
             if "REDIS_ADDRS" in overrides.raw
             else redis.addrs,
+            sentinel_master=overrides.str("REDIS_SENTINEL_MASTER", redis.sentinel_master),
+            sentinel_addrs=_parse_addrs(
+                overrides.str("REDIS_SENTINEL_ADDRS"), "REDIS_SENTINEL_ADDRS"
+            )
+            if "REDIS_SENTINEL_ADDRS" in overrides.raw
+            else redis.sentinel_addrs,
+            sentinel_password=overrides.str("REDIS_SENTINEL_PASSWORD", redis.sentinel_password),
         )
     if not configured:
         return None
@@ -622,6 +665,10 @@ def _redis(raw: Any, env: Mapping[str, str]) -> RedisConfig | None:
         raise ConfigError("redis.prefix: must be non-empty, without braces or spaces")
     if redis.sharded_pubsub not in ("auto", "true", "false"):
         raise ConfigError("redis.sharded_pubsub: must be auto, true or false")
+    if bool(redis.sentinel_master) != bool(redis.sentinel_addrs):
+        raise ConfigError("redis.sentinel: needs both master and addrs")
+    if redis.sentinel_master and redis.cluster:
+        raise ConfigError("redis.sentinel: a Redis Cluster fails over by itself, without Sentinel")
     if redis.cluster and redis.db:
         raise ConfigError("redis.db: a Redis Cluster has only database 0")
     if redis.node_timeout < 2 * redis.heartbeat_interval:

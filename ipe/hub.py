@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import gevent
 
@@ -25,6 +25,18 @@ PING_FRAME = text_frame(protocol.encode_event(protocol.PING))
 EVENT = "e"  # target: channel name; payload: encoded event
 TERMINATE = "t"  # target: user id; close that user's signed-in sockets
 WATCH = "w"  # target: user id; payload: b"online" or b"offline"
+
+# What this process listens for (`Hub.on_interest`): a channel's events, a signed-in user's
+# (server-to-user events and terminate), a watched user's online/offline notices.
+CHANNEL, USER, WATCHED = "c", "u", "w"
+
+
+def topic_of(kind: str, target: str) -> tuple[str, str]:
+    """The interest (CHANNEL/USER/WATCHED, name) a broker message of `kind` is for."""
+    if kind == EVENT:
+        user_id = protocol.server_to_user_id(target)
+        return (CHANNEL, target) if user_id is None else (USER, user_id)
+    return (USER, target) if kind == TERMINATE else (WATCHED, target)
 
 
 class AppTally:
@@ -66,6 +78,9 @@ class Hub:
         self._users: dict[str, dict[str, set[Connection]]] = {}
         self._watchers: dict[str, dict[str, set[Connection]]] = {}
         self._reaper: gevent.Greenlet | None = None
+        # Told (app_id, CHANNEL/USER/WATCHED, name, True/False) when this process gains its
+        # first or loses its last socket interested in something (the Redis broker routes by it).
+        self.on_interest: Callable[[str, str, str, bool], None] | None = None
         # Tallies for metrics, per app (apps are configured: the keys are bounded).
         self.tallies: dict[str, AppTally] = {}
 
@@ -93,7 +108,7 @@ class Hub:
             code = conn.close_code if conn.close_code is not None else protocol.WS_GOING_AWAY
             tally.closes[code] = tally.closes.get(code, 0) + 1
         if conn.user_id is not None:
-            self._discard(self._users, conn.app.app_id, conn.user_id, conn)
+            self._discard(self._users, USER, conn.app.app_id, conn.user_id, conn)
         self.unwatch(conn)
 
     def take_tallies(self) -> dict[str, AppTally]:
@@ -110,19 +125,38 @@ class Hub:
 
     def add(self, app_id: str, channel: str, conn: Connection) -> bool:
         """Subscribe `conn`; True if it was not subscribed before."""
-        subs = self._channels.setdefault(app_id, {}).setdefault(channel, set())
-        if conn in subs:
-            return False
-        subs.add(conn)
-        return True
+        return self._put(self._channels, CHANNEL, app_id, channel, conn)
 
     def remove(self, app_id: str, channel: str, conn: Connection) -> bool:
         """Unsubscribe `conn`; True if it was subscribed."""
-        return self._discard(self._channels, app_id, channel, conn)
+        return self._discard(self._channels, CHANNEL, app_id, channel, conn)
 
-    @staticmethod
+    def _put(
+        self,
+        index: dict[str, dict[str, set[Connection]]],
+        kind: str,
+        app_id: str,
+        key: str,
+        conn: Connection,
+    ) -> bool:
+        by_key = index.setdefault(app_id, {})
+        conns = by_key.get(key)
+        if conns is None:
+            conns = by_key[key] = set()
+            if self.on_interest is not None:
+                self.on_interest(app_id, kind, key, True)
+        elif conn in conns:
+            return False
+        conns.add(conn)
+        return True
+
     def _discard(
-        index: dict[str, dict[str, set[Connection]]], app_id: str, key: str, conn: Connection
+        self,
+        index: dict[str, dict[str, set[Connection]]],
+        kind: str,
+        app_id: str,
+        key: str,
+        conn: Connection,
     ) -> bool:
         by_key = index.get(app_id)
         conns = by_key.get(key) if by_key else None
@@ -131,6 +165,8 @@ class Hub:
         conns.discard(conn)
         if not conns:
             del by_key[key]  # type: ignore[index]
+            if self.on_interest is not None:
+                self.on_interest(app_id, kind, key, False)
         return True
 
     # --- users and watchlists -----------------------------------------------------------------
@@ -138,19 +174,18 @@ class Hub:
     def sign_in(self, conn: Connection, user_id: str) -> None:
         """Index a signed-in connection by its user id."""
         conn.user_id = user_id
-        self._users.setdefault(conn.app.app_id, {}).setdefault(user_id, set()).add(conn)
+        self._put(self._users, USER, conn.app.app_id, user_id, conn)
 
     def watch(self, conn: Connection, user_ids: Iterable[str]) -> None:
         """Register `conn` to be told when any of `user_ids` goes online or offline."""
         conn.watchlist = tuple(user_ids)
-        by_user = self._watchers.setdefault(conn.app.app_id, {})
         for user_id in conn.watchlist:
-            by_user.setdefault(user_id, set()).add(conn)
+            self._put(self._watchers, WATCHED, conn.app.app_id, user_id, conn)
 
     def unwatch(self, conn: Connection) -> None:
         """Drop every watch of `conn`."""
         for user_id in conn.watchlist:
-            self._discard(self._watchers, conn.app.app_id, user_id, conn)
+            self._discard(self._watchers, WATCHED, conn.app.app_id, user_id, conn)
         conn.watchlist = ()
 
     # --- delivery -----------------------------------------------------------------------------

@@ -129,6 +129,15 @@ class Metrics:
             "Messages that could not be handed to the broker (lost for other nodes)",
             registry=r,
         )
+        self.broker_published = Counter(
+            "ipe_broker_published_total", "Messages this process sent to Redis Pub/Sub", registry=r
+        )
+        self.broker_topics = Gauge(
+            "ipe_broker_topics",
+            "Redis Pub/Sub channels this process subscribes to (lingering ones included)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pubsub_received = Counter(
             "ipe_pubsub_messages_received_total",
             "Messages this node received from Redis Pub/Sub",
@@ -216,12 +225,15 @@ class Metrics:
             for label, n in buckets.items():
                 self.disconnections.labels(app_id=app_id, code=label).inc(n)
 
-    def add_pubsub(self, received: int, dropped: int) -> None:
+    def add_pubsub(self, received: int, dropped: int, published: int, topics: int) -> None:
         """Fold the broker's Pub/Sub tallies in."""
         if received:
             self.pubsub_received.inc(received)
         if dropped:
             self.pubsub_dropped.inc(dropped)
+        if published:
+            self.broker_published.inc(published)
+        self.broker_topics.set(topics)
 
     def render(self) -> bytes:
         """The Prometheus text exposition, summed over workers in multiprocess mode."""

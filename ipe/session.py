@@ -154,6 +154,7 @@ class Session:
         version: int | None = None
         try:
             count = state.presence.subscribe(app_id, channel)
+            state.broker.routed(app_id, channel)  # its Redis subscription went out meanwhile
             if count == 1:
                 state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
             if member is None:

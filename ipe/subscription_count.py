@@ -109,7 +109,9 @@ class SubscriptionCounts:
     def _send(self, app: AppConfig, channel: str, count: int) -> None:
         if count > 0:
             payload = protocol.subscription_count(channel, count)
-            self.broker.publish(app.app_id, EVENT, channel, payload)
+            # Counts read on different nodes must end on the last one everywhere: they take
+            # Redis's one order on every node (ordered), this one included.
+            self.broker.publish(app.app_id, EVENT, channel, payload, ordered=True)
         self.webhooks.emit(
             app, {"name": "subscription_count", "channel": channel, "subscription_count": count}
         )

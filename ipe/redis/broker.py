@@ -1,5 +1,19 @@
-"""Fan-out through Redis Pub/Sub: `RedisBroker` carries every publish to every node, this one
-included, so that one path gives one order. It is the only module that uses Redis Pub/Sub.
+"""Fan-out through Redis Pub/Sub: `RedisBroker` delivers every publish to this node's
+subscribers at once and carries it to the other nodes through Redis. Each publisher's messages
+keep their order (one local call, one ordered outbox); this node skips its own echoes. What
+follows cluster-wide state (member events, watchlist notices, subscription counts) is instead
+heard back through Redis by its producer too, so that every node applies it in Redis's one
+order. It is the only module that uses Redis Pub/Sub.
+
+Routing by interest: a message goes to the Pub/Sub channel of what it is for (a channel, a
+signed-in user, a watched user: `ipe.hub.topic_of`), and a node subscribes only to those its
+own sockets want (`Hub.on_interest`), so a node hears nothing of channels it holds no
+subscriber of. Subscription changes are batched (everything that changed while other
+greenlets ran goes out in one write) and never make a client wait longer than its own
+subscribe's round trips; a topic whose last socket left stays subscribed for LINGER seconds
+(at most MAX_LINGERING of them), so that churn does not thrash Redis. Each app also has a
+control channel every node subscribes to. On a Redis Cluster of Redis 7+ the topics are
+sharded channels (SPUBLISH/SSUBSCRIBE) spread over every master: one listener per master.
 
 The message on the wire (docs/design-decisions.md) is a one-line JSON header, a newline, and
 the client payload exactly as encoded once by the publisher:
@@ -12,14 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ipe.hub import Hub
+from ipe.hub import CHANNEL, WATCH, Hub, topic_of
 from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS, reconnect_backoff
+from ipe.redis.listener import Listener
 
 if TYPE_CHECKING:
     from ipe.metrics import Metrics
@@ -31,10 +46,12 @@ log = logging.getLogger(__name__)
 PUBLISH_QUEUE = 10000
 PUBLISH_BATCH = 512  # messages per pipeline
 STOP_FLUSH = 2.0  # seconds a stopping node gives its waiting messages to reach Redis
+LINGER = 10.0  # seconds a topic stays subscribed after its last local socket left
+MAX_LINGERING = 10000  # topics kept that way; beyond, the oldest is unsubscribed at once
 
 
 class RedisBroker:
-    """Pub/Sub through Redis: one PUBLISH per message, one listener per process (per shard)."""
+    """Pub/Sub through Redis: PUBLISH to a topic, listeners for the topics this node wants."""
 
     def __init__(
         self, hub: Hub, link: RedisLink, app_ids: tuple[str, ...], metrics: Metrics
@@ -42,20 +59,28 @@ class RedisBroker:
         self.hub = hub
         self.link = link
         self.node = link.node
+        self.prefix = link.prefix
         self.metrics = metrics
         self.errors = REDIS_ERRORS
-        self.channels = {app_id: keys.pubsub_channel(link.prefix, app_id) for app_id in app_ids}
-        self._apps = {name.encode(): app_id for app_id, name in self.channels.items()}
-        self._groups: list[_Listener] = []
-        self._listening = False  # listeners made (none while no app is served)
-        self._sharded = False
+        self.app_ids = app_ids
+        self.sharded = False  # decided by `start` (needs Redis on a Cluster)
+        self._wanted: dict[bytes, str] = {}  # topic -> app_id, lingering ones included
+        self._lingering: OrderedDict[str, float] = OrderedDict()  # topic -> when it emptied
+        self._listeners: dict[tuple[str, int] | None, Listener] = {}
+        self._placed: dict[str, Listener] = {}  # topic -> the listener subscribing it
+        self._started = False
+        self._syncer: gevent.Greenlet | None = None
+        self._dirty = False  # subscription changes not sent yet
+        self._resharding: gevent.Greenlet | None = None
         self._failures_logged = 0.0
         self._failures_unlogged = 0
-        self._outbox: deque[tuple[str, bytes, Any]] = deque()
+        self._outbox: deque[tuple[str, str, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
         # Plain-int tallies for metrics, folded in by `State.export_metrics`.
         self.received = 0
         self.dropped = 0
+        self.published = 0
+        hub.on_interest = self.interest
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -69,31 +94,34 @@ class RedisBroker:
         here: bool = True,
         *,
         version: int | None = None,
+        ordered: bool = False,
     ) -> None:
-        live = self.ready()
         header: dict[str, Any] = {"k": kind, "c": target, "n": self.node}
         if exclude:
             header["x"] = exclude
         if version is not None:
             header["v"] = version
-        if here and not live:
-            # No subscription to hear our own message back: serve local clients directly,
-            # and tell our listener to skip the message should it be subscribed meanwhile.
+        # What follows cluster-wide state (member events, watchlist notices, counts) is
+        # published by whichever node changed it; two nodes' messages about one roster must
+        # reach every socket in one order, so these are heard back through Redis like every
+        # other node hears them (one order everywhere), unless Redis is not there to ask.
+        ordered = ordered or version is not None or kind == WATCH
+        if ordered and here and self.ready():
+            header["o"] = 1
+        elif here:
+            # This node's subscribers never wait on Redis: they get the message now, and the
+            # listener skips its echo (the header names this node), so a message that Redis
+            # takes late (a pause, a failover) or twice never reaches them twice.
             self.hub.dispatch(app_id, kind, target, payload, exclude, version)
-            here = False
-        if not here:
-            header["l"] = 1
         if not self.link.up:
             self._failed(app_id, "Redis is unreachable")
             return
-        local = (kind, target, payload, exclude, version) if here else None
         if len(self._outbox) >= PUBLISH_QUEUE:
-            if local is not None:
-                self.hub.dispatch(app_id, *local)
             self._failed(app_id, "too many messages waiting for Redis")
             return
         message = json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
-        self._outbox.append((app_id, message, local))
+        topic = keys.pubsub_topic(self.prefix, app_id, *topic_of(kind, target))
+        self._outbox.append((app_id, topic, message))
         if self._publisher is None:
             self._publisher = gevent.spawn(self._publish_waiting)
 
@@ -102,7 +130,7 @@ class RedisBroker:
 
         The caller of `publish` never waits for Redis, and one connection carries the lot:
         hundreds of greenlets each holding a pooled connection for one PUBLISH would exhaust
-        the pool under load. A batch Redis did not take is delivered here and counted.
+        the pool under load. A batch Redis did not take is counted (this node had it already).
         """
         outbox = self._outbox
         try:
@@ -112,27 +140,30 @@ class RedisBroker:
                     self._send(batch)
                 except self.errors as exc:
                     self.link.mark_down(exc)
-                    for app_id, _message, local in batch:
-                        if local is not None:
-                            self.hub.dispatch(app_id, *local)
+                    for app_id, _topic, _message in batch:
                         self._failed(app_id, str(exc))
         finally:
             self._publisher = None
 
-    def _send(self, batch: list[tuple[str, bytes, Any]]) -> None:
+    def _send(self, batch: list[tuple[str, str, bytes]]) -> None:
         client = self.link.client
-        sharded = self.link.sharded()  # known whenever Redis is up (the probe asks)
-        if len(batch) == 1 or self.link.config.cluster:
-            # A cluster routes each message itself (PUBLISH to any node, SPUBLISH to its shard).
-            for app_id, message, _local in batch:
-                if sharded:
-                    client.spublish(self.channels[app_id], message)
-                else:
-                    client.publish(self.channels[app_id], message)
+        self.published += len(batch)
+        if len(batch) == 1:
+            _app_id, topic, message = batch[0]
+            (client.spublish if self.sharded else client.publish)(topic, message)
             return
-        pipe = client.pipeline(transaction=False)
-        for app_id, message, _local in batch:
-            pipe.publish(self.channels[app_id], message)
+        if self.sharded:
+            # A Cluster pipeline sends each shard its SPUBLISHes in one batch.
+            pipe = client.pipeline()
+            for _app_id, topic, message in batch:
+                pipe.spublish(topic, message)
+        else:
+            if self.link.config.cluster:
+                # PUBLISH reaches every node of a Cluster from any one of them.
+                client = client.get_redis_connection(client.get_default_node())
+            pipe = client.pipeline(transaction=False)
+            for _app_id, topic, message in batch:
+                pipe.publish(topic, message)
         pipe.execute()
 
     def _failed(self, app_id: str, reason: str) -> None:
@@ -150,11 +181,141 @@ class RedisBroker:
             self._failures_logged = now
             self._failures_unlogged = 0
 
+    # --- routing ------------------------------------------------------------------------------
+
+    def interest(self, app_id: str, kind: str, name: str, wanted: bool) -> None:
+        """`Hub.on_interest`: subscribe a topic when its first local socket wants it; let it
+        linger when the last one left."""
+        topic = keys.pubsub_topic(self.prefix, app_id, kind, name)
+        if not wanted:
+            self._lingering[topic] = time.monotonic()
+            if len(self._lingering) > MAX_LINGERING:
+                self._drop(self._lingering.popitem(last=False)[0])
+                self._sync_soon()
+            return
+        if self._lingering.pop(topic, None) is not None:
+            return  # still subscribed
+        self._want(topic, app_id)
+
+    def routed(self, app_id: str, channel: str) -> None:
+        """Return once Redis confirmed this node's subscription to `channel` (at most the
+        Redis timeout; at once while Redis is down): called before a client's subscription is
+        confirmed, so that what others publish after it reaches the client."""
+        if not self.link.up:
+            return
+        topic = keys.pubsub_topic(self.prefix, app_id, CHANNEL, channel)
+        listener = self._placed.get(topic)
+        if listener is not None:  # connecting or connected: its next batch asks for it
+            listener.wait(topic, self.link.config.timeout)
+
+    def _want(self, topic: str, app_id: str) -> None:
+        key = topic.encode()
+        if key in self._wanted:
+            return
+        self._wanted[key] = app_id
+        if self._started:
+            self._place(topic)
+            self._sync_soon()
+
+    def _drop(self, topic: str) -> None:
+        self._wanted.pop(topic.encode(), None)
+        listener = self._placed.pop(topic, None)
+        if listener is not None:
+            listener.topics.discard(topic)
+
+    def _place(self, topic: str) -> None:
+        """Give `topic` to the listener of its server (its shard's master when sharded)."""
+        try:
+            address = self._address(topic)
+        except self.errors as exc:  # slots unknown mid-failover: placed by the reshard
+            self.link.mark_down(exc)
+            self.listener_failed(None)
+            return
+        self._assign(topic, address)
+
+    def _address(self, topic: str) -> tuple[str, int] | None:
+        if not self.sharded:
+            return None
+        node = self.link.client.get_node_from_key(topic)  # the client's slot map: no I/O
+        return (node.host, node.port)
+
+    def _assign(self, topic: str, address: tuple[str, int] | None) -> None:
+        listener = self._listeners.get(address)
+        if listener is None:
+            listener = self._listeners[address] = Listener(self, address)
+            listener.start()
+        listener.topics.add(topic)
+        self._placed[topic] = listener
+
+    def _sync_soon(self) -> None:
+        """Send the subscription changes once the greenlets running now have made theirs."""
+        self._dirty = True
+        if self._syncer is None:
+            self._syncer = gevent.spawn(self._sync)
+
+    def _sync(self) -> None:
+        try:
+            while self._dirty:  # changes made while a write yielded go out in the next round
+                self._dirty = False
+                for address, listener in list(self._listeners.items()):
+                    if not listener.topics and address is not None:
+                        listener.stop()  # a shard this node has nothing on any more
+                        del self._listeners[address]
+                        continue
+                    listener.sync()
+        finally:
+            self._syncer = None
+
+    def _expire_forever(self) -> None:
+        """Unsubscribe the topics that lingered LINGER seconds without a socket."""
+        while True:
+            gevent.sleep(LINGER / 4)
+            deadline = time.monotonic() - LINGER
+            expired = False
+            while self._lingering:
+                topic, since = next(iter(self._lingering.items()))
+                if since > deadline:
+                    break
+                del self._lingering[topic]
+                self._drop(topic)
+                expired = True
+            if expired:
+                self._sync_soon()
+
+    def listener_failed(self, listener: Listener | None) -> None:
+        """A listener lost its connection: on a sharded Cluster, where the slots are may have
+        changed (a failover), so every topic is placed again."""
+        if self.sharded and self._resharding is None:
+            self._resharding = gevent.spawn(self._reshard)
+
+    def _reshard(self) -> None:
+        backoff = reconnect_backoff()
+        try:
+            while True:
+                try:
+                    self.link.client.nodes_manager.initialize()
+                    # No yield from here to the end: the placement matches `_wanted`.
+                    placement = {
+                        topic: self._address(topic) for topic in (k.decode() for k in self._wanted)
+                    }
+                    break
+                except self.errors as exc:
+                    self.link.mark_down(exc)
+                    gevent.sleep(backoff.next())
+            self._placed = {}
+            for listener in self._listeners.values():
+                listener.topics = set()
+            for topic, address in placement.items():
+                self._assign(topic, address)
+            self._sync_soon()
+        finally:
+            self._resharding = None
+
     # --- receiving ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the listener greenlet(s): one, or one per shard with sharded Pub/Sub."""
-        if self._groups:
+        if self._started:
             return
         gevent.spawn(self._start_listeners)
 
@@ -164,76 +325,68 @@ class RedisBroker:
             backoff = reconnect_backoff()
             while True:
                 try:
-                    self._sharded = self.link.sharded()
+                    self.sharded = self.link.sharded()
+                    if self.sharded:
+                        self.link.client.get_node_from_key("x")  # the slots are known
                     break
                 except self.errors as exc:
                     self.link.mark_down(exc)
                     gevent.sleep(backoff.next())
-        # No yield from here on: watch_apps sees either no listeners or all of these.
-        self._listening = True
-        self._listen(sorted(self.channels.values()))
-
-    def _listen(self, names: list[str]) -> None:
-        if not names:
-            return
-        if self._sharded:
-            # SSUBSCRIBE takes channels of one slot at a time; each listener finds its shard.
-            groups = [_Listener(self, [name]) for name in names]
-        else:
-            groups = [_Listener(self, names)]
-        self._groups.extend(groups)
-        for group in groups:
-            group.start()
+        for app_id in self.app_ids:
+            self._wanted.setdefault(keys.pubsub_channel(self.prefix, app_id).encode(), app_id)
+        self._started = True
+        for key in list(self._wanted):
+            self._place(key.decode())
+        self._sync_soon()
+        gevent.spawn(self._expire_forever)
 
     def watch_apps(self, app_ids: tuple[str, ...]) -> None:
-        """Also listen to these apps' channels (apps added by a reload).
+        """Also listen to these apps' control channels (apps added by a reload).
 
-        Channels are only ever added: a listener restarted for the new set would miss
-        messages meanwhile, and a removed app's messages find no socket here anyway.
+        Only ever added: a removed app's messages find no socket here anyway. (Events need
+        nothing here: their channels are subscribed when a socket subscribes.)
         """
-        added = {
-            app_id: keys.pubsub_channel(self.link.prefix, app_id)
-            for app_id in app_ids
-            if app_id not in self.channels
-        }
-        if not added:
-            return
-        self.channels.update(added)
-        self._apps.update({name.encode(): app_id for app_id, name in added.items()})
-        if self._listening:  # new listeners for the new channels only
-            self._listen(sorted(added.values()))
+        for app_id in app_ids:
+            self._want(keys.pubsub_channel(self.prefix, app_id), app_id)
 
     def stop(self) -> None:
         """Publish what still waits (briefly), then close the Pub/Sub connections."""
         if self._publisher is not None:
             self._publisher.join(timeout=STOP_FLUSH)
-        for group in self._groups:
-            group.stop()
+        for listener in self._listeners.values():
+            listener.stop()
 
     def ready(self) -> bool:
         """True while Redis answers and every listener is subscribed."""
-        return self.link.up and self._listening and all(g.live for g in self._groups)
+        return (
+            self.link.up
+            and self._started
+            and all(listener.live for listener in self._listeners.values())
+        )
 
-    def take_tallies(self) -> tuple[int, int]:
-        """(Pub/Sub messages received, dropped) since the last call, for ipe.metrics."""
-        tallies = (self.received, self.dropped)
-        self.received = self.dropped = 0
+    def take_tallies(self) -> tuple[int, int, int, int]:
+        """(Pub/Sub messages received, dropped, published) since the last call, and the
+        Pub/Sub channels subscribed now, for ipe.metrics."""
+        tallies = (self.received, self.dropped, self.published, len(self._wanted))
+        self.received = self.dropped = self.published = 0
         return tallies
 
     def receive(self, channel: bytes, data: bytes) -> None:
         """Carry out one message from Redis: parse the header, hand the payload to the hub."""
         self.received += 1
-        app_id = self._apps.get(channel)
+        app_id = self._wanted.get(channel)
+        if app_id is None:
+            return  # a topic just unsubscribed: nobody here wants it
         newline = data.find(b"\n")
         try:
-            header = json.loads(data[:newline]) if app_id is not None and newline > 0 else None
+            header = json.loads(data[:newline]) if newline > 0 else None
             kind, target = header["k"], header["c"]  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
             self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
             return
-        if header.get("l") and header.get("n") == self.node:
-            return  # its publisher, this node, served it already
+        if header.get("n") == self.node and not header.get("o"):
+            return  # its publisher, this node, delivered it here already
         try:
             self.hub.dispatch(
                 app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
@@ -241,118 +394,3 @@ class RedisBroker:
         except Exception:  # one bad message must not cost the subscription
             self.dropped += 1
             log.exception("error delivering a message of app %s", app_id)
-
-
-class _Listener:
-    """One Pub/Sub connection and the greenlet reading it; reconnects until stopped."""
-
-    def __init__(self, broker: RedisBroker, channels: list[str]) -> None:
-        self.broker = broker
-        self.channels = channels
-        self.live = False
-        self._stopped = False
-        self._pubsub: Any = None
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        # Never kill a greenlet blocked in redis-py (gevent/gevent#1929): close its connection
-        # and let the loop see `_stopped`.
-        self._stopped = True
-        self.live = False
-        self._close()
-
-    def _close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:  # closing a broken connection may fail in many ways
-                pass
-
-    def _client(self) -> Any:
-        """A plain client for the server this listener subscribes on."""
-        import redis
-
-        link = self.broker.link
-        config = link.config
-        # Our own keep-alive below replaces redis-py's, whose PONGs are invisible to us.
-        kwargs = {**link.kwargs, "health_check_interval": 0}
-        if not config.cluster:
-            return redis.Redis(host=config.host, port=config.port, db=config.db, **kwargs)
-        cluster = link.client
-        if self.broker._sharded:
-            node = cluster.get_node_from_key(self.channels[0])
-        else:
-            node = cluster.get_random_node()  # PUBLISH reaches every node of a cluster
-        return redis.Redis(host=node.host, port=node.port, **kwargs)
-
-    def _run(self) -> None:
-        broker = self.broker
-        link = broker.link
-        interval = link.config.health_check_interval
-        backoff = reconnect_backoff()
-        failed = False
-        while not self._stopped:
-            try:
-                self._pubsub = pubsub = self._client().pubsub()
-                if broker._sharded:
-                    pubsub.ssubscribe(*self.channels)
-                else:
-                    pubsub.subscribe(*self.channels)
-                pending = len(self.channels)
-                heard = time.monotonic()
-                pinged = 0.0
-                while not self._stopped:
-                    message = pubsub.get_message(timeout=min(1.0, interval))
-                    now = time.monotonic()
-                    if message is None:
-                        # A half-open TCP connection delivers nothing and reports nothing:
-                        # PING after `interval` of silence and give up without an answer.
-                        if pinged and now - pinged > link.config.timeout:
-                            raise ConnectionError("no answer to PING on the Pub/Sub connection")
-                        if not pinged and now - heard > interval:
-                            pubsub.ping()
-                            pinged = now
-                        continue
-                    heard = now
-                    pinged = 0.0
-                    kind = message["type"]
-                    if kind == "message" or kind == "smessage":
-                        broker.receive(message["channel"], message["data"])
-                    elif kind == "subscribe" or kind == "ssubscribe":
-                        pending -= 1
-                        if pending <= 0 and not self.live:
-                            self.live = True
-                            backoff.reset()
-                            if failed:
-                                broker.metrics.redis_reconnects.inc()
-                                log.info("resubscribed to %s", ", ".join(self.channels))
-                    elif kind == "unsubscribe" or kind == "sunsubscribe":
-                        # The server dropped us (a slot moved to another shard): start over.
-                        raise ConnectionError(f"unsubscribed from {message['channel']!r}")
-            except broker.errors as exc:
-                if self._stopped:
-                    break
-                self.live = False
-                failed = True
-                link.mark_down(exc)
-                delay = backoff.next()
-                log.warning(
-                    "Redis listener lost its connection (%s); retrying in %.1fs", exc, delay
-                )
-            except Exception:  # never exit silently: log, back off, subscribe again
-                if self._stopped:
-                    break
-                self.live = False
-                failed = True
-                delay = backoff.next()
-                log.exception("Redis listener failed; retrying in %.1fs", delay)
-            finally:
-                self._close()
-            if self._stopped:
-                break
-            gevent.sleep(delay)
-        self.live = False

@@ -48,8 +48,8 @@ import gevent.event
 from ipe import protocol
 from ipe.http_transport import HEARTBEAT, POLL_WAIT
 from ipe.redis import keys
-from ipe.redis.broker import _Listener
 from ipe.redis.link import REDIS_ERRORS
+from ipe.redis.listener import Listener
 from ipe.redis.scripts import Script
 
 if TYPE_CHECKING:
@@ -131,12 +131,12 @@ class HttpRouter:
         self.link = link
         self.node = link.node
         self.sessions = sessions
-        # What `_Listener` (shared with the broker) expects of its owner.
+        # What `Listener` (shared with the broker) expects of its owner.
         self.metrics = metrics
-        self.errors = REDIS_ERRORS
-        self._sharded = False
+        self.sharded = False
         self.channel = keys.http_node(link.prefix, self.node)
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
+        self._replacing: gevent.Greenlet | None = None
         self._ids = itertools.count(1)
         self._relays: dict[str, _Relay] = {}  # relay id -> what its owner sent (relay side)
         self._remote: dict[str, tuple[HttpClient, _RemoteHangup]] = {}  # owner side
@@ -172,13 +172,47 @@ class HttpRouter:
         if self.link.config.cluster and self.link.config.sharded_pubsub != "false":
             while True:  # sharded Pub/Sub needs to know the servers: wait for Redis
                 try:
-                    self._sharded = self.link.sharded()
+                    self.sharded = self.link.sharded()
+                    address = self._address()
                     break
                 except REDIS_ERRORS as exc:
                     self.link.mark_down(exc)
                     gevent.sleep(1.0)
-        self._listener = _Listener(self, [self.channel])  # type: ignore[arg-type]
+        else:
+            address = None
+        self._listen(address)
+
+    def _address(self) -> tuple[str, int] | None:
+        """The master of this node's channel's slot (sharded Pub/Sub), else None."""
+        if not self.sharded:
+            return None
+        node = self.link.client.get_node_from_key(self.channel)
+        return (node.host, node.port)
+
+    def _listen(self, address: tuple[str, int] | None) -> None:
+        self._listener = Listener(self, address)  # type: ignore[arg-type]
+        self._listener.topics.add(self.channel)
         self._listener.start()
+
+    def listener_failed(self, listener: Listener | None) -> None:
+        """Called by the listener after losing its connection: after a Cluster failover the
+        channel's slot may have moved to another master."""
+        if self.sharded and self._replacing is None:
+            self._replacing = gevent.spawn(self._replace_listener)
+
+    def _replace_listener(self) -> None:
+        try:
+            self.link.client.nodes_manager.initialize()
+            address = self._address()
+        except REDIS_ERRORS as exc:
+            self.link.mark_down(exc)
+            return
+        finally:
+            self._replacing = None
+        old = self._listener
+        if old is not None and old.address != address:
+            old.stop()
+            self._listen(address)
 
     def stop(self) -> None:
         """Stop listening and refreshing; the owner records expire by themselves."""
@@ -469,7 +503,7 @@ class HttpRouter:
         outbox = self._outbox
         # A PUBLISH's count of receivers is the whole truth on one server or a shard; a
         # cluster's plain PUBLISH counts one node's listeners only.
-        counts = not self.link.config.cluster or self._sharded
+        counts = not self.link.config.cluster or self.sharded
         try:
             while outbox:
                 batch = [outbox.popleft() for _ in range(min(len(outbox), OUTBOX_BATCH))]
@@ -492,7 +526,7 @@ class HttpRouter:
             for target, message, _ in batch:
                 if message is None:
                     results.append(RELEASE(client, owner_key=target, node=node))
-                elif self._sharded:
+                elif self.sharded:
                     results.append(client.spublish(target, message))
                 else:
                     results.append(client.publish(target, message))

@@ -11,7 +11,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
   {P:A}:wh:held  :due  :ret:<key>  :q:<i>  :dd:<i>  :fl:<i>  :lease:<i>
                                                            (ipe.redis.webhook_store)
   P:node:<N>          a node's heartbeat, not per app       (ipe.redis.janitor)
-  P:app:<A>           the app's Pub/Sub channel             (ipe.redis.broker)
+  P:app:<A>           the app's control Pub/Sub channel     (ipe.redis.broker)
+  P:<c|u|w>:<A>:<name>  Pub/Sub of a channel, a user, a watched user (ipe.redis.broker)
   {P:apps}  :keys     apps of `app_manager: redis`: id -> JSON, key -> id  (ipe.redis.apps)
   P:apps:changed      Pub/Sub: the apps changed, read them again  (ipe.redis.apps)
   P:http:<sid>        String: the node holding an HTTP session, with a TTL
@@ -95,8 +96,15 @@ def console_deliveries(prefix: str, app_id: str, lane: str) -> str:
 
 
 def pubsub_channel(prefix: str, app_id: str) -> str:
-    """The Pub/Sub channel of one app: every node subscribes to it once."""
+    """The Pub/Sub channel of one app's control messages: every node subscribes to it."""
     return f"{prefix}:app:{app_id}"
+
+
+def pubsub_topic(prefix: str, app_id: str, kind: str, name: str) -> str:
+    """The Pub/Sub channel of one interest (ipe.hub: a channel, a user, a watched user); only
+    nodes with a local socket interested subscribe. No hash tag: on a Redis Cluster these
+    spread over every shard (sharded Pub/Sub)."""
+    return f"{prefix}:{kind}:{app_id}:{name}"
 
 
 def apps(prefix: str) -> str:

@@ -1,10 +1,11 @@
 """The connection to Redis that broker, presence and cache share, and whether Redis answers.
 
-One `RedisLink` per process: it builds the redis-py client (one server or a Redis Cluster,
-TLS or not) from `RedisConfig`, and a probe greenlet keeps `up` true while Redis answers
-PING. Whoever meets a Redis error calls `mark_down()`, so that the others stop waiting on a
-dead server and serve from local knowledge; the probe retries with a capped back-off and
-tells the `on_up` callbacks when Redis is back (the presence store then re-registers).
+One `RedisLink` per process: it builds the redis-py client (one server, the master that Redis
+Sentinel names, or a Redis Cluster; TLS or not) from `RedisConfig`, and a probe greenlet
+keeps `up` true while Redis answers PING. Whoever meets a Redis error calls `mark_down()`,
+so that the others stop waiting on a dead server and serve from local knowledge; the probe
+retries with a capped back-off and tells the `on_up` callbacks when Redis is back (the
+presence store then re-registers).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class RedisLink:
         self._probe: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         self._sharded: bool | None = None
+        self._sentinel: Any = None
 
     @property
     def client(self) -> Any:
@@ -107,7 +109,13 @@ class RedisLink:
             # reconnecting after a deploy) runs that many scripts at once. One server: callers
             # wait for a free connection. A cluster's per-node pools cannot block; their
             # ceiling is set far above what a burst opens.
-            if config.cluster:
+            if config.sentinel_master:
+                # redis-py asks the Sentinels for the master on every new connection, and
+                # drops connections to a demoted one: failovers are followed by reconnecting.
+                self._client = self.sentinel.master_for(
+                    config.sentinel_master, db=config.db, **self.kwargs
+                )
+            elif config.cluster:
                 self._client = RedisCluster(
                     startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
                     max_connections=CLUSTER_MAX_CONNECTIONS,
@@ -127,6 +135,36 @@ class RedisLink:
                 )
                 self._client = redis.Redis(connection_pool=pool)
         return self._client
+
+    @property
+    def sentinel(self) -> Any:
+        """The redis-py `Sentinel` that finds the master (with `redis.sentinel` only)."""
+        if self._sentinel is None:
+            from redis.sentinel import Sentinel
+
+            config = self.config
+            sentinel_kwargs: dict[str, Any] = {
+                "password": config.sentinel_password,
+                "socket_timeout": config.timeout,
+                "socket_connect_timeout": config.timeout,
+            }
+            for name in ("ssl", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs"):
+                if name in self.kwargs:
+                    sentinel_kwargs[name] = self.kwargs[name]
+            self._sentinel = Sentinel(list(config.sentinel_addrs), sentinel_kwargs=sentinel_kwargs)
+        return self._sentinel
+
+    def pubsub_client(self, **overrides: Any) -> Any:
+        """A client of its own for a Pub/Sub connection to the one server (the Sentinels'
+        current master, any node of a Cluster); `overrides` replace connection options."""
+        config = self.config
+        kwargs = {**self.kwargs, **overrides}
+        if config.sentinel_master:
+            return self.sentinel.master_for(config.sentinel_master, db=config.db, **kwargs)
+        if config.cluster:  # unsharded Pub/Sub: PUBLISH reaches every node of a Cluster
+            node = self.client.get_random_node()
+            return redis.Redis(host=node.host, port=node.port, **kwargs)
+        return redis.Redis(host=config.host, port=config.port, db=config.db, **kwargs)
 
     # --- state --------------------------------------------------------------------------------
 

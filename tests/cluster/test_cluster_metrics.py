@@ -14,15 +14,18 @@ def test_pubsub_messages_received_and_dropped_per_node(nodes, redis_server):
         sdk.trigger("orders", "order", str(n))
     for _ in range(3):
         client.expect("order", "orders")
-    # Every node receives every message of the app's channel, its own included.
+    # B, which holds the subscriber, receives them; A, which holds none, receives nothing
+    # (routing by interest: its own publishes reached its own clients without Redis).
+    wait_until(
+        lambda: b.metric("ipe_pubsub_messages_received_total") >= 3,
+        message="3 messages received",
+    )
+    assert a.metric("ipe_pubsub_messages_received_total") == 0
     for server in (a, b):
-        wait_until(
-            lambda s=server: s.metric("ipe_pubsub_messages_received_total") >= 3,
-            message="3 messages received",
-        )
         assert server.metric("ipe_pubsub_messages_dropped_total") == 0
     assert b.metric(f'ipe_ws_messages_sent_total{{app_id="{APP_ID}"}}') == 3
 
+    # Every node listens to the app's control channel.
     redis_server.client().publish(f"ipe:app:{APP_ID}", b"not a message")
     for server in (a, b):
         wait_until(

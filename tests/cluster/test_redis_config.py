@@ -70,3 +70,43 @@ def test_bad_settings_name_the_key(section, message):
 def test_other_programs_redis_variables_do_not_turn_redis_on():
     # The official redis image exports REDIS_VERSION; Heroku adds REDIS_TLS_URL.
     assert redis_of(env={"REDIS_VERSION": "7.2.4", "REDIS_TLS_URL": "rediss://x:1"}) is None
+
+
+def test_sentinel_from_the_file_and_from_the_variables():
+    redis = redis_of(
+        {
+            "sentinel": {
+                "master": "mymaster",
+                "addrs": ["s1:26379", "s2:26380"],
+                "password": "pw",
+                "sentinel_password": "spw",
+            }
+        }
+    )
+    assert redis.sentinel_master == "mymaster"
+    assert redis.sentinel_addrs == (("s1", 26379), ("s2", 26380))
+    assert (redis.password, redis.sentinel_password) == ("pw", "spw")
+    assert "mymaster" in redis.describe() and "spw" not in repr(redis)
+    redis = redis_of(
+        env={
+            "REDIS_SENTINEL_ADDRS": "a:1, b:2",
+            "REDIS_SENTINEL_MASTER": "m",
+            "REDIS_SENTINEL_PASSWORD": "s",
+        }
+    )
+    assert (redis.sentinel_master, redis.sentinel_addrs) == ("m", (("a", 1), ("b", 2)))
+    assert redis.sentinel_password == "s"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"sentinel": {"master": "m"}}, "redis.sentinel.addrs"),
+        ({"sentinel": {"addrs": ["a:1"]}}, "redis.sentinel.master"),
+        ({"sentinel": {"master": "m", "addrs": ["a:1"], "nope": 1}}, "nope"),
+        ({"cluster": True, "sentinel": {"master": "m", "addrs": ["a:1"]}}, "redis.sentinel"),
+    ],
+)
+def test_bad_sentinel_settings_name_the_key(section, message):
+    with pytest.raises(ConfigError, match=message):
+        redis_of(section)
