@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gevent
@@ -19,6 +19,7 @@ from ipe.broker import Broker, LocalBroker
 from ipe.cache import Cache, InMemoryCache
 from ipe.config import Config
 from ipe.connection import CLOSE_WAIT
+from ipe.console.tap import Tap
 from ipe.hub import Hub
 from ipe.metrics import CONTENT_TYPE, Metrics
 from ipe.presence import InMemoryPresence, Presence
@@ -49,6 +50,8 @@ class State:
     http_router: Any = None
     redis: Any = None  # ipe.redis.link.RedisLink when nodes share Redis
     janitor: Any = None  # ipe.redis.janitor.Janitor, with it
+    tap: Tap = field(default_factory=Tap)  # what the console sees; idle unless it watches
+    console: Any = None  # ipe.console.service.Console when the console is enabled
 
     @property
     def handlers_never_block(self) -> bool:
@@ -70,12 +73,16 @@ class State:
             self.redis.start()
         self.broker.start()
         self.webhooks.start()
+        if self.console is not None:
+            self.console.start()
 
     def shutdown(self, after_drain: Callable[[], None] | None = None) -> None:
         """Drain: /ready answers 503 and new sockets are refused at once, open sockets are
         told to reconnect elsewhere (4200) in batches over `drain_seconds`; then
         `after_drain` (stop listening), webhooks flushed, background work stopped."""
         self.draining = True
+        if self.console is not None:
+            self.console.stop()  # end the console's streams: they would hold the server open
         log.info("draining %d connection(s) over %gs", self.hub.count(), self.config.drain_seconds)
         self.hub.drain(
             protocol.GENERIC_RECONNECT, "Server is shutting down", self.config.drain_seconds
@@ -122,6 +129,7 @@ class State:
                 "http_timeout",  # these three are the listeners' (ipe.http_server)
                 "http_keepalive_timeout",
                 "http_max_connections",
+                "console",
             )
             if getattr(new, name) != getattr(self.config, name)
         ]
@@ -153,9 +161,13 @@ class State:
 
     def export_metrics(self) -> None:
         """Fold the hub's tallies into the Prometheus metrics."""
-        self.metrics.add_tallies(self.hub.take_tallies())
+        tallies = self.hub.take_tallies()
+        self.metrics.add_tallies(tallies)
         self.metrics.add_pubsub(*self.broker.take_tallies())
         self.metrics.http_sessions.set(len(self.http.sessions))
+        self.tap.add_tallies(
+            sum(t.received for t in tallies.values()), sum(t.delivered for t in tallies.values())
+        )
 
     def _export_forever(self) -> None:
         # Under gunicorn each worker writes its own multiprocess files, so each must export
@@ -179,6 +191,7 @@ def build_state(config: Config) -> State:
 
     state = _build_state(config)
     state.http = HttpSessions(state)
+    state.quotas.tap = state.tap  # refusals show in the console's live log
     if state.redis is not None:
         from ipe.redis.http_routing import HttpRouter
 
@@ -296,6 +309,16 @@ def create_app(config: Config | None = None) -> Flask:
     if config is None:
         config = config_module.load(config_path())
     state = build_state(config)
+    app = build_app(state)
+    # Started inside the serving process (after any fork), never at import time.
+    gevent.spawn(state.start)
+    return app
+
+
+def build_app(state: State) -> Flask:
+    """The Flask app around `state`, with nothing started (Flask's test client uses it)."""
+    config = state.config
+    state.webhooks.tap = state.tap
     # gevent-websocket logs every HTTP request itself, query string (and so auth_signature)
     # included; ipe.rest logs each REST call without it.
     logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
@@ -311,6 +334,10 @@ def create_app(config: Config | None = None) -> Flask:
     )
 
     app.register_blueprint(rest.blueprint)
+    if config.console.enabled:
+        from ipe import console
+
+        console.install(app, state)
 
     @app.get("/")
     def index() -> Response:
@@ -338,6 +365,4 @@ def create_app(config: Config | None = None) -> Flask:
         state.export_metrics()
         return Response(state.metrics.render(), content_type=CONTENT_TYPE)
 
-    # Started inside the serving process (after any fork), never at import time.
-    gevent.spawn(state.start)
     return app

@@ -81,6 +81,9 @@ def _summary(cfg: config_module.Config, host: str, port: int) -> str:
     if cfg.redis is not None:
         engine = cfg.redis.describe()
     lines.append(f"  engine: {engine}")
+    if cfg.console.enabled:
+        users = len(cfg.console.users)
+        lines.append(f"  console: http://{shown}:{port}{cfg.console.path}/ ({users} user(s))")
     for app in cfg.apps:
         state = "enabled" if app.enabled else "disabled"
         lines.append(

@@ -194,6 +194,25 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleUser:
+    """One console login: `password` is plain text or a Werkzeug `pbkdf2:`/`scrypt:` hash."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The debug console in the browser (top-level `console:`); off by default."""
+
+    enabled: bool = False
+    path: str = "/console"
+    users: tuple[ConsoleUser, ...] = ()
+    secret_key: str = field(default="", repr=False)
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one ipe instance."""
 
@@ -223,6 +242,7 @@ class Config:
     pid_file: str = ""  # where `ipe` writes its pid, for `ipe reload` (SIGHUP)
     app_manager: AppManagerConfig = AppManagerConfig()
     limits: Limits = Limits()  # the top-level limits: the base of apps from other managers
+    console: ConsoleConfig = ConsoleConfig()
     drain_seconds: float = 10.0
 
     @property
@@ -729,6 +749,53 @@ def _trusted_proxies(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
+# First path segments of ipe's own routes, which the console must not shadow.
+_RESERVED_PATHS = frozenset(
+    {"apps", "app", "users", "health", "healthz", "ready", "readyz", "metrics"}
+)
+
+
+def _console(section: _Section, env: Mapping[str, str]) -> ConsoleConfig:
+    enabled = section.bool("enabled", False)
+    path = "/" + section.str("path", ConsoleConfig.path).strip("/")
+    users_raw = section.get("users", [])
+    secret_key = section.str("secret_key", env.get("IPE_SECRET_KEY", ""))
+    hours = section.float("session_hours", ConsoleConfig.session_hours, minimum=0.001)
+    section.done()
+    if not isinstance(users_raw, list):
+        raise ConfigError("console.users: must be a list of {username, password}")
+    users = []
+    for i, raw in enumerate(users_raw):
+        user = _Section(raw, f"console.users[{i}]")
+        users.append(ConsoleUser(username=user.str("username"), password=user.str("password")))
+        user.done()
+        for name in ("username", "password"):
+            if enabled and not getattr(users[-1], name):
+                raise ConfigError(f"console.users[{i}].{name}: must not be empty")
+    if not enabled:
+        return ConsoleConfig(path=path)
+    if path == "/" or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path):
+        raise ConfigError("console.path: must be a URL path such as /console")
+    if path.split("/")[1] in _RESERVED_PATHS:
+        raise ConfigError(f"console.path: {path} would hide ipe's own routes")
+    if not secret_key:
+        raise ConfigError(
+            "console.secret_key: required when the console is enabled (set IPE_SECRET_KEY "
+            "to a long random string)"
+        )
+    if len(secret_key) < 16:
+        raise ConfigError("console.secret_key: must be at least 16 characters")
+    if not users:
+        raise ConfigError("console.users: at least one user is required when enabled")
+    return ConsoleConfig(
+        enabled=True,
+        path=path,
+        users=tuple(users),
+        secret_key=secret_key,
+        session_hours=hours,
+    )
+
+
 def _log_format(value: str, env: Mapping[str, str]) -> str:
     # $IPE_LOG_FORMAT wins over the file, as $IPE_LOG_LEVEL does in the cli.
     fmt = (env.get("IPE_LOG_FORMAT") or value).strip().lower()
@@ -793,6 +860,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         pid_file=top.str("pid_file", env.get("IPE_PID_FILE", "")),
         app_manager=manager,
         limits=limits,
+        console=_console(top.section("console"), env),
     )
     top.done()
     if manager.driver == "redis" and config.redis is None:

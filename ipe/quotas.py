@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ipe.metrics import Metrics
@@ -37,6 +37,7 @@ class Quotas:
         # (app_id, limit) -> [the second it counts, amount used in it]
         self._windows: dict[tuple[str, str], list[int]] = {}
         self._logged: dict[tuple[str, str], float] = {}
+        self.tap: Any = None  # the console's Tap (State.tap), told of refusals while it watches
 
     # --- connections --------------------------------------------------------------------------
 
@@ -82,6 +83,9 @@ class Quotas:
     def refused(self, app_id: str, limit: str) -> None:
         """Count a refusal, and log it unless this app and limit were logged within a second."""
         self.metrics.rate_limited.labels(app_id=app_id, limit=limit).inc()
+        tap = self.tap
+        if tap is not None and app_id in tap.apps:
+            tap.emit(app_id, "rate_limited", limit=limit)
         now = time.monotonic()
         key = (app_id, limit)
         if now - self._logged.get(key, -2.0) >= 1.0:

@@ -310,6 +310,8 @@ class _Event:
             if protocol.is_cache(channel):
                 state.cache.put(app_id, channel, self.name, self.data, app.limits.cache_ttl)
             state.broker.publish(app_id, EVENT, channel, payload, self.socket_id)
+            if app_id in state.tap.apps:
+                state.tap.api_message(app_id, channel, self.name, self.data)
 
 
 def _encodable(text: str) -> bool:
@@ -334,12 +336,19 @@ def _counts(state: State, app: AppConfig, channel: str, attrs: set[str]) -> dict
 # --- the routes: each takes the State, the Call and the path's parts, and returns the reply ------
 
 
+def publish_one(state: State, app: AppConfig, raw: dict[str, Any]) -> _Event:
+    """Validate one event, count it against the app's rate and publish it: what a trigger
+    does once authorized (the console's send form too)."""
+    event = _Event(raw, app.limits, batch=False)
+    _take_events(state, app, [event])
+    event.publish(state, app)
+    return event
+
+
 def trigger(state: State, call: Call, app_id: str) -> dict[str, Any]:
     """Publish one event to up to 100 channels."""
     app, body = authorize(state, call, app_id)
-    event = _Event(json_object(body), app.limits, batch=False)
-    _take_events(state, app, [event])
-    event.publish(state, app)
+    event = publish_one(state, app, json_object(body))
     if event.info:
         return {"channels": {ch: _counts(state, app, ch, event.info) for ch in event.channels}}
     return {}

@@ -109,6 +109,14 @@ class Session:
         )
         self.conn.send_event(protocol.subscription_error(channel, kind, error, status))
         self.conn.send_event(protocol.encode_error(None, error))
+        if self.app.app_id in self.state.tap.apps:
+            self.state.tap.emit(
+                self.app.app_id,
+                "subscription_refused",
+                channel=channel[:200],
+                socket_id=self.conn.socket_id,
+                reason=f"{kind} {status}: {error[:300]}",
+            )
 
     def on_subscribe(self, _channel: str | None, data: Any) -> None:
         channel, payload = self._subscribe_data(data)
@@ -182,6 +190,14 @@ class Session:
             self._release_waiting(channel, gate, version)
         # After the confirmation (and a cache channel's replay, which comes right after it).
         state.counts.changed(self.app, channel, count)
+        if app_id in state.tap.apps:
+            state.tap.emit(
+                app_id,
+                "subscribed",
+                channel=channel,
+                socket_id=conn.socket_id,
+                user_id=member[0] if member else None,
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("subscribed %s to %s", conn.socket_id, channel, extra=self._fields(channel))
 
@@ -215,6 +231,8 @@ class Session:
             state.webhooks.emit(
                 self.app, {"name": "member_added", "channel": channel, "user_id": member[0]}
             )
+            if app_id in state.tap.apps:
+                state.tap.emit(app_id, "member_added", channel=channel, user_id=member[0])
         return version
 
     def _release_waiting(self, channel: str, gate: Gate, version: int | None) -> None:
@@ -284,7 +302,11 @@ class Session:
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )
+            if app_id in state.tap.apps:
+                state.tap.emit(app_id, "member_removed", channel=channel, user_id=user_id)
         count = state.presence.unsubscribe(app_id, channel)
+        if app_id in state.tap.apps:
+            state.tap.emit(app_id, "unsubscribed", channel=channel, socket_id=conn.socket_id)
         # The count first: Pusher delays channel_vacated, so its receivers see 0 before it.
         state.counts.changed(self.app, channel, count)
         if count == 0:
@@ -405,6 +427,14 @@ class Session:
             conn.events_count = 0
         conn.events_count += 1
         if conn.events_count > limits.client_events_per_second:
+            if app.app_id in self.state.tap.apps:
+                self.state.tap.emit(
+                    app.app_id,
+                    "rate_limited",
+                    channel=channel,
+                    socket_id=conn.socket_id,
+                    limit="client_events_per_second",
+                )
             raise protocol.PusherError(
                 protocol.CLIENT_EVENT_REJECTED, "Client event rejected due to rate limit"
             )
@@ -424,6 +454,16 @@ class Session:
             event, channel, protocol.dumps(data) if text is data else text, user_id
         )
         self.state.broker.publish(app.app_id, EVENT, channel, payload, conn.socket_id)
+        if app.app_id in self.state.tap.apps:
+            self.state.tap.emit(
+                app.app_id,
+                "client_event",
+                channel=channel,
+                event=event,
+                socket_id=conn.socket_id,
+                size=size,
+                preview=text[:120],
+            )
         if app.webhooks:
             webhook: dict[str, Any] = {
                 "name": "client_event",
@@ -526,11 +566,13 @@ def serve(state: State, environ: dict[str, Any]) -> None:
         )
         conn.close(code, message, error=True)
     else:
-        open_client(state, conn, app, remote)
+        open_client(state, conn, app, remote, str(environ.get("HTTP_ORIGIN", ""))[:200])
     conn.start()
 
 
-def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None:
+def open_client(
+    state: State, conn: Client, app: AppConfig, remote: str, origin: str = ""
+) -> None:
     """Register a new client (of any transport), greet it, and wire its messages to a Session;
     or refuse it with 4004 when its app is at `max_connections`."""
     maximum = app.limits.max_connections
@@ -548,6 +590,8 @@ def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None
     session = Session(state, conn, app)
     state.hub.register(conn)
     opened = time.monotonic()
+    if app.app_id in state.tap.apps:
+        state.tap.emit(app.app_id, "connected", socket_id=conn.socket_id, origin=origin)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "connected %s app=%s",
@@ -563,6 +607,10 @@ def open_client(state: State, conn: Client, app: AppConfig, remote: str) -> None
             state.hub.unregister(conn)
             if counted:
                 state.quotas.release_connection(app.app_id)
+            if app.app_id in state.tap.apps:
+                state.tap.emit(
+                    app.app_id, "disconnected", socket_id=conn.socket_id, code=conn.close_code
+                )
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "disconnected %s app=%s code=%s",

@@ -36,6 +36,7 @@ from ipe import __version__, protocol
 from ipe.auth import webhook_signature
 from ipe.backoff import Backoff
 from ipe.config import AppConfig, WebhookSettings, WebhookTarget
+from ipe.console.tap import Tap
 from ipe.webhook_store import (
     Arrival,
     Batch,
@@ -123,6 +124,7 @@ class Webhooks:
         self._dropped_unlogged = 0
         self._drop_logged_at = -_DROP_LOG_INTERVAL
         self._opener = urllib.request.build_opener(_NoRedirect)
+        self.tap = Tap()  # the console's (set by ipe.app); idle unless the console is on
 
     def set_apps(self, apps: tuple[AppConfig, ...]) -> None:
         """Deliver to the targets of `apps` from now on (at start, and after a reload)."""
@@ -308,7 +310,9 @@ class Webhooks:
         try:
             while True:
                 attempts += 1
+                began = time.monotonic()
                 error = self._post(target.url, body, headers)
+                self._tell_console(app.app_id, batch, target, error, attempts, began, False)
                 if error is None:
                     if self.metrics is not None:
                         self.metrics.webhooks_sent.labels(app_id=app.app_id).inc()
@@ -319,6 +323,7 @@ class Webhooks:
                         safe_url(target.url),
                         extra=fields(),
                     )
+                    self._tell_console(app.app_id, batch, target, None, attempts, began, True)
                     break
                 wait = backoff.next()
                 if self._stopping.is_set():
@@ -342,6 +347,7 @@ class Webhooks:
                         error,
                         extra=fields(),
                     )
+                    self._tell_console(app.app_id, batch, target, error, attempts, began, True)
                     break
                 log.info(
                     "webhook to %s failed (%s); attempt %d, next in %.1fs",
@@ -363,6 +369,24 @@ class Webhooks:
         finally:
             self._senders.pop(batch.lane, None)
             self._wake.set()
+
+    def _tell_console(
+        self,
+        app_id: str,
+        batch: Batch,
+        target: WebhookTarget,
+        error: str | None,
+        attempts: int,
+        began: float,
+        final: bool,
+    ) -> None:
+        """Report an attempt (`final`: the batch's outcome) to the console's tap."""
+        tap = self.tap
+        # Outcomes are kept while the console is on; attempts only go to a watched app's log.
+        if (tap.deliveries is not None) if final else (app_id in tap.apps):
+            latency = time.monotonic() - began
+            url = safe_url(target.url)
+            tap.webhook(app_id, batch.lane, url, len(batch.events), error, attempts, latency, final)
 
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
         """POST once; None on a 2xx answer, else why not."""

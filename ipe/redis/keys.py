@@ -18,6 +18,8 @@ here themselves; a change of layout touches this module and those scripts' sourc
   P:apps:changed      Pub/Sub: the apps changed, read them again  (ipe.redis.apps)
   P:http:<sid>        String: the node holding an HTTP session, with a TTL
   P:http:node:<N>     Pub/Sub: HTTP session requests for node N  (ipe.redis.http_routing)
+  {P:A}:console:webhooks:<lane>   a target's last deliveries  (ipe.console.relay)
+  P:console           the debug console's Pub/Sub channel   (ipe.console.relay)
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ def webhooks(prefix: str, app_id: str) -> str:
 def heartbeat(prefix: str, node: str) -> str:
     """String: a node's heartbeat, expiring after `node_timeout`."""
     return f"{prefix}:node:{node}"
+
+
+def console_channel(prefix: str) -> str:
+    """The debug console's Pub/Sub channel: leases, node numbers, watched apps' records."""
+    return f"{prefix}:console"
+
+
+def console_deliveries(prefix: str, app_id: str, lane: str) -> str:
+    """List: the last webhook deliveries (JSON) of one target, newest first."""
+    return f"{app_tag(prefix, app_id)}:console:webhooks:{lane}"
 
 
 def pubsub_channel(prefix: str, app_id: str) -> str:
