@@ -146,7 +146,7 @@ class RedisBroker:
             self._publisher = None
 
     def _send(self, batch: list[tuple[str, str, bytes]]) -> None:
-        client = self.link.client
+        client = self.link.publisher
         self.published += len(batch)
         if len(batch) == 1:
             _app_id, topic, message = batch[0]

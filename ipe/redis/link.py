@@ -91,6 +91,7 @@ class RedisLink:
         self.prefix = config.prefix
         self.kwargs = connection_kwargs(config)
         self._client: Any = None
+        self._publisher: Any = None
         self.up = False
         self._down_since = time.monotonic()
         self._callbacks: list[Callable[[], None]] = []
@@ -103,38 +104,56 @@ class RedisLink:
     def client(self) -> Any:
         """The redis-py client (made on first use: a Redis Cluster client connects at once)."""
         if self._client is None:
-            config = self.config
-            # redis-py's pools raise "Too many connections" past 100 by default, and ipe
-            # would take that for Redis being down: a burst of subscribes (every client
-            # reconnecting after a deploy) runs that many scripts at once. One server: callers
-            # wait for a free connection. A cluster's per-node pools cannot block; their
-            # ceiling is set far above what a burst opens.
-            if config.sentinel_master:
-                # redis-py asks the Sentinels for the master on every new connection, and
-                # drops connections to a demoted one: failovers are followed by reconnecting.
-                self._client = self.sentinel.master_for(
-                    config.sentinel_master, db=config.db, **self.kwargs
-                )
-            elif config.cluster:
-                self._client = RedisCluster(
-                    startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
-                    max_connections=CLUSTER_MAX_CONNECTIONS,
-                    **self.kwargs,
-                )
-            else:
-                kwargs = dict(self.kwargs)
-                if kwargs.pop("ssl", False):  # a pool picks its connection class itself
-                    kwargs["connection_class"] = redis.SSLConnection
-                pool = redis.BlockingConnectionPool(
-                    host=config.host,
-                    port=config.port,
-                    db=config.db,
-                    max_connections=MAX_CONNECTIONS,
-                    timeout=config.timeout,
-                    **kwargs,
-                )
-                self._client = redis.Redis(connection_pool=pool)
+            self._client = self._make(self.kwargs)
         return self._client
+
+    @property
+    def publisher(self) -> Any:
+        """The client PUBLISH goes through: one that never re-sends a command.
+
+        A command that timed out may still sit in the server's input buffer (a stalled or
+        paused Redis reads it once it wakes up): re-sent on a new connection, it would be
+        published twice, and other nodes would deliver it twice. A Cluster client keeps its
+        own retries, which also follow slots that moved in a failover.
+        """
+        if self.config.cluster:
+            return self.client
+        if self._publisher is None:
+            self._publisher = self._make({**self.kwargs, "retry": Retry(NoBackoff(), 0)})
+        return self._publisher
+
+    def _make(self, connection_kwargs: dict[str, Any]) -> Any:
+        """A redis-py client of the configured kind with these connection options."""
+        config = self.config
+        # redis-py's pools raise "Too many connections" past 100 by default, and ipe
+        # would take that for Redis being down: a burst of subscribes (every client
+        # reconnecting after a deploy) runs that many scripts at once. One server: callers
+        # wait for a free connection. A cluster's per-node pools cannot block; their
+        # ceiling is set far above what a burst opens.
+        if config.sentinel_master:
+            # redis-py asks the Sentinels for the master on every new connection, and
+            # drops connections to a demoted one: failovers are followed by reconnecting.
+            return self.sentinel.master_for(
+                config.sentinel_master, db=config.db, **connection_kwargs
+            )
+        if config.cluster:
+            return RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in config.addrs],
+                max_connections=CLUSTER_MAX_CONNECTIONS,
+                **connection_kwargs,
+            )
+        kwargs = dict(connection_kwargs)
+        if kwargs.pop("ssl", False):  # a pool picks its connection class itself
+            kwargs["connection_class"] = redis.SSLConnection
+        pool = redis.BlockingConnectionPool(
+            host=config.host,
+            port=config.port,
+            db=config.db,
+            max_connections=MAX_CONNECTIONS,
+            timeout=config.timeout,
+            **kwargs,
+        )
+        return redis.Redis(connection_pool=pool)
 
     @property
     def sentinel(self) -> Any:
@@ -221,11 +240,12 @@ class RedisLink:
         if self._probe is not None:
             self._probe.kill(block=False)
             self._probe = None
-        if self._client is not None:
-            try:
-                self._client.close()
-            except REDIS_ERRORS:
-                pass
+        for client in (self._client, self._publisher):
+            if client is not None:
+                try:
+                    client.close()
+                except REDIS_ERRORS:
+                    pass
 
     def _probe_forever(self) -> None:
         backoff = reconnect_backoff()
