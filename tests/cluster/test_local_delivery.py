@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from cluster_support import FIXTURES, RedisServer, private_auth, ready_status, settle, wait_ready
 from conftest import IpeServer, WsClient, wait_until
+from support.observe import frames_until_pong
 
 make_redis, redis_server, nodes = FIXTURES
 
 # The issue's bound for an event between two clients of one node while Redis is paused.
 LOCAL_BOUND = 0.1
 
-
-def _frames_until_pong(client: WsClient) -> list[dict[str, Any]]:
-    """Every frame the server queued for `client` before answering a ping."""
-    client.send("pusher:ping", {})
-    frames = []
-    while (frame := client.recv())["event"] != "pusher:pong":
-        frames.append(frame)
-    return frames
 
 
 def _rest_reaches(server: IpeServer, client: WsClient, channel: str, name: str) -> None:
@@ -80,7 +72,7 @@ def test_paused_redis_delays_nothing_on_one_node_and_repeats_nothing(
         seen = []
         deadline = time.monotonic() + 10
         while True:
-            frames = _frames_until_pong(client)
+            frames = frames_until_pong(client)
             seen += [
                 (f["event"], str(f.get("data"))) for f in frames if f.get("channel") == channel
             ]
@@ -91,4 +83,4 @@ def test_paused_redis_delays_nothing_on_one_node_and_repeats_nothing(
             assert time.monotonic() < deadline, f"no final event on {channel}: {seen}"
         assert len(seen) == len(set(seen)), f"an event arrived twice: {seen}"
     # The node's own clients got everything once, in order.
-    assert _frames_until_pong(sender) == []
+    assert frames_until_pong(sender) == []

@@ -20,7 +20,8 @@ from cluster_support import (
     settle,
     wait_ready,
 )
-from conftest import IpeServer, WsClient, wait_until
+from conftest import wait_until
+from support.observe import crosses, frames_until_pong
 
 make_redis, redis_server, nodes = FIXTURES
 
@@ -71,29 +72,6 @@ def _owner(cluster: redis.RedisCluster, key: str) -> int:
     return int(cluster.get_node_from_key(key).port)
 
 
-def _frames_until_pong(client: WsClient) -> list[dict]:
-    client.send("pusher:ping", {})
-    frames = []
-    while (frame := client.recv())["event"] != "pusher:pong":
-        frames.append(frame)
-    return frames
-
-
-def _crosses(sender: IpeServer, receiver: WsClient, channel: str, deadline: float) -> None:
-    """Publish on `sender` until `receiver` (on another node) hears one, before `deadline`."""
-    i = 0
-    while True:
-        assert time.monotonic() < deadline, f"no delivery to {channel} within {RESUME}s"
-        i += 1
-        try:
-            sender.sdk().trigger(channel, "probe", {"i": i})
-        except Exception:  # noqa: BLE001 - a REST call may fail while the cluster fails over
-            pass
-        try:
-            receiver.wait_for("probe", channel, timeout=0.5)
-            return
-        except Exception:  # noqa: BLE001 - not yet: publish again
-            continue
 
 
 def test_master_killed_under_two_nodes(cluster6, make_server):
@@ -137,8 +115,8 @@ def test_master_killed_under_two_nodes(cluster6, make_server):
     victim = next(s for s in cluster6 if s.port == victim_port)
     victim.kill()
     killed = time.monotonic()
-    _crosses(a, to_b, doomed, killed + RESUME)
-    _crosses(b, to_a, doomed, killed + RESUME)
+    crosses(a, to_b, doomed, killed + RESUME)
+    crosses(b, to_a, doomed, killed + RESUME)
     for server in (a, b):
         wait_ready(server)
 
@@ -147,7 +125,7 @@ def test_master_killed_under_two_nodes(cluster6, make_server):
         info = server.sdk().channel_info(doomed, ["subscription_count"])
         assert info == {"occupied": True, "subscription_count": 2}
     settle(a, b)
-    frames = [f for f in _frames_until_pong(watcher) if f["channel"] == ROOM]
+    frames = [f for f in frames_until_pong(watcher) if f["channel"] == ROOM]
     assert frames == []  # no member event repeated (or invented) by the failover
     bob = join(b, ROOM, "bob")
     added = watcher.expect("pusher_internal:member_added", ROOM)
@@ -158,4 +136,4 @@ def test_master_killed_under_two_nodes(cluster6, make_server):
     bob.close()
     removed = watcher.expect("pusher_internal:member_removed", ROOM)
     assert json.loads(removed["data"]) == {"user_id": "bob"}
-    assert _frames_until_pong(watcher) == []
+    assert frames_until_pong(watcher) == []

@@ -23,7 +23,8 @@ from cluster_support import (
     settle,
     wait_ready,
 )
-from conftest import IpeServer, WsClient, config_with, wait_until
+from conftest import config_with, wait_until
+from support.observe import crosses, frames_until_pong
 
 make_redis, redis_server, nodes = FIXTURES
 
@@ -102,29 +103,6 @@ def sentinel_config(group: list[Sentinel]) -> dict:
     return config_with(redis={**FAST, "sentinel": {"master": MASTER, "addrs": addrs}})
 
 
-def _frames_until_pong(client: WsClient) -> list[dict]:
-    client.send("pusher:ping", {})
-    frames = []
-    while (frame := client.recv())["event"] != "pusher:pong":
-        frames.append(frame)
-    return frames
-
-
-def _crosses(sender: IpeServer, receiver: WsClient, channel: str, deadline: float) -> None:
-    """Publish on `sender` until `receiver` (on another node) hears one, before `deadline`."""
-    i = 0
-    while True:
-        assert time.monotonic() < deadline, f"no delivery to {channel} within {RESUME}s"
-        i += 1
-        try:
-            sender.sdk().trigger(channel, "probe", {"i": i})
-        except Exception:  # noqa: BLE001 - a REST call may fail while Redis fails over
-            pass
-        try:
-            receiver.wait_for("probe", channel, timeout=0.5)
-            return
-        except Exception:  # noqa: BLE001 - not yet: publish again
-            continue
 
 
 def test_two_nodes_follow_the_master_through_a_failover(sentinels, make_server):
@@ -145,8 +123,8 @@ def test_two_nodes_follow_the_master_through_a_failover(sentinels, make_server):
 
     master.kill()  # SIGKILL
     killed = time.monotonic()
-    _crosses(a, to_b, "from-a", killed + RESUME)
-    _crosses(b, to_a, "from-b", killed + RESUME)
+    crosses(a, to_b, "from-a", killed + RESUME)
+    crosses(b, to_a, "from-b", killed + RESUME)
     promoted = group[0].client().sentinel_get_master_addr_by_name(MASTER)
     assert int(promoted[1]) == replica.port
     for server in (a, b):
@@ -157,7 +135,7 @@ def test_two_nodes_follow_the_master_through_a_failover(sentinels, make_server):
         wait_until(lambda s=server: rest_users(s, ROOM) == {"watcher", "ann"}, 15)
         assert server.sdk().channel_info(ROOM, ["subscription_count"])["subscription_count"] == 2
     settle(a, b)
-    assert _frames_until_pong(watcher) == []  # no member event repeated by the failover
+    assert frames_until_pong(watcher) == []  # no member event repeated by the failover
     bob = join(b, ROOM, "bob")
     added = watcher.expect("pusher_internal:member_added", ROOM)
     assert json.loads(added["data"]) == {"user_id": "bob"}
@@ -167,7 +145,7 @@ def test_two_nodes_follow_the_master_through_a_failover(sentinels, make_server):
     bob.close()
     removed = watcher.expect("pusher_internal:member_removed", ROOM)
     assert json.loads(removed["data"]) == {"user_id": "bob"}
-    assert _frames_until_pong(watcher) == []
+    assert frames_until_pong(watcher) == []
     for server in (a, b):
         wait_until(lambda s=server: rest_users(s, ROOM) == {"watcher"}, 15)
 

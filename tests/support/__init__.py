@@ -43,6 +43,8 @@ from support.auth import (
 from support.client import ConnectionClosed, WsClient
 from support.observe import (
     after_sweeps,
+    crosses,
+    frames_until_pong,
     occupied,
     rest_users,
     roster,
@@ -78,6 +80,8 @@ from support.server import (
 from support.webhooks import Hook, Receiver, Receivers, hook_config
 
 __all__ = [
+    "crosses",
+    "frames_until_pong",
     "APP_ID",
     "BASE_CONFIG",
     "COUNTED_APP_ID",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from support.client import WsClient
@@ -48,3 +49,30 @@ def after_sweeps(*servers: IpeServer) -> None:
     before = [metric(s, "ipe_janitor_sweeps_total") for s in servers]
     for server, count in zip(servers, before, strict=True):
         wait_until(lambda s=server, c=count: metric(s, "ipe_janitor_sweeps_total") > c, 15)
+
+
+def frames_until_pong(client: WsClient) -> list[dict[str, Any]]:
+    """Every frame the server queued for `client` before answering a ping."""
+    client.send("pusher:ping", {})
+    frames = []
+    while (frame := client.recv())["event"] != "pusher:pong":
+        frames.append(frame)
+    return frames
+
+
+def crosses(sender: IpeServer, receiver: WsClient, channel: str, deadline: float) -> None:
+    """Publish on `sender` until `receiver` (on another node) hears one, before `deadline`
+    (time.monotonic()): delivery between nodes is back, e.g. after a Redis failover."""
+    i = 0
+    while True:
+        assert time.monotonic() < deadline, f"no delivery to {channel} by the deadline"
+        i += 1
+        try:
+            sender.sdk().trigger(channel, "probe", {"i": i})
+        except Exception:  # noqa: BLE001 - a REST call may fail while Redis fails over
+            pass
+        try:
+            receiver.wait_for("probe", channel, timeout=0.5)
+            return
+        except Exception:  # noqa: BLE001 - not yet: publish again
+            continue
