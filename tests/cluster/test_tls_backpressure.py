@@ -4,53 +4,22 @@ finds its socket full instead of filling the server's memory."""
 
 from __future__ import annotations
 
-import datetime
 import json
-import ssl
 import threading
 
 import websocket
 from cluster_support import FIXTURES, redis_config, wait_ready
 from conftest import free_port
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from support.tls import NO_VERIFY, self_signed
 
 make_redis, redis_server, nodes = FIXTURES
 
-NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
 # What a client may push before the server stops reading: the kernel's socket buffers (a few
 # MB each way on loopback) plus 64 queued messages. Without back-pressure the server reads on
 # and the client reaches this far larger bound.
 BOUND = 64 << 20
 
 
-def self_signed(directory) -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1; returns (key_file, cert_file)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(key_file), str(cert_file)
 
 
 def test_tls_reader_pauses_while_the_handler_is_behind(make_server, make_redis, tmp_path):

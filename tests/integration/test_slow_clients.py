@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import requests
 from conftest import APP_ID, KEY, SECRET, config_with, free_port
-from test_tls import self_signed
+from support.tls import self_signed
 
 TIMEOUT = 1.0  # http_timeout of these servers
 KEEPALIVE = 0.5
