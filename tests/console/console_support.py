@@ -7,14 +7,12 @@ import json
 import queue
 import re
 import socket
-import subprocess
-import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from conftest import ROOT, IpeServer, config_with
+from conftest import IpeServer, config_with
 
 USER, PASSWORD = "admin", "console-test-password"
 CONSOLE = {
@@ -150,24 +148,3 @@ class EventStream:
                 pass
         self.conn.close()
 
-
-class Gunicorn(IpeServer):
-    """ipe under `gunicorn -c gunicorn.conf.py ipe.wsgi:app`, as the Procfile runs it."""
-
-    def start(self, wait: bool = True) -> Gunicorn:
-        env = {
-            **self.env,
-            "IPE_CONFIG": str(self.config_path),
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-        }
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ipe.wsgi:app"],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        if wait:
-            self.wait_healthy()
-        return self

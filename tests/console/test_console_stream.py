@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from cluster.cluster_support import FIXTURES, redis_config
 from conftest import SECRET, IpeServer, wait_until
-from console_support import CONSOLE, ConsoleUser, Gunicorn, console_config
+from console_support import CONSOLE, ConsoleUser, console_config
+from support.server import Gunicorn
 
 make_redis, redis_server, nodes = FIXTURES
 
