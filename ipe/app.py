@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from flask import Flask, Response, jsonify
@@ -26,6 +26,9 @@ from ipe.presence import InMemoryPresence, Presence
 from ipe.quotas import Quotas
 from ipe.subscription_count import SubscriptionCounts
 from ipe.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from ipe.rest_wsgi import Answer, LeanRest
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +287,10 @@ class _WebSocketRouter:
     """WSGI middleware: upgraded requests go to `ipe.session`, pusher-js's HTTP fallback to
     `ipe.http_transport`, everything else on (to the lean REST routes, then Flask)."""
 
-    def __init__(self, state: State, wsgi_app: Any) -> None:
+    def __init__(self, state: State, wsgi_app: Any, lean: LeanRest) -> None:
         self.state = state
         self.wsgi_app = wsgi_app
+        self.lean = lean
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("wsgi.websocket") is not None:
@@ -295,6 +299,15 @@ class _WebSocketRouter:
         if environ.get("PATH_INFO", "").endswith(_HTTP_TRANSPORT_ENDINGS):
             return self.state.http.serve(environ, start_response)
         return self.wsgi_app(environ, start_response)
+
+    def answer(self, environ: dict[str, Any]) -> Answer | None:
+        """The reply to a plain (not upgraded) request if a lean REST route answers it, else
+        None: then the request goes through `__call__` as usual. The handler
+        (`ipe.http_handler`) asks this first, skipping Flask's `__call__` and the WSGI layers.
+        """
+        if environ.get("PATH_INFO", "").endswith(_HTTP_TRANSPORT_ENDINGS):
+            return None
+        return self.lean.answer(environ)
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -329,9 +342,11 @@ def build_app(state: State) -> Flask:
     from ipe.rest_wsgi import LeanRest
 
     # WebSockets first, then the hot REST routes without Flask, then Flask for the rest.
-    app.wsgi_app = _WebSocketRouter(  # type: ignore[method-assign]
-        state, LeanRest(state, app.wsgi_app)
-    )
+    lean = LeanRest(state, app.wsgi_app)
+    router = _WebSocketRouter(state, lean, lean)
+    app.wsgi_app = router  # type: ignore[method-assign]
+    # Read by ipe.http_handler: a plain request that a lean route answers skips the WSGI stack.
+    app.ipe_answer = router.answer  # type: ignore[attr-defined]
 
     app.register_blueprint(rest.blueprint)
     if config.console.enabled:

@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from http import client
 from typing import Any
 
-from gevent.pywsgi import OldMessage, WSGIHandler, format_date_time  # type: ignore[attr-defined]
+from gevent.pywsgi import (  # type: ignore[attr-defined]
+    Input,
+    OldMessage,
+    WSGIHandler,
+    format_date_time,
+    unquote_latin1,
+)
 from geventwebsocket.handler import WebSocketHandler
 
 _read_headers = getattr(client, "_read_headers", None)
@@ -36,20 +42,60 @@ _read_headers = getattr(client, "_read_headers", None)
 # control characters, folding) is left to the stock parser rather than reasoned about.
 _SIMPLE_HEADER = re.compile(r"([!-9;-~]+):[ \t]*([\t -~]*)\r?\n")
 
+# HTTP versions that pywsgi's check accepts, taken without parsing them.
+_COMMON_VERSIONS = frozenset({"HTTP/1.1", "HTTP/1.0"})
+
+# Such a line, whole and CRLF-terminated, in a block of lines: it can only match from the
+# start of a line to its end, so a block is all such lines if it has as many matches as lines.
+_SIMPLE_LINES = re.compile(r"^([!-9;-~]+):[ \t]*([\t -~]*)\r\n", re.MULTILINE)
+# http.client's limits: a longer block might hold a line too long, or too many lines.
+_MAX_BLOCK = getattr(client, "_MAXLINE", 65536)
+_MAX_LINES = getattr(client, "_MAXHEADERS", 100)
+
 # Bodies up to this size go out in the same send() as the headers (copying is cheaper).
 _JOIN_LIMIT = 64 * 1024
 
 
 class _Headers(OldMessage):  # type: ignore[misc]
     """The message of ordinary header lines: `get` without email's per-value policy pass
-    (which returns an ASCII value unchanged anyway)."""
+    (which returns an ASCII value unchanged anyway), from a dict of the first value of each
+    name (pywsgi asks for about ten headers per request, each a scan of every line)."""
+
+    _index: dict[str, str] | None = None
 
     def get(self, name: str, failobj: Any = None) -> Any:
-        name = name.lower()
-        for key, value in self._headers:
-            if key.lower() == name:
-                return value
-        return failobj
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self._headers:
+                index.setdefault(key.lower(), value)
+        return index.get(name.lower(), failobj)
+
+    # The mutators that change `_headers` (pywsgi deletes Content-Length from a chunked
+    # request) drop the index; it is rebuilt on the next `get`.
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self._index = None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name, value)
+        self._index = None
+
+    def add_header(self, *args: Any, **kwargs: Any) -> None:
+        """email's add_header; the index is rebuilt."""
+        super().add_header(*args, **kwargs)
+        self._index = None
+
+    def replace_header(self, name: str, value: Any) -> None:
+        """email's replace_header; the index is rebuilt."""
+        super().replace_header(name, value)
+        self._index = None
+
+    def set_raw(self, name: str, value: Any) -> None:
+        """email's set_raw; the index is rebuilt."""
+        super().set_raw(name, value)
+        self._index = None
 
 
 _date: tuple[int, bytes] = (0, b"")
@@ -64,8 +110,44 @@ def _http_date() -> bytes:
     return _date[1]
 
 
+def _buffered_block(fp: Any) -> list[tuple[str, str]] | None:
+    """The (name, value) pairs of the header block if it is already in `fp`'s buffer and
+    made of ordinary lines only (then consumed from `fp`), else None with nothing consumed.
+
+    The usual request arrives whole: one regex over the block replaces reading it line by
+    line. CRLF only; a bare LF, a line too long or too many lines take the stock path.
+    """
+    peek = getattr(fp, "peek", None)
+    if peek is None:
+        return None
+    buffered = peek()
+    if buffered[:2] == b"\r\n":
+        size = 2
+    else:
+        end = buffered.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        size = end + 4
+    if size > _MAX_BLOCK:
+        return None
+    block = buffered[:size].decode("iso-8859-1")
+    lines = block.count("\n")
+    if lines > _MAX_LINES:
+        return None
+    headers = _SIMPLE_LINES.findall(block)
+    if len(headers) != lines - 1:  # a line that is not an ordinary header (or a bare LF)
+        return None
+    fp.read(size)
+    return headers
+
+
 def parse_headers(fp: Any) -> Any:
     """`http.client.parse_headers(fp, _class=OldMessage)`, with ordinary lines split here."""
+    headers = _buffered_block(fp)
+    if headers is not None:
+        message = _Headers()
+        message._headers = headers
+        return message
     lines = _read_headers(fp)  # type: ignore[misc]
     headers = []
     for raw in lines:
@@ -88,13 +170,34 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
 
     def run_application(self) -> None:
         """Plain HTTP goes straight to the app; only an `Upgrade: websocket` needs the checks
-        (and debug-log calls) of gevent-websocket's run_application."""
+        (and debug-log calls) of gevent-websocket's run_application.
+
+        A plain request is first offered to the app's `ipe_answer` (`ipe.app` sets it; it
+        returns None for anything it does not serve): the hot REST routes reply from there,
+        without Flask's `__call__`, the WSGI routers or pywsgi's result loop.
+        """
         if self.environ.get("HTTP_UPGRADE", "").lower() != "websocket" and not getattr(
             self.server, "pre_start_hook", None
         ):
+            answer = getattr(self.application, "ipe_answer", None)
+            reply = answer(self.environ) if answer is not None else None
+            if reply is not None:
+                self._reply(*reply)
+                return
             WSGIHandler.run_application(self)
             return
         super().run_application()
+
+    def _check_http_version(self) -> bool:
+        # pywsgi parses the version into a tuple through a generator for every request.
+        return self.request_version in _COMMON_VERSIONS or super()._check_http_version()
+
+    def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Any:
+        """pywsgi's start_response; gevent-websocket's only adds work for a WebSocket."""
+        environ = self.environ
+        if environ is not None and environ.get("wsgi.websocket") is None:
+            return WSGIHandler.start_response(self, status, headers, exc_info)
+        return super().start_response(status, headers, exc_info)
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         """The request's headers (pywsgi's `headers_factory`, faster for ordinary lines)."""
@@ -155,6 +258,82 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
                 self.code = -self.code
             raise
         self.response_length += len(data)
+
+    def response_starting(self, status: str) -> None:
+        """Called as a response starts, before its headers are written (a subclass's hook)."""
+
+    def _reply(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Write a whole reply of `ipe_answer`: the bytes `start_response` and `write` would
+        send for it (status line, its headers, then `Date`), in one pass.
+
+        Its headers are ipe's own (ASCII, no Connection or Date): none of pywsgi's checks
+        apply. Only HTTP/1.1: to an HTTP/1.0 request pywsgi adds a Connection header.
+        """
+        if self.request_version != "HTTP/1.1":
+            self.start_response(status, headers)
+            self.write(body)
+            return
+        self.response_starting(status)
+        self.status = status_bytes = status.encode("latin-1")
+        self._orig_status = status
+        self.code = int(status[:3])
+        self.headers_sent = True
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += status_bytes
+        towrite += b"\r\n"
+        for name, value in headers:
+            towrite += f"{name}: {value}\r\n".encode("latin-1")
+        towrite += b"Date: "
+        towrite += _http_date()
+        towrite += b"\r\n\r\n"
+        towrite += body
+        self._sendall(towrite)
+
+    def get_environ(self) -> dict[str, Any]:
+        """pywsgi's environ, built in one pass over the parsed headers: the same keys and
+        values, without a header lookup per key (stock code for a message of another kind)."""
+        headers = self.headers
+        if type(headers) is not _Headers:
+            return super().get_environ()  # type: ignore[no-any-return]
+        env: dict[str, Any] = self.server.get_environ()
+        env["REQUEST_METHOD"] = self.command
+        env["SCRIPT_NAME"] = ""
+        path, _, query = self.path.partition("?")
+        env["PATH_INFO"] = unquote_latin1(path) if "%" in path else path
+        env["QUERY_STRING"] = query
+        content_type = headers.get("content-type")
+        if content_type is not None:
+            env["CONTENT_TYPE"] = content_type
+        length = headers.get("content-length")
+        if length:
+            env["CONTENT_LENGTH"] = length
+        env["SERVER_PROTOCOL"] = self.request_version
+        client_address = self.client_address
+        if isinstance(client_address, tuple):
+            env["REMOTE_ADDR"] = str(client_address[0])
+            env["REMOTE_PORT"] = str(client_address[1])
+        for name, value in headers._headers:  # what _headers() yields, without a generator
+            if "_" in name:
+                continue
+            key = "HTTP_" + name.replace("-", "_").upper()
+            if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
+                continue
+            value = value.strip()
+            if key in env:
+                env[key] += ("; " if "COOKIE" in key else ",") + value
+            else:
+                env[key] = value
+        sock = self.socket if env.get("HTTP_EXPECT") == "100-continue" else None
+        chunked = env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+        # pywsgi's _connection_upgrade_requested, as it asks.
+        handling_reads = (
+            headers.get("Connection", "").lower() != "upgrade"
+            and headers.get("Upgrade", "").lower() != "websocket"
+        )
+        self.wsgi_input = Input(self.rfile, self.content_length, socket=sock, chunked_input=chunked)
+        env["wsgi.input"] = self.wsgi_input if handling_reads else self.rfile
+        env["wsgi.input_terminated"] = handling_reads
+        return env
 
     def log_request(self) -> None:
         """gevent-websocket's access log line, formatted only if its logger would write it."""

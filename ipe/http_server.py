@@ -150,6 +150,7 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
 
     _waiting: _Waiting | None = None
     _requests = 0
+    _write_timeout = False  # whether the socket has the per-write timeout of a response
 
     def handle(self) -> None:
         """Serve the connection's requests (keep-alive), each within its deadline."""
@@ -166,7 +167,9 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         waiting = self._waiting
         if self._requests and waiting is not None:
-            self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
+            if self._write_timeout:
+                self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
+                self._write_timeout = False
             deadlines.arm(waiting, deadlines.keepalive_timeout)
             try:
                 if not self.rfile.peek(1):
@@ -189,12 +192,21 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         Other responses are written with a per-write timeout of `http_timeout` instead, so
         that a client that never reads a response cannot hold its handler for ever.
         """
+        self.response_starting(status)
+        return super().start_response(status, headers, exc_info)
+
+    def response_starting(self, status: str) -> None:
+        """The HTTP phase ends: no deadline; a per-write timeout unless it is a `101`."""
         deadlines: Deadlines = self.server.deadlines
         if self._waiting is not None:
             deadlines.release(self._waiting)
-        if not str(status).startswith("101") and self.socket is not None:
+        if (
+            not self._write_timeout
+            and not str(status).startswith("101")
+            and self.socket is not None
+        ):
             self.socket.settimeout(deadlines.timeout)
-        return super().start_response(status, headers, exc_info)
+            self._write_timeout = True
 
 
 class Server(WSGIServer):  # type: ignore[misc]

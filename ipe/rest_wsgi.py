@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ipe.app import State
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+# A reply: WSGI status line, headers and the whole body.
+Answer = tuple[str, list[tuple[str, str]], bytes]
 
 # Status lines as werkzeug writes them ("404 NOT FOUND").
 _STATUS = {code: f"{code} {reason.upper()}" for code, reason in HTTP_STATUS_CODES.items()}
@@ -75,9 +77,22 @@ class LeanRest:
         self.fallback = fallback
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        answer = self.answer(environ)
+        if answer is None:
+            return self.fallback(environ, start_response)
+        status, headers, body = answer
+        start_response(status, headers)
+        return [body]
+
+    def answer(self, environ: dict[str, Any]) -> Answer | None:
+        """(status line, headers, body) of a lean route's reply, or None if not one of them.
+
+        The WSGI server's handler (`ipe.http_handler`) calls this directly for a plain
+        request, without the WSGI layers above it; `__call__` is the same answer as WSGI.
+        """
         found = match(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
         if found is None:
-            return self.fallback(environ, start_response)
+            return None
         endpoint, route, args = found
         started = time.monotonic()
         call = rest.Call(environ)
@@ -92,6 +107,5 @@ class LeanRest:
             status, reply = 500, rest.unexpected(call.method, call.path)
         body = rest.encode_reply(reply)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        start_response(_STATUS[status], headers + extra if extra else headers)
         rest.finished(self.state, environ, endpoint, status, started, call.app_id, args[0])
-        return [body]
+        return _STATUS[status], headers + extra if extra else headers, body
