@@ -62,6 +62,8 @@ class _Headers(OldMessage):  # type: ignore[misc]
     name (pywsgi asks for about ten headers per request, each a scan of every line)."""
 
     _index: dict[str, str] | None = None
+    # How many bytes were left in the read buffer after the block (None: not known).
+    buffered_after: int | None = None
 
     def get(self, name: str, failobj: Any = None) -> Any:
         index = self._index
@@ -110,9 +112,10 @@ def _http_date() -> bytes:
     return _date[1]
 
 
-def _buffered_block(fp: Any) -> list[tuple[str, str]] | None:
+def _buffered_block(fp: Any) -> tuple[list[tuple[str, str]], int] | None:
     """The (name, value) pairs of the header block if it is already in `fp`'s buffer and
-    made of ordinary lines only (then consumed from `fp`), else None with nothing consumed.
+    made of ordinary lines only (then consumed from `fp`), with the number of bytes still
+    buffered after it; else None with nothing consumed.
 
     The usual request arrives whole: one regex over the block replaces reading it line by
     line. CRLF only; a bare LF, a line too long or too many lines take the stock path.
@@ -138,15 +141,15 @@ def _buffered_block(fp: Any) -> list[tuple[str, str]] | None:
     if len(headers) != lines - 1:  # a line that is not an ordinary header (or a bare LF)
         return None
     fp.read(size)
-    return headers
+    return headers, len(buffered) - size
 
 
 def parse_headers(fp: Any) -> Any:
     """`http.client.parse_headers(fp, _class=OldMessage)`, with ordinary lines split here."""
-    headers = _buffered_block(fp)
-    if headers is not None:
+    block = _buffered_block(fp)
+    if block is not None:
         message = _Headers()
-        message._headers = headers
+        message._headers, message.buffered_after = block
         return message
     lines = _read_headers(fp)  # type: ignore[misc]
     headers = []
@@ -258,6 +261,25 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
                 self.code = -self.code
             raise
         self.response_length += len(data)
+
+    def buffer_drained(self) -> bool:
+        """True if the last request was exactly what the read buffer held (its header block
+        and a body since read whole), so that nothing of the next one can be buffered yet.
+
+        False when not known (another parser, a chunked or unread body, TLS, whose buffer
+        this cannot see): then the next read tells.
+        """
+        after = getattr(self.headers, "buffered_after", None)
+        if after is None or getattr(self.server, "ssl_enabled", True):
+            return False
+        length = self.content_length or 0
+        body = self.wsgi_input
+        return (
+            after == length
+            and body is not None
+            and not body.chunked_input
+            and body.position == length
+        )
 
     def response_starting(self, status: str) -> None:
         """Called as a response starts, before its headers are written (a subclass's hook)."""

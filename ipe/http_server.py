@@ -172,6 +172,10 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
                 self._write_timeout = False
             deadlines.arm(waiting, deadlines.keepalive_timeout)
             try:
+                if self.buffer_drained():
+                    # Nothing buffered: wait until the socket is readable, rather than first
+                    # try a read that fails (EAGAIN, an exception in gevent's recv_into).
+                    self.socket._wait(self.socket._read_event)
                 if not self.rfile.peek(1):
                     return ""
             except OSError:

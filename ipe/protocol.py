@@ -211,9 +211,10 @@ def encode_events(event: str, channels: list[str], data: str) -> list[bytes]:
 
     A REST publish to 100 channels would otherwise re-escape up to 10 KB of data 100 times.
     """
-    head = b'{"event":' + _compact(event).encode() + b',"channel":'
-    tail = b',"data":' + _compact(data).encode() + b"}"
-    return [head + _compact(channel).encode() + tail for channel in channels]
+    # All three are strings: _string is what _compact does with one, without the call.
+    head = b'{"event":' + _string(event).encode() + b',"channel":'
+    tail = b',"data":' + _string(data).encode() + b"}"
+    return [head + _string(channel).encode() + tail for channel in channels]
 
 
 def encode_error(code: int | None, message: str, channel: str | None = None) -> bytes:

@@ -469,8 +469,13 @@ ROUTES: tuple[tuple[str, str, Route], ...] = (
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+_EMPTY_REPLY = b"{}\n"  # a publish's usual reply
+
+
 def encode_reply(value: Any) -> bytes:
     """A reply body exactly as `flask.jsonify` writes it."""
+    if not value and type(value) is dict:
+        return _EMPTY_REPLY
     return (_encode_json(value) + "\n").encode()
 
 

@@ -85,11 +85,14 @@ def test_index_follows_changes_to_the_headers() -> None:
 
 def test_an_ordinary_block_is_taken_from_the_buffer_at_once() -> None:
     fp = io.BufferedReader(io.BytesIO(BLOCKS[1] + b"body"))
-    assert _buffered_block(fp) == [
-        ("Host", "127.0.0.1:8080"),
-        ("Content-Type", "application/json"),
-        ("Content-Length", "12"),
-    ]
+    assert _buffered_block(fp) == (
+        [
+            ("Host", "127.0.0.1:8080"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "12"),
+        ],
+        4,
+    )  # and "body" still buffered after it
     assert fp.read() == b"body"
 
 
