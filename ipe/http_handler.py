@@ -67,10 +67,8 @@ class _Headers(OldMessage):  # type: ignore[misc]
 
     def get(self, name: str, failobj: Any = None) -> Any:
         index = self._index
-        if index is None:
-            index = self._index = {}
-            for key, value in self._headers:
-                index.setdefault(key.lower(), value)
+        if index is None:  # reversed: the first value of a repeated name is the one kept
+            index = self._index = {key.lower(): value for key, value in reversed(self._headers)}
         return index.get(name.lower(), failobj)
 
     # The mutators that change `_headers` (pywsgi deletes Content-Length from a chunked
@@ -168,6 +166,26 @@ def parse_headers(fp: Any) -> Any:
     return message
 
 
+# Header name -> its environ key ("" for none), for the names clients keep sending.
+_ENVIRON_KEYS: dict[str, str] = {}
+_ENVIRON_KEYS_MAX = 512  # names are the client's to choose: the cache stops growing here
+
+
+def _environ_key(name: str) -> str:
+    """pywsgi's environ key for a header: HTTP_ and the name in upper case with "_" for "-";
+    "" for a name with "_" (dropped: it would clash with CGI variables) and for the two that
+    are CONTENT_TYPE and CONTENT_LENGTH."""
+    if "_" in name:
+        key = ""
+    else:
+        key = "HTTP_" + name.replace("-", "_").upper()
+        if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+            key = ""
+    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+        _ENVIRON_KEYS[name] = key
+    return key
+
+
 class Handler(WebSocketHandler):  # type: ignore[misc]
     """WebSocketHandler with cheaper header parsing, one send per response and lazy logging."""
 
@@ -216,11 +234,9 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
     def _headers(self) -> Iterator[tuple[str, str]]:
         # pywsgi formats every header back into a line and splits it again; same result.
         for name, value in self.headers._headers:
-            if "_" in name:
-                continue  # pywsgi drops these (they would clash with CGI variables)
-            key = name.replace("-", "_").upper()
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                yield "HTTP_" + key, value.strip()
+            key = _environ_key(name)
+            if key:
+                yield key, value.strip()
 
     def finalize_headers(self) -> None:
         if self.provided_date is None:
@@ -335,10 +351,10 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             env["REMOTE_ADDR"] = str(client_address[0])
             env["REMOTE_PORT"] = str(client_address[1])
         for name, value in headers._headers:  # what _headers() yields, without a generator
-            if "_" in name:
-                continue
-            key = "HTTP_" + name.replace("-", "_").upper()
-            if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                key = _environ_key(name)
+            if not key:
                 continue
             value = value.strip()
             if key in env:
