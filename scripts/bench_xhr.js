@@ -319,12 +319,16 @@ async function publish(o, counters) {
         host: o.host, port: o.port, method: 'POST', agent, path: signedPath(o, pathName, body),
         headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
       });
+      const failed = (reason) => {
+        counters.failedSeqs.add(seq);
+        if (counters.publishErrors.length < 5) counters.publishErrors.push(reason);
+      };
       req.on('response', (res) => {
-        if (res.statusCode !== 200) counters.publishErrors += 1;
+        if (res.statusCode !== 200) failed(`HTTP ${res.statusCode}`);
         res.resume();
         res.on('end', resolve);
       });
-      req.on('error', () => { counters.publishErrors += 1; resolve(); });
+      req.on('error', (e) => { failed(String(e)); resolve(); });
       req.end(body);
     }));
   }
@@ -338,7 +342,9 @@ async function publish(o, counters) {
 async function run(o) {
   const expectedEvents = Math.round(o.rate * o.duration);
   const stats = new Stats(expectedEvents * o.conns);
-  const counters = { failures: [], recycles: 0, streamsEnded: 0, sendErrors: 0, publishErrors: 0 };
+  const counters = {
+    failures: [], recycles: 0, streamsEnded: 0, sendErrors: 0, publishErrors: [], failedSeqs: new Set(),
+  };
   const sendAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   const subscribers = [];
   const connectStart = performance.now();
@@ -371,8 +377,8 @@ async function run(o) {
   const box0 = machineCpu();
   const t0 = performance.now();
   const published = await publish(o, counters);
-  // Drain: until every ready subscriber has every event, or --drain seconds.
-  const want = published.events * ready;
+  // Drain: until every ready subscriber has every event ipe accepted, or --drain seconds.
+  const want = (published.events - counters.failedSeqs.size) * ready;
   const drainUntil = performance.now() + o.drain * 1000;
   while (stats.count < want && performance.now() < drainUntil) {
     await new Promise((resolve) => setTimeout(resolve, 20));
@@ -387,6 +393,7 @@ async function run(o) {
   let lost = 0;
   let duplicates = 0;
   for (let seq = 0; seq < published.events; seq++) {
+    if (counters.failedSeqs.has(seq)) continue; // refused or not answered: nothing to deliver
     const got = stats.perSeq[seq];
     if (got < ready) lost += ready - got;
     else if (got > ready) duplicates += got - ready;
@@ -410,6 +417,7 @@ async function run(o) {
     stream_recycles: counters.recycles,
     streams_ended: counters.streamsEnded,
     send_errors: counters.sendErrors,
+    events_failed: counters.failedSeqs.size,
     publish_errors: counters.publishErrors,
     failures: counters.failures.slice(0, 5),
     failure_count: counters.failures.length,
@@ -460,6 +468,7 @@ function summarize(dir) {
     ['runs', (rs) => rs.length],
     ['subscribers ready', (rs) => median(rs.map((r) => r.ready))],
     ['deliveries/s', (rs) => median(rs.map((r) => r.deliveries_per_s))],
+    ['events not accepted by ipe', (rs) => median(rs.map((r) => r.events_failed))],
     ['lost / duplicate deliveries', (rs) => `${median(rs.map((r) => r.lost))} / ${median(rs.map((r) => r.duplicates))}`],
     ['latency p50 (ms)', (rs) => median(rs.map((r) => r.latency_ms.p50))],
     ['latency p90 (ms)', (rs) => median(rs.map((r) => r.latency_ms.p90))],
@@ -489,7 +498,8 @@ async function main() {
   const result = await run(o);
   if (o.json) fs.writeFileSync(o.json, JSON.stringify(result, null, 2) + '\n');
   process.stdout.write(JSON.stringify(result) + '\n');
-  const ok = result.ready === o.conns && result.lost === 0 && result.failure_count === 0;
+  const ok = result.ready === o.conns && result.lost === 0 && result.failure_count === 0 &&
+    result.events_failed === 0;
   process.exit(ok ? 0 : 2);
 }
 
