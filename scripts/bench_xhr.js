@@ -26,6 +26,9 @@ const { performance, monitorEventLoopDelay } = require('perf_hooks');
 const MAX_BUFFER_LENGTH = 256 * 1024; // pusher-js's HTTPRequest recycles a stream past this
 const CHANNEL = 'bench-fanout';
 const MARK = /~pb\|(\d+)\|(\d+(?:\.\d+)?)\|/g;
+// Keep-alive sockets idle this long are dropped by us first: ipe closes them after its
+// http_keepalive_timeout (5 s), and a request sent on one just as it closes would fail.
+const IDLE_SOCKET_MS = 4000;
 
 function options(argv) {
   const o = {
@@ -304,7 +307,7 @@ function payloadFor(seq, size) {
 }
 
 async function publish(o, counters) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16, timeout: IDLE_SOCKET_MS });
   const pathName = `/apps/${o.appId}/events`;
   const total = Math.round(o.rate * o.duration);
   const start = performance.now();
@@ -345,7 +348,7 @@ async function run(o) {
   const counters = {
     failures: [], recycles: 0, streamsEnded: 0, sendErrors: 0, publishErrors: [], failedSeqs: new Set(),
   };
-  const sendAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  const sendAgent = new http.Agent({ keepAlive: true, maxSockets: 64, timeout: IDLE_SOCKET_MS });
   const subscribers = [];
   const connectStart = performance.now();
   const rssBefore = o.pid ? procRss(o.pid) : null;
