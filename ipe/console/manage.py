@@ -297,7 +297,10 @@ def _read_only() -> tuple[Response, int]:
     )
 
 
-def _audit(action: str, app_id: str) -> None:
+def _changed(action: str, app_id: str) -> None:
+    """After a write: log it, and serve it on this node before the page that follows (the
+    other nodes, and this one too, also re-read on the Pub/Sub announcement)."""
+    views._state().apps.reread()
     log.info(
         "console: %s %s app %s", auth.current_user(views._console().config), action, app_id[:64]
     )
@@ -329,7 +332,7 @@ def apps_add() -> Any:
         return _apps_page(str(exc), 400, form)
     except AppSourceError as exc:
         return _apps_page(str(exc), 503, form)
-    _audit("added", app.app_id)
+    _changed("added", app.app_id)
     if given:
         return _done(app.app_id, "added")
     return _secret_page(_rows_of((app,))[0], secret, "added")
@@ -358,7 +361,7 @@ def _attempt(
         return None, _settings_page(app_id, str(exc), 400, values)
     except AppSourceError as exc:
         return None, _settings_page(app_id, str(exc), 503)
-    _audit(action, app_id)
+    _changed(action, app_id)
     return result, None
 
 
@@ -453,5 +456,5 @@ def app_remove(app_id: str) -> Any:
             abort(404)
     except AppSourceError as exc:
         return _apps_page(str(exc), 503)
-    _audit("removed", app_id)
+    _changed("removed", app_id)
     return redirect(url_for("console.apps", done="removed"), 303)
