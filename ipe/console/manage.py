@@ -132,7 +132,9 @@ def _values_of_document(document: dict[str, Any]) -> dict[str, Any]:
         "key": document.get("key", ""),
         **{flag: bool(document.get(flag, FLAG_DEFAULTS[flag])) for flag in FLAGS},
         "signin_timeout": document.get("signin_timeout", ""),
-        "allowed_origins": "\n".join(origins if isinstance(origins, list) else [str(origins)]),
+        "allowed_origins": "\n".join(
+            str(o) for o in (origins if isinstance(origins, list) else [origins])
+        ),
         "limits": {name: limits.get(name, "") for name in LIMITS},  # type: ignore[union-attr]
         "webhooks": "",
         "webhooks_clear": False,
