@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import html
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pusher
@@ -280,3 +282,31 @@ def test_with_driver_config_the_console_shows_apps_read_only(make_server: Any) -
     client = server.ws()  # nothing changed: the app is served as before
     assert client.established is not None
     client.sync()
+
+
+def test_with_driver_sql_the_console_says_where_apps_are_managed(
+    make_server: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "apps.db"
+    with sqlite3.connect(path) as db:  # soketi's required columns, one app
+        db.execute(
+            "CREATE TABLE apps (id varchar(255) PRIMARY KEY, key varchar(255), "
+            "secret varchar(255), max_connections integer, enable_client_messages smallint, "
+            "enabled smallint, max_backend_events_per_sec integer, "
+            "max_client_events_per_sec integer, max_read_req_per_sec integer, webhooks text)"
+        )
+        db.execute(
+            "INSERT INTO apps VALUES ('6001', 'sql-key', 'sql-secret-0123456789', -1, 1, 1, "
+            "-1, -1, -1, NULL)"
+        )
+    server = make_server(
+        console_config(apps=[], app_manager={"driver": "sql", "url": f"sqlite:///{path}"})
+    )
+    user = ConsoleUser(server)
+    assert user.log_in() == 303
+    status, page = user.page("/apps")
+    assert status == 200 and "SQL table &#39;apps&#39;" in page and "<code>sql-key</code>" in page
+    assert "sql-secret" not in page and "…6789" in page
+    status, _, page = user.post_form("/apps/6001/disable")
+    assert status == 409 and "driver sql" in form_error(page)
+    assert server.ws(key="sql-key").established is not None
