@@ -175,3 +175,37 @@ def test_body_md5_of_an_empty_get(rest_server):
     md5 = hashlib.md5(b"").hexdigest()
     status_line, _, raw = exchange(rest_server, "GET", "/apps/1001/channels", body_md5=md5)
     assert status_line == "200 OK", raw
+
+
+def _raw_exchange(server, head: bytes, body: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """One raw request on its own connection, read to the end of the stream: (status line,
+    header lines with Date's value blanked, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    top, _, payload = received.partition(b"\r\n\r\n")
+    status, *lines = top.split(b"\r\n")
+    return status, [b"Date: -" if line.startswith(b"Date: ") else line for line in lines], payload
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+@pytest.mark.parametrize("unknown_key", [False, True])
+def test_same_bytes_from_both_front_ends_in_order(rest_server, version, unknown_key):
+    """The lean reply is written by the handler itself for HTTP/1.1 (and by pywsgi for 1.0,
+    which adds a Connection header): status line, headers in the same order with Date last,
+    body, byte for byte as Flask's answer through pywsgi."""
+    answers = []
+    for path in (LEAN.format(app="1001"), FLASK.format(app="1001")):
+        body = json.dumps(EVENT).encode()
+        signing = {"key": "nobody"} if unknown_key else {}
+        query = raw_query(signed_query("POST", path, None, body, **signing))
+        close = "Connection: close\r\n" if version == "HTTP/1.1" else ""
+        head = f"POST {path}?{query} {version}\r\nHost: x\r\n{close}"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        answers.append(_raw_exchange(rest_server, head.encode(), body))
+    lean, flask = answers
+    assert lean == flask
+    assert lean[1][-1] == b"Date: -"
+    assert lean[0] == (b"HTTP/1.1 401 UNAUTHORIZED" if unknown_key else b"HTTP/1.1 200 OK")
