@@ -4,15 +4,22 @@ A backend publishing over a persistent connection pays pywsgi's handler on every
 of its costs are not needed:
 
 - Headers are parsed by the `email` package (a feed parser built per request). Ordinary header
-  lines (`Name: value`, one per line) are split here into the same message object; anything
-  else (folded lines, a line that is not a header) goes to the stock parser.
+  lines (`Name: value`, one per line) are split here into the same message object (the
+  whole block by one regex when it is already buffered); anything else (folded lines, a
+  line that is not a header) goes to the stock parser. Lookups use a dict of first values,
+  and the environ is built in one pass.
+- The hot REST routes (the app's `ipe_answer`) reply without the WSGI layers above them, in
+  one pass and one `send()`.
 - The response's headers and body are two `send()` calls; one is enough for a small body.
+- After each response pywsgi tries a read that fails on an idle keep-alive connection; when
+  the read buffer is known to be empty the handler waits for the socket instead.
 - The `Date` header was formatted for every response; once a second is enough.
 - gevent-websocket formats an access-log line for every request even when its logger
   (silenced by `ipe.app`) drops it, and runs its upgrade checks on requests that ask for none.
 
-Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `finalize_headers`,
-`_write_with_headers`, `_sendall`) of the gevent version pinned in requirements.txt; without
+Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `get_environ`,
+`_check_http_version`, `finalize_headers`, `_write_with_headers`, `_sendall`, `Input`) and
+gevent's socket `_wait` of the gevent version pinned in requirements.txt; without
 `http.client._read_headers` it falls back to the stock parser.
 """
 
