@@ -15,6 +15,11 @@ once it holds 256 KB (`buffer_too_long`), and ends the session when a response e
 ends one only past `STREAM_BYTES` (a client that never recycles). A polling response carries
 what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
 
+An idle stream costs no greenlet: ipe's HTTP handler hands its socket over once the headers
+are out (`ipe.handover`, as for a WebSocket after its upgrade), and lines are written to it
+from whatever queues them, heartbeats by the sweeper (`_SocketStream`). A poll, a TLS stream
+and a stream relayed from another process are generators a request's greenlet iterates.
+
 `HttpClient` is a `Client` like a WebSocket `Connection`: `Session`, the hub and everything
 above see no difference. Its outgoing messages wait in a bounded queue (`max_outbox_bytes`,
 then 4100) until a receive request takes them; a session that no request picks up for
@@ -33,8 +38,7 @@ import logging
 import re
 import socket
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -95,7 +99,13 @@ def close_line(code: int, reason: str) -> bytes:
 
 class HttpClient(Client):
     """One pusher-js session over HTTP: a queue of outgoing messages, and at most one receive
-    request (a stream or a poll) attached at a time."""
+    request (a stream or a poll) attached at a time.
+
+    A stream served by ipe's own handler is a `_SocketStream`: lines are written to its socket
+    as they come, from whatever queued them, and no greenlet waits for an idle one. Any other
+    receive request (a poll, a TLS stream, a stream relayed through Redis) is a generator that
+    waits in its greenlet for `_wake`.
+    """
 
     __slots__ = (
         "sid",
@@ -107,6 +117,7 @@ class HttpClient(Client):
         "_closing_line",
         "_opened",
         "_receiver",
+        "_stream",
         "_detached_at",
         "_hung_up",
         "_lock",
@@ -126,17 +137,20 @@ class HttpClient(Client):
         super().__init__(app, socket_id)
         self._registry = registry
         self.sid = sid
-        self._queue: deque[bytes] = deque()
+        # Escaped messages waiting for a receive request; None while empty (most of the time
+        # for a session with a stream attached: no empty container for life).
+        self._queue: list[bytes] | None = None
         self._queued_bytes = 0
         self._max_outbox = max_outbox
         self._on_overflow = on_overflow
-        self._wake = gevent.event.Event()
+        self._wake: gevent.event.Event | None = None  # made by the first waiting request
         self._closing_line: bytes | None = None
         self._opened = False  # the "o" frame has gone out
         self._receiver = 0  # id of the receive request attached (0: none)
+        self._stream: _SocketStream | None = None  # the receiver, when it is a socket of ours
         self._detached_at = time.monotonic()
         self._hung_up = False  # the last receive request ended with its client gone
-        self._lock = gevent.lock.Semaphore()  # one xhr_send handled at a time, in order
+        self._lock: gevent.lock.Semaphore | None = None  # one xhr_send at a time, in order
         self._ended = False
 
     # --- what Session and the hub call --------------------------------------------------------
@@ -167,32 +181,49 @@ class HttpClient(Client):
         # The next receive request hears it (and the session ends); if none comes, the
         # sweep ends it after http_session_timeout.
         self._closing_line = close_line(code, reason)
-        self._wake.set()
+        self._notify()
 
     # --- the queue ----------------------------------------------------------------------------
 
     def _enqueue(self, escaped: bytes) -> bool:
-        if self._queued_bytes + len(escaped) > self._max_outbox:
+        stream = self._stream
+        if stream is not None and not stream.busy and self._queue is None:
+            if self.tally is not None:
+                self.tally.bytes_out += len(escaped)
+            self._write_line(stream, b"a[" + escaped + b"]\n")  # nothing waits: straight out
+            return True
+        backlog = stream.backlog if stream is not None else 0
+        if self._queued_bytes + backlog + len(escaped) > self._max_outbox:
             log.warning("closing %r: %d bytes wait for it (slow consumer)", self, self._max_outbox)
             if self._on_overflow is not None:
                 self._on_overflow()
-            self._queue.clear()
+            self._queue = None
             self._queued_bytes = 0
             self.close(protocol.OVER_CAPACITY, "Client is not reading fast enough")
             return False
-        self._queue.append(escaped)
+        if self._queue is None:
+            self._queue = [escaped]
+        else:
+            self._queue.append(escaped)
         self._queued_bytes += len(escaped)
         if self.tally is not None:
             self.tally.bytes_out += len(escaped)
-        self._wake.set()
+        self._notify()
         return True
+
+    def _notify(self) -> None:
+        """Something waits: write it to a socket stream, or wake a waiting request."""
+        if self._stream is not None:
+            self._push()
+        elif self._wake is not None:
+            self._wake.set()
 
     def _take(self) -> bytes | None:
         """Everything queued as one `a[...]` line (or the close line once drained); None if
         nothing waits."""
         if self._queue:
-            items = list(self._queue)
-            self._queue.clear()
+            items = self._queue
+            self._queue = None
             self._queued_bytes = 0
             return b"a[" + b",".join(items) + b"]\n"
         if self._closing_line is not None:
@@ -201,13 +232,66 @@ class HttpClient(Client):
             return line
         return None
 
+    # --- a stream on a socket of ours ---------------------------------------------------------
+
+    def adopt(self, sock: Any, chunked: bool) -> None:
+        """Serve an `xhr_streaming` response on `sock` (its headers written): lines are
+        written as they come, by whoever queues them."""
+        receiver = self._attach()
+        timeout = self._registry.state.config.http_timeout
+        stream = self._stream = _SocketStream(self, receiver, sock, chunked, timeout)
+        if not self._opened:
+            self._opened = True
+            self._write_line(stream, _OPEN_LINE)
+        else:
+            # A recycled stream: as in `stream`, a heartbeat first.
+            self._write_line(stream, _HEARTBEAT_LINE)
+        self._push()
+
+    def _push(self) -> None:
+        """Write what waits to the socket stream, as far as it takes it without blocking."""
+        stream = self._stream
+        while stream is not None and not stream.busy:
+            line = self._take()
+            if line is None:
+                return
+            self._write_line(stream, line)
+            stream = self._stream
+
+    def _write_line(self, stream: _SocketStream, line: bytes) -> None:
+        stream.write(line)
+        if line.startswith(b"c") or stream.sent > STREAM_BYTES:
+            # The close line ends the response; so does STREAM_BYTES, for a client that never
+            # recycles (it reconnects with a new session).
+            stream.finish()
+
+    def heartbeat(self, now: float) -> None:
+        """A heartbeat line on a socket stream silent for HEARTBEAT seconds."""
+        stream = self._stream
+        if stream is not None and not stream.busy and now - stream.last >= HEARTBEAT:
+            self._write_line(stream, _HEARTBEAT_LINE)
+
+    def _stream_ended(self, stream: _SocketStream, hung_up: bool) -> None:
+        """Called by a socket stream once it is over (finished, or its client gone)."""
+        if self._stream is stream:
+            self._stream = None
+        self._detach(stream.receiver, hung_up)
+
     # --- receive requests ---------------------------------------------------------------------
+
+    def _waker(self) -> gevent.event.Event:
+        if self._wake is None:
+            self._wake = gevent.event.Event()
+        return self._wake
 
     def _attach(self) -> int:
         self._registry.next_receiver += 1
         self._receiver = self._registry.next_receiver
         self._hung_up = False
-        self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
+        if self._stream is not None:
+            self._stream.finish()  # the client replaced it (pusher-js recycles a full stream)
+        if self._wake is not None:
+            self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
         self.last_seen = time.monotonic()
         return self._receiver
 
@@ -218,9 +302,11 @@ class HttpClient(Client):
             self._detached_at = time.monotonic()
 
     def stream(self, hangup: _Hangup) -> Iterator[bytes]:
-        """The body of an `xhr_streaming` response: frames as they come."""
+        """The body of an `xhr_streaming` response: frames as they come (a greenlet waits
+        for each; see `adopt` for a stream without)."""
         me = self._attach()
-        hangup.notify(self._wake)
+        wake = self._waker()
+        hangup.notify(wake)
         sent = 0
         try:
             if not self._opened:
@@ -234,8 +320,8 @@ class HttpClient(Client):
             while self._receiver == me and not self._ended and not hangup.seen:
                 line = self._take()
                 if line is None:
-                    self._wake.clear()
-                    if not self._wake.wait(HEARTBEAT):
+                    wake.clear()
+                    if not wake.wait(HEARTBEAT):
                         line = _HEARTBEAT_LINE
                     else:
                         continue
@@ -252,7 +338,8 @@ class HttpClient(Client):
     def poll(self, hangup: _Hangup) -> Iterator[bytes]:
         """The body of an `xhr` (polling) response: what waits, or the next message."""
         me = self._attach()
-        hangup.notify(self._wake)
+        wake = self._waker()
+        hangup.notify(wake)
         try:
             if not self._opened:
                 self._opened = True
@@ -260,13 +347,13 @@ class HttpClient(Client):
                 return
             line = self._take()
             if line is None:
-                self._wake.clear()
+                wake.clear()
                 deadline = time.monotonic() + POLL_WAIT
                 while line is None and self._receiver == me and not self._ended:
                     left = deadline - time.monotonic()
-                    if hangup.seen or left <= 0 or not self._wake.wait(left):
+                    if hangup.seen or left <= 0 or not wake.wait(left):
                         break
-                    self._wake.clear()
+                    wake.clear()
                     line = self._take()
             if not hangup.seen:
                 yield line if line is not None else _HEARTBEAT_LINE
@@ -280,6 +367,8 @@ class HttpClient(Client):
         self.ping_sent = 0.0
         if self.tally is not None:
             self.tally.bytes_in += sum(len(text) for text in messages)
+        if self._lock is None:
+            self._lock = gevent.lock.Semaphore()
         with self._lock:
             for text in messages:
                 if self.state is not OPEN:
@@ -300,7 +389,10 @@ class HttpClient(Client):
             self.state = CLOSING
             if self.close_code is None:
                 self.close_code = protocol.WS_GOING_AWAY
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+        if self._stream is not None:
+            self._stream.finish()
         self._registry.forget(self)
         try:
             self.on_end()
@@ -315,6 +407,130 @@ class HttpClient(Client):
             return False
         idle = now - max(self._detached_at, self.last_seen)
         return idle >= (min(HANGUP_GRACE, timeout) if self._hung_up else timeout)
+
+
+class _SocketStream:
+    """An `xhr_streaming` response whose socket ipe took over from pywsgi after the headers.
+
+    Lines are written without blocking, as chunks (or raw to an HTTP/1.0 client); whatever
+    the kernel does not take is finished by a greenlet that exists only while there is a
+    backlog (counted against `max_outbox_bytes` with the session's queue), with a timeout of
+    `http_timeout`. A libev watcher notices the client hanging up. That is all an idle stream
+    holds: the socket, this object and the watcher.
+    """
+
+    __slots__ = (
+        "client",
+        "receiver",
+        "sent",
+        "last",
+        "busy",
+        "backlog",
+        "_sock",
+        "_raw",
+        "_chunked",
+        "_watcher",
+        "_finishing",
+        "_closed",
+    )
+
+    def __init__(
+        self, client: HttpClient, receiver: int, sock: Any, chunked: bool, timeout: float
+    ) -> None:
+        self.client = client
+        self.receiver = receiver
+        self.sent = 0  # bytes of lines written
+        self.last = time.monotonic()  # when the last line was written
+        self.busy = False  # a greenlet is writing the backlog
+        self.backlog = 0  # bytes it has still to write
+        sock.settimeout(timeout)
+        self._sock = sock
+        self._raw = sock._sock  # the OS socket (non-blocking) inside gevent's
+        self._chunked = chunked
+        self._finishing = False
+        self._closed = False
+        self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
+        self._watcher.start(self._on_readable)
+
+    def write(self, line: bytes) -> None:
+        """Write one line now, or leave its unsent rest to the writer greenlet (not busy)."""
+        if self._closed:
+            return
+        data = b"%x\r\n%s\r\n" % (len(line), line) if self._chunked else line
+        self.sent += len(line)
+        self.last = time.monotonic()
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost(True)
+            return
+        if sent < len(data):
+            self.busy = True
+            self.backlog = len(data) - sent
+            gevent.spawn(self._drain, data[sent:])
+
+    def _drain(self, rest: bytes) -> None:
+        """Write the backlog with cooperative blocking, then whatever queued meanwhile."""
+        try:
+            self._sock.sendall(rest)
+        except OSError as exc:  # a timeout too: the client does not read (it may come back)
+            self._lost(not isinstance(exc, TimeoutError))
+            return
+        finally:
+            self.busy = False
+            self.backlog = 0
+        if self._finishing:
+            self.finish()
+        else:
+            self.client._push()
+
+    def finish(self) -> None:
+        """End the response (once the backlog is written) and close the connection."""
+        if self._closed:
+            return
+        self._finishing = True
+        if self.busy:
+            return  # the writer finishes it
+        if self._chunked:
+            try:
+                self._raw.send(b"0\r\n\r\n")  # a few bytes: the kernel takes them or we drop
+            except OSError:
+                pass
+        self._close(False)
+
+    def _on_readable(self) -> None:
+        """libev callback (in the hub: never blocks). A client sends nothing on a stream's
+        connection, so what arrives is dropped; the end of it means the client hung up
+        (pusher-js's disconnect() aborts the request)."""
+        try:
+            data = self._raw.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(True)
+
+    def _lost(self, hung_up: bool) -> None:
+        """The connection failed (or the client left): the session waits for its next
+        request, HANGUP_GRACE if the client `hung_up`, else http_session_timeout."""
+        self._close(hung_up)
+
+    def _close(self, hung_up: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+        try:
+            self._sock.close()  # a writer blocked on it fails (and returns)
+        except OSError:
+            pass
+        self.client._stream_ended(self, hung_up)
 
 
 class _Hangup:
@@ -366,6 +582,33 @@ class _Hangup:
             self._watcher = None
 
 
+class _StreamResponse:
+    """The body of a local `xhr_streaming` response. ipe's HTTP handler (`ipe.http_handler`)
+    hands it the socket once the headers are out (`adopt`); any other server, or a TLS
+    connection, iterates it like any WSGI body, a greenlet waiting for every line."""
+
+    __slots__ = ("_client", "_environ", "_lines")
+
+    def __init__(self, client: HttpClient, environ: dict[str, Any]) -> None:
+        self._client = client
+        self._environ = environ
+        self._lines: Iterator[bytes] | None = None
+
+    def adopt(self, sock: Any, chunked: bool) -> None:
+        """The response goes on on `sock`, which is the session's now."""
+        self._environ = None  # type: ignore[assignment]
+        self._client.adopt(sock, chunked)
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._lines = self._client.stream(_Hangup(self._environ))
+        return self._lines
+
+    def close(self) -> None:
+        """WSGI's close(): the generator's cleanup runs now, not whenever it is collected."""
+        if self._lines is not None:
+            self._lines.close()  # type: ignore[attr-defined]
+
+
 class HttpSessions:
     """This process's HTTP sessions by id, and the sweeper that ends abandoned ones."""
 
@@ -402,9 +645,16 @@ class HttpSessions:
                 log.exception("HTTP session sweep failed")
 
     def sweep(self, now: float) -> None:
-        """End every session no request picked up for `http_session_timeout`."""
+        """End every session no request picked up for `http_session_timeout`; a heartbeat
+        on every socket stream silent for HEARTBEAT seconds (one pass, no timer each)."""
         timeout = self.state.config.http_session_timeout
-        for client in [c for c in self.sessions.values() if c.abandoned(now, timeout)]:
+        abandoned = []
+        for client in self.sessions.values():
+            if client.abandoned(now, timeout):
+                abandoned.append(client)
+            else:
+                client.heartbeat(now)
+        for client in abandoned:
             log.info("HTTP session %s abandoned after %.0fs", client.sid, timeout)
             if client.close_code is None:
                 client.close_code = protocol.WS_GOING_AWAY
@@ -412,7 +662,7 @@ class HttpSessions:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def serve(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    def serve(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """Answer one request of pusher-js's HTTP transports (WSGI)."""
         match = HTTP_PATH.fullmatch(environ.get("PATH_INFO", ""))
         headers = _cors(environ)
@@ -448,9 +698,16 @@ class HttpSessions:
             return _answer(start_response, "503 Service Unavailable", headers, body)
         headers.append(("Content-Type", "application/javascript; charset=UTF-8"))
         headers.append(("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0"))
+        if client is None and owner is None:
+            client = self._open(environ, sid, key)
+        if kind == "xhr_streaming" and client is not None:
+            # The stream's connection ends with it (a socket of ours: no next request on it).
+            headers.append(("Connection", "close"))
+            start_response("200 OK", headers)
+            return _StreamResponse(client, environ)
         start_response("200 OK", headers)
         hangup = _Hangup(environ)
-        if client is None and owner is not None:
+        if client is None:
             return router.relay(
                 owner,
                 sid,
@@ -458,9 +715,7 @@ class HttpSessions:
                 hangup,
                 lambda: self._receive_here(environ, sid, key, kind, hangup),
             )
-        if client is None:
-            client = self._open(environ, sid, key)
-        return client.stream(hangup) if kind == "xhr_streaming" else client.poll(hangup)
+        return client.poll(hangup)
 
     def _full(self) -> bool:
         """True (logged) when this process holds `http_max_sessions` sessions."""
