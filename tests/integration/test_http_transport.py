@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from support import IpeServer, config_with, wait_until
+from support import IpeServer, config_with, free_port, wait_until
+from support.tls import self_signed
 
 QUERY = "?protocol=7&client=js&version=8.6.0&flash=false"
 
@@ -205,6 +207,134 @@ def test_a_session_that_does_not_poll_is_closed_with_4100(make_server: Any) -> N
     while not lines[-1].startswith("c"):
         lines = session.poll()
     assert lines[-1] == 'c[4100,"Client is not reading fast enough"]'
+
+
+def open_stream(server: IpeServer, sid: str) -> socket.socket:
+    """A raw xhr_streaming request, read up to its connection_established."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(
+        f"POST /pusher/app/demo-key/{sid}/xhr_streaming?protocol=7 HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    got = b""
+    while b"connection_established" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    return raw
+
+
+def subscribe(server: IpeServer, sid: str, channel: str) -> None:
+    body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}})])
+    url = f"{server.url}/pusher/app/demo-key/{sid}/xhr_send"
+    assert requests.post(url, data=body, timeout=10).status_code == 204
+
+
+def test_a_stream_whose_client_does_not_read_is_closed_with_4100(make_server: Any) -> None:
+    """The stream's socket is written from the publishing path: what the kernel does not take
+    waits within max_outbox_bytes, then the session is closed (4100) and let go."""
+    server = make_server(config_with(max_outbox_bytes=4096, http_timeout=1, http_session_timeout=2))
+    raw = open_stream(server, "3/notread0")
+    subscribe(server, "3/notread0", "flood")
+    got = b""
+    while b"subscription_succeeded" not in got:
+        got += raw.recv(4096)
+    sdk = server.sdk()
+    pad = "x" * 9000
+    for n in range(3000):  # far more than the kernel's buffers hold
+        sdk.trigger("flood", "big", {"n": n, "pad": pad})
+        if n % 20 == 19 and server.metric("ipe_slow_consumer_closes_total"):
+            break
+    assert server.metric("ipe_slow_consumer_closes_total") == 1
+    # Its writer gives up after http_timeout, the session ends after http_session_timeout.
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 10, message="its end")
+    raw.settimeout(10)
+    while raw.recv(65536):
+        pass  # what the kernel held, then the end: the server let the socket go
+    raw.close()
+    assert server.ws().established is not None  # nobody else was held up
+
+
+def test_a_stream_ends_past_a_megabyte_and_the_session_goes_on(quick: IpeServer) -> None:
+    """A client that never recycles its stream gets a complete response (the chunked body's
+    end), and the session takes the next stream."""
+    url = f"{quick.url}/pusher/app/demo-key/4/recycle0/xhr_streaming{QUERY}"
+    with requests.post(url, stream=True, timeout=10) as first:
+        assert first.headers["Connection"] == "close"
+        lines = first.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        subscribe(quick, "4/recycle0", "big")
+        assert b"subscription_succeeded" in next(lines)
+        sdk = quick.sdk()
+        pad = "x" * 9000
+        for n in range(130):  # about 1.2 MB of lines
+            sdk.trigger("big", "chunk", {"n": n, "pad": pad})
+        received = sum(line.count(b"chunk") for line in lines)  # ends without an error
+        assert 100 < received < 130
+    with requests.post(url, stream=True, timeout=10) as second:
+        lines = second.iter_lines()
+        assert next(lines) == b"h"
+        rest = 0
+        while rest < 130 - received:  # the events the first stream did not carry
+            rest += next(lines).count(b"chunk")
+        assert rest == 130 - received
+
+
+def test_a_stream_to_an_http_1_0_client_is_not_chunked(quick: IpeServer) -> None:
+    raw = socket.create_connection(("127.0.0.1", quick.port), timeout=10)
+    raw.sendall(
+        b"POST /pusher/app/demo-key/5/old00000/xhr_streaming?protocol=7 HTTP/1.0\r\n"
+        b"Host: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    got = b""
+    while b"connection_established" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    assert b"chunked" not in head.lower()
+    assert body.startswith(b"o\na["), body  # the lines themselves, no chunk sizes
+    raw.close()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_a_stream_over_tls_still_streams(make_server: Any, tmp_path: Any) -> None:
+    """A TLS stream stays with its handler greenlet (its socket cannot be taken): same lines."""
+    key_file, cert_file = self_signed(tmp_path)
+    port = free_port()
+    tls = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    server = make_server(config_with(ssl=tls))
+    url = f"https://127.0.0.1:{port}/pusher/app/demo-key/6/tlsstrm0/xhr_streaming{QUERY}"
+    with requests.post(url, stream=True, timeout=10, verify=False) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "t"}})])
+        send = url.replace("xhr_streaming", "xhr_send")
+        assert requests.post(send, data=body, timeout=10, verify=False).status_code == 204
+        assert b"subscription_succeeded" in next(lines)
+        server.sdk().trigger("t", "over-tls", {})
+        assert b"over-tls" in next(lines)
+
+
+def test_an_idle_stream_gets_heartbeats(quick: IpeServer) -> None:
+    """Nothing to say for HEARTBEAT (25 s): an `h` line (pusher-js answers with a send)."""
+    raw = open_stream(quick, "8/heartbt0")
+    raw.settimeout(40)
+    started = time.monotonic()
+    got = b""
+    while b"2\r\nh\n\r\n" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert time.monotonic() - started > 20  # not before its time
+    raw.close()
 
 
 @pytest.fixture
