@@ -12,6 +12,7 @@ cleanup nor gevent-websocket's close writes to or closes it.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import gevent.socket
@@ -94,3 +95,14 @@ def take_response_socket(handler: Any) -> Any:
     if own.family in (socket.AF_INET, socket.AF_INET6):
         own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return own
+
+
+def giver(handler: Any) -> Callable[[Any], None] | None:
+    """A function that gives a socket taken from pywsgi's `handler` back to its server, which
+    then serves the connection's next request (keep-alive) as it serves a new connection's;
+    None if the server cannot (it serves connections in place)."""
+    server = handler.server
+    address = handler.client_address
+    if getattr(server, "_spawn", None) is None:
+        return None
+    return lambda sock: server.do_handle(sock, address)

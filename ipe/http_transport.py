@@ -15,10 +15,12 @@ once it holds 256 KB (`buffer_too_long`), and ends the session when a response e
 ends one only past `STREAM_BYTES` (a client that never recycles). A polling response carries
 what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
 
-An idle stream costs no greenlet: ipe's HTTP handler hands its socket over once the headers
-are out (`ipe.handover`, as for a WebSocket after its upgrade), and lines are written to it
-from whatever queues them, heartbeats by the sweeper (`_SocketStream`). A poll, a TLS stream
-and a stream relayed from another process are generators a request's greenlet iterates.
+An idle session costs no greenlet: ipe's HTTP handler hands the socket of a stream (or of a
+poll that has to wait) over once the headers are out (`ipe.handover`, as for a WebSocket
+after its upgrade), and lines are written to it from whatever queues them, heartbeats and
+poll timeouts by the sweeper (`_SocketStream`); an answered poll's connection goes back to
+the HTTP server (keep-alive). A poll answered at once, a TLS connection and a request relayed
+from another process are generators a request's greenlet iterates.
 
 `HttpClient` is a `Client` like a WebSocket `Connection`: `Session`, the hub and everything
 above see no difference. Its outgoing messages wait in a bounded queue (`max_outbox_bytes`,
@@ -232,20 +234,27 @@ class HttpClient(Client):
             return line
         return None
 
-    # --- a stream on a socket of ours ---------------------------------------------------------
+    # --- a receive request on a socket of ours ------------------------------------------------
 
-    def adopt(self, sock: Any, chunked: bool) -> None:
-        """Serve an `xhr_streaming` response on `sock` (its headers written): lines are
-        written as they come, by whoever queues them."""
+    def has_news(self) -> bool:
+        """True if a receive request would be answered at once (a poll need not wait)."""
+        return not self._opened or bool(self._queue) or self._closing_line is not None
+
+    def adopt(self, sock: Any, chunked: bool, give_back: Any = None) -> None:
+        """Serve a stream (or, with `give_back`, a waiting poll) on `sock`, its response's
+        headers written: lines are written as they come, by whoever queues them. A poll's
+        socket goes back to the HTTP server (`give_back(sock)`) once answered."""
         receiver = self._attach()
         timeout = self._registry.state.config.http_timeout
-        stream = self._stream = _SocketStream(self, receiver, sock, chunked, timeout)
-        if not self._opened:
-            self._opened = True
-            self._write_line(stream, _OPEN_LINE)
-        else:
-            # A recycled stream: as in `stream`, a heartbeat first.
-            self._write_line(stream, _HEARTBEAT_LINE)
+        stream = _SocketStream(self, receiver, sock, chunked, timeout, give_back)
+        self._stream = stream
+        if give_back is None:
+            if not self._opened:
+                self._opened = True
+                self._write_line(stream, _OPEN_LINE)
+            else:
+                # A recycled stream: as in `stream`, a heartbeat first.
+                self._write_line(stream, _HEARTBEAT_LINE)
         self._push()
 
     def _push(self) -> None:
@@ -260,16 +269,27 @@ class HttpClient(Client):
 
     def _write_line(self, stream: _SocketStream, line: bytes) -> None:
         stream.write(line)
-        if line.startswith(b"c") or stream.sent > STREAM_BYTES:
-            # The close line ends the response; so does STREAM_BYTES, for a client that never
-            # recycles (it reconnects with a new session).
+        if stream.poll or line.startswith(b"c") or stream.sent > STREAM_BYTES:
+            # A poll carries one line; the close line ends a stream, and so does
+            # STREAM_BYTES, for a client that never recycles (it reconnects with a new session).
             stream.finish()
 
     def heartbeat(self, now: float) -> None:
-        """A heartbeat line on a socket stream silent for HEARTBEAT seconds."""
+        """A heartbeat line on a socket stream silent for HEARTBEAT seconds (the answer to a
+        poll that waited POLL_WAIT)."""
         stream = self._stream
-        if stream is not None and not stream.busy and now - stream.last >= HEARTBEAT:
-            self._write_line(stream, _HEARTBEAT_LINE)
+        if stream is not None and not stream.busy:
+            if now - stream.last >= (POLL_WAIT if stream.poll else HEARTBEAT):
+                self._write_line(stream, _HEARTBEAT_LINE)
+
+    def _let_go(self) -> None:
+        """End the socket stream attached: replaced by another request, or the session ended.
+        A poll gets its answer, a heartbeat, as a waiting generator's does."""
+        stream = self._stream
+        if stream is not None:
+            if stream.poll and not stream.busy:
+                self._write_line(stream, _HEARTBEAT_LINE)
+            stream.finish()
 
     def _stream_ended(self, stream: _SocketStream, hung_up: bool) -> None:
         """Called by a socket stream once it is over (finished, or its client gone)."""
@@ -288,8 +308,7 @@ class HttpClient(Client):
         self._registry.next_receiver += 1
         self._receiver = self._registry.next_receiver
         self._hung_up = False
-        if self._stream is not None:
-            self._stream.finish()  # the client replaced it (pusher-js recycles a full stream)
+        self._let_go()  # replaced: pusher-js recycles a full stream, polls again after a hang-up
         if self._wake is not None:
             self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
         self.last_seen = time.monotonic()
@@ -391,8 +410,7 @@ class HttpClient(Client):
                 self.close_code = protocol.WS_GOING_AWAY
         if self._wake is not None:
             self._wake.set()
-        if self._stream is not None:
-            self._stream.finish()
+        self._let_go()
         self._registry.forget(self)
         try:
             self.on_end()
@@ -410,13 +428,15 @@ class HttpClient(Client):
 
 
 class _SocketStream:
-    """An `xhr_streaming` response whose socket ipe took over from pywsgi after the headers.
+    """An `xhr_streaming` response (or an `xhr` poll that has to wait) whose socket ipe took
+    over from pywsgi after the headers.
 
     Lines are written without blocking, as chunks (or raw to an HTTP/1.0 client); whatever
     the kernel does not take is finished by a greenlet that exists only while there is a
     backlog (counted against `max_outbox_bytes` with the session's queue), with a timeout of
     `http_timeout`. A libev watcher notices the client hanging up. That is all an idle stream
-    holds: the socket, this object and the watcher.
+    holds: the socket, this object and the watcher. A stream's connection closes with it; a
+    poll's goes back to the HTTP server for the client's next request (keep-alive).
     """
 
     __slots__ = (
@@ -432,13 +452,21 @@ class _SocketStream:
         "_watcher",
         "_finishing",
         "_closed",
+        "_give_back",
     )
 
     def __init__(
-        self, client: HttpClient, receiver: int, sock: Any, chunked: bool, timeout: float
+        self,
+        client: HttpClient,
+        receiver: int,
+        sock: Any,
+        chunked: bool,
+        timeout: float,
+        give_back: Any = None,
     ) -> None:
         self.client = client
         self.receiver = receiver
+        self._give_back = give_back
         self.sent = 0  # bytes of lines written
         self.last = time.monotonic()  # when the last line was written
         self.busy = False  # a greenlet is writing the backlog
@@ -486,19 +514,35 @@ class _SocketStream:
         else:
             self.client._push()
 
+    @property
+    def poll(self) -> bool:
+        """True for a poll (one line, then the connection goes back to the HTTP server)."""
+        return self._give_back is not None
+
     def finish(self) -> None:
-        """End the response (once the backlog is written) and close the connection."""
+        """End the response (once the backlog is written): close the connection, or give a
+        poll's back to the HTTP server."""
         if self._closed:
             return
         self._finishing = True
         if self.busy:
             return  # the writer finishes it
+        ended = not self._chunked
         if self._chunked:
             try:
-                self._raw.send(b"0\r\n\r\n")  # a few bytes: the kernel takes them or we drop
+                ended = self._raw.send(b"0\r\n\r\n") == 5  # the kernel takes 5 bytes, or we drop
             except OSError:
                 pass
-        self._close(False)
+        if self._give_back is None or not ended or not self._chunked:
+            self._close(False)
+            return
+        # The response is complete: the connection serves the client's next request.
+        self._closed = True
+        self._stop_watching()
+        self.client._stream_ended(self, False)
+        sock, self._sock = self._sock, None
+        sock.settimeout(None)
+        self._give_back(sock)
 
     def _on_readable(self) -> None:
         """libev callback (in the hub: never blocks). A client sends nothing on a stream's
@@ -518,14 +562,17 @@ class _SocketStream:
         request, HANGUP_GRACE if the client `hung_up`, else http_session_timeout."""
         self._close(hung_up)
 
-    def _close(self, hung_up: bool) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _stop_watching(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
+
+    def _close(self, hung_up: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watching()
         try:
             self._sock.close()  # a writer blocked on it fails (and returns)
         except OSError:
@@ -582,25 +629,33 @@ class _Hangup:
             self._watcher = None
 
 
-class _StreamResponse:
-    """The body of a local `xhr_streaming` response. ipe's HTTP handler (`ipe.http_handler`)
-    hands it the socket once the headers are out (`adopt`); any other server, or a TLS
-    connection, iterates it like any WSGI body, a greenlet waiting for every line."""
+class _Response:
+    """The body of a local `xhr_streaming` response, or of a poll that has to wait. ipe's
+    HTTP handler (`ipe.http_handler`) hands it the socket once the headers are out (`adopt`);
+    any other server, or a TLS connection, iterates it like any WSGI body, a greenlet waiting
+    for every line."""
 
-    __slots__ = ("_client", "_environ", "_lines")
+    __slots__ = ("_client", "_environ", "_poll", "_lines")
 
-    def __init__(self, client: HttpClient, environ: dict[str, Any]) -> None:
+    def __init__(self, client: HttpClient, environ: dict[str, Any], poll: bool) -> None:
         self._client = client
         self._environ = environ
+        self._poll = poll
         self._lines: Iterator[bytes] | None = None
 
-    def adopt(self, sock: Any, chunked: bool) -> None:
-        """The response goes on on `sock`, which is the session's now."""
+    def adopt(self, sock: Any, chunked: bool, give_back: Any) -> None:
+        """The response goes on on `sock`, which is the session's now; a poll hands it to
+        `give_back` once answered (None: it closes it instead)."""
         self._environ = None  # type: ignore[assignment]
-        self._client.adopt(sock, chunked)
+        if self._poll:
+            self._client.adopt(sock, chunked, give_back or _close_socket)
+        else:
+            self._client.adopt(sock, chunked)
 
     def __iter__(self) -> Iterator[bytes]:
-        self._lines = self._client.stream(_Hangup(self._environ))
+        hangup = _Hangup(self._environ)
+        receive = self._client.poll if self._poll else self._client.stream
+        self._lines = receive(hangup)
         return self._lines
 
     def close(self) -> None:
@@ -704,8 +759,10 @@ class HttpSessions:
             # The stream's connection ends with it (a socket of ours: no next request on it).
             headers.append(("Connection", "close"))
             start_response("200 OK", headers)
-            return _StreamResponse(client, environ)
+            return _Response(client, environ, poll=False)
         start_response("200 OK", headers)
+        if client is not None and not client.has_news():
+            return _Response(client, environ, poll=True)  # it waits: no greenlet for that
         hangup = _Hangup(environ)
         if client is None:
             return router.relay(
@@ -763,6 +820,14 @@ class HttpSessions:
             remote = forwarded.client_address(environ, state.config.trusted_proxies)
             session.open_client(state, client, app, remote)
         return client
+
+
+def _close_socket(sock: Any) -> None:
+    """What a poll's socket gets when no HTTP server takes it back."""
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def _read_messages(environ: dict[str, Any]) -> list[str] | None:

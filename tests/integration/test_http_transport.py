@@ -4,6 +4,7 @@ sessions, CORS, refusals, cleanup of abandoned sessions, and fan-out to 100 HTTP
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -296,6 +297,49 @@ def test_a_stream_to_an_http_1_0_client_is_not_chunked(quick: IpeServer) -> None
     assert b"chunked" not in head.lower()
     assert body.startswith(b"o\na["), body  # the lines themselves, no chunk sizes
     raw.close()
+
+
+def test_waiting_polls_keep_their_connection_alive(quick: IpeServer) -> None:
+    """A poll that waits is answered from the publishing path, and its connection then
+    serves the next poll (keep-alive), as pusher-js's browser build expects of XHRs."""
+    conn = http.client.HTTPConnection("127.0.0.1", quick.port, timeout=30)
+    path = f"/pusher/app/demo-key/9/keepalv0/xhr{QUERY}"
+
+    def poll() -> bytes:
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read()
+
+    conn.request("POST", path, body=b"")
+    assert poll() == b"o\n"
+    conn.request("POST", path, body=b"")
+    assert b"connection_established" in poll()
+    peer = conn.sock.getsockname()
+    subscribe(quick, "9/keepalv0", "alive")
+    conn.request("POST", path, body=b"")
+    assert b"subscription_succeeded" in poll()
+    sdk = quick.sdk()
+    for n in range(5):
+        conn.request("POST", path, body=b"")  # nothing waits for it: it waits
+        sdk.trigger("alive", "tick", {"n": n})
+        (tick,) = [json.loads(m) for m in json.loads(poll()[1:])]
+        assert json.loads(tick["data"]) == {"n": n}
+    assert conn.sock.getsockname() == peer  # one connection throughout
+    conn.close()
+
+
+def test_a_waiting_poll_whose_client_hangs_up_ends_the_session(make_server: Any) -> None:
+    server = make_server(config_with(http_session_timeout=60))  # the timeout cannot do it
+    session = HttpSession(server, sid="2/hangpoll")
+    session.open()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(
+        f"POST /pusher/app/demo-key/2/hangpoll/xhr{QUERY} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    wait_until(lambda: server.metric("ipe_http_sessions") == 1, 5, message="the session")
+    raw.close()
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 5, message="its end")
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
