@@ -256,6 +256,8 @@ class HttpClient(Client):
                 # A recycled stream: as in `stream`, a heartbeat first.
                 self._write_line(stream, _HEARTBEAT_LINE)
         self._push()
+        if self._ended:  # while the headers went out: nothing more will come
+            self._let_go()
 
     def _push(self) -> None:
         """Write what waits to the socket stream, as far as it takes it without blocking."""
@@ -309,6 +311,7 @@ class HttpClient(Client):
         self._receiver = self._registry.next_receiver
         self._hung_up = False
         self._let_go()  # replaced: pusher-js recycles a full stream, polls again after a hang-up
+        self._stream = None  # even one still writing its backlog: it finishes by itself
         if self._wake is not None:
             self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
         self.last_seen = time.monotonic()
@@ -545,17 +548,22 @@ class _SocketStream:
         self._give_back(sock)
 
     def _on_readable(self) -> None:
-        """libev callback (in the hub: never blocks). A client sends nothing on a stream's
-        connection, so what arrives is dropped; the end of it means the client hung up
-        (pusher-js's disconnect() aborts the request)."""
+        """libev callback (in the hub: never blocks). The end of the connection means the
+        client hung up (pusher-js's disconnect() aborts the request). Bytes before that: on a
+        stream's connection (Connection: close) they are dropped; on a poll's they are the
+        next request, left for the HTTP server (no more watching for a hang-up then)."""
         try:
-            data = self._raw.recv(4096)
+            data = self._raw.recv(1, socket.MSG_PEEK)
+            if data and not self.poll:
+                data = self._raw.recv(4096)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
             self._lost(True)
+        elif self.poll:
+            self._stop_watching()
 
     def _lost(self, hung_up: bool) -> None:
         """The connection failed (or the client left): the session waits for its next
