@@ -11,8 +11,10 @@ series of lines, one frame each (pusher-js's `src/core/http/http_socket.ts` pars
     c[4001,"reason"]      the session is closed with that code
 
 A streaming response stays open and carries frames as they come; pusher-js itself replaces it
-once it holds 256 KB (`buffer_too_long`), and ends the session when a response ends, so ipe
-ends one only past `STREAM_BYTES` (a client that never recycles). A polling response carries
+once it holds 256 KB (`buffer_too_long`), and ends the session when a response ends. So ipe
+writes nothing more on a stream past `RECYCLE_CHARS` (pusher-js aborts it: anything written
+would be lost) and keeps the messages for the next one; a stream nobody replaces within
+`RECYCLE_WAIT` ends (a client that never recycles reconnects). A polling response carries
 what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
 
 An idle session costs no greenlet: ipe's HTTP handler hands the socket of a stream (or of a
@@ -61,7 +63,10 @@ HTTP_PATH = re.compile(
     r"(?:/[^/]*)*/app/([^/]{1,256})/([0-9A-Za-z_-]{1,32})/([0-9A-Za-z_-]{1,64})"
     r"/(xhr_streaming|xhr|xhr_send)"
 )
-STREAM_BYTES = 1 << 20  # a streaming response ends past this (pusher-js recycles at 256 KB)
+# pusher-js's MAX_BUFFER_LENGTH: once a stream's response text is longer and all read, pusher-js
+# aborts it and opens a new one for the session (our lines are ASCII: bytes are characters).
+RECYCLE_CHARS = 256 * 1024
+RECYCLE_WAIT = 10.0  # seconds a full stream waits for the client's next one, then ends
 POLL_WAIT = 25.0  # seconds a poll waits for a message before answering a heartbeat
 HEARTBEAT = 25.0  # seconds of silence on a stream before a heartbeat line
 MAX_SEND_BODY = 1 << 20  # bytes of one xhr_send body (its messages are checked one by one)
@@ -189,7 +194,7 @@ class HttpClient(Client):
 
     def _enqueue(self, escaped: bytes) -> bool:
         stream = self._stream
-        if stream is not None and not stream.busy and self._queue is None:
+        if stream is not None and stream.writable and self._queue is None:
             if self.tally is not None:
                 self.tally.bytes_out += len(escaped)
             self._write_line(stream, b"a[" + escaped + b"]\n")  # nothing waits: straight out
@@ -262,7 +267,7 @@ class HttpClient(Client):
     def _push(self) -> None:
         """Write what waits to the socket stream, as far as it takes it without blocking."""
         stream = self._stream
-        while stream is not None and not stream.busy:
+        while stream is not None and stream.writable:
             line = self._take()
             if line is None:
                 return
@@ -271,25 +276,32 @@ class HttpClient(Client):
 
     def _write_line(self, stream: _SocketStream, line: bytes) -> None:
         stream.write(line)
-        if stream.poll or line.startswith(b"c") or stream.sent > STREAM_BYTES:
-            # A poll carries one line; the close line ends a stream, and so does
-            # STREAM_BYTES, for a client that never recycles (it reconnects with a new session).
-            stream.finish()
+        if stream.poll or line.startswith(b"c"):
+            stream.finish()  # a poll carries one line; the close line ends a stream
+        elif stream.sent > RECYCLE_CHARS:
+            # pusher-js aborts this request once it has read it all and opens another one: a
+            # line written from now on would be lost with it. Messages wait in the queue.
+            stream.full = True
 
     def heartbeat(self, now: float) -> None:
         """A heartbeat line on a socket stream silent for HEARTBEAT seconds (the answer to a
-        poll that waited POLL_WAIT)."""
+        poll that waited POLL_WAIT); the end of a full stream nobody replaced in RECYCLE_WAIT
+        (a client that never recycles: it reconnects with a new session)."""
         stream = self._stream
-        if stream is not None and not stream.busy:
-            if now - stream.last >= (POLL_WAIT if stream.poll else HEARTBEAT):
-                self._write_line(stream, _HEARTBEAT_LINE)
+        if stream is None or stream.busy:
+            return
+        if stream.full:
+            if now - stream.last >= RECYCLE_WAIT:
+                stream.finish()
+        elif now - stream.last >= (POLL_WAIT if stream.poll else HEARTBEAT):
+            self._write_line(stream, _HEARTBEAT_LINE)
 
     def _let_go(self) -> None:
         """End the socket stream attached: replaced by another request, or the session ended.
         A poll gets its answer, a heartbeat, as a waiting generator's does."""
         stream = self._stream
         if stream is not None:
-            if stream.poll and not stream.busy:
+            if stream.poll and stream.writable:
                 self._write_line(stream, _HEARTBEAT_LINE)
             stream.finish()
 
@@ -329,16 +341,17 @@ class HttpClient(Client):
         me = self._attach()
         wake = self._waker()
         hangup.notify(wake)
-        sent = 0
         try:
             if not self._opened:
                 self._opened = True
-                yield _OPEN_LINE
+                first = _OPEN_LINE
             else:
                 # A recycled stream: headers go out with the first line, and a client (or a
                 # proxy) should not wait for them until there is news. Pusher's own server
                 # opens every stream with heartbeats too.
-                yield _HEARTBEAT_LINE
+                first = _HEARTBEAT_LINE
+            sent = len(first)
+            yield first
             while self._receiver == me and not self._ended and not hangup.seen:
                 line = self._take()
                 if line is None:
@@ -351,11 +364,26 @@ class HttpClient(Client):
                 yield line
                 if line.startswith(b"c"):
                     return
-                if sent > STREAM_BYTES:
-                    return  # a client that never recycles: it reconnects with a new session
+                if sent > RECYCLE_CHARS:
+                    # pusher-js aborts this request once it has read it all and opens another
+                    # one: a line written from now on would be lost with the aborted request.
+                    self._await_successor(me, hangup)
+                    return
         finally:
             hangup.stop()
             self._detach(me, hangup.seen)
+
+    def _await_successor(self, me: int, hangup: _Hangup) -> None:
+        """Write nothing more on a full stream (messages wait in the queue) until pusher-js's
+        next request takes over or the client hangs up; a client that never comes ends it after
+        RECYCLE_WAIT (it then reconnects with a new session)."""
+        deadline = time.monotonic() + RECYCLE_WAIT
+        # Polled rather than waited on `_wake`: clearing that event here could take a wake-up
+        # from the next stream, which waits on it; this lasts a round trip, once per 256 KB.
+        while self._receiver == me and not self._ended and not hangup.seen:
+            if time.monotonic() >= deadline:
+                return
+            gevent.sleep(0.02)
 
     def poll(self, hangup: _Hangup) -> Iterator[bytes]:
         """The body of an `xhr` (polling) response: what waits, or the next message."""
@@ -448,6 +476,7 @@ class _SocketStream:
         "sent",
         "last",
         "busy",
+        "full",
         "backlog",
         "_sock",
         "_raw",
@@ -473,6 +502,7 @@ class _SocketStream:
         self.sent = 0  # bytes of lines written
         self.last = time.monotonic()  # when the last line was written
         self.busy = False  # a greenlet is writing the backlog
+        self.full = False  # past RECYCLE_CHARS: nothing more is written (see _write_line)
         self.backlog = 0  # bytes it has still to write
         sock.settimeout(timeout)
         self._sock = sock
@@ -516,6 +546,11 @@ class _SocketStream:
             self.finish()
         else:
             self.client._push()
+
+    @property
+    def writable(self) -> bool:
+        """True if a line can be written now (else it waits in the session's queue)."""
+        return not (self.busy or self.full or self._closed)
 
     @property
     def poll(self) -> bool:

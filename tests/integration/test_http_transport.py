@@ -108,6 +108,39 @@ def test_a_stream_opens_once_and_a_recycled_stream_does_not_open_again(quick: Ip
         assert b"between" in seen  # what came between the two streams waited for the second
 
 
+def test_a_full_stream_leaves_what_follows_to_the_next_one(quick: IpeServer) -> None:
+    """pusher-js aborts a stream once it has read more than 256 KB of it and opens another for
+    the session: a line written to the aborted one would be lost, so what comes after the
+    line that filled a stream waits for the next stream."""
+    url = f"{quick.url}/pusher/app/demo-key/7/full0001/xhr_streaming{QUERY}"
+    base = url.split("/xhr_streaming")[0]
+    sdk = quick.sdk()
+    subscribe = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "bulk"}})])
+    with requests.post(url, stream=True, timeout=10) as first:
+        lines = first.iter_lines()
+        read = 0  # characters of the response, as pusher-js counts its responseText
+
+        def line() -> bytes:
+            nonlocal read
+            got: bytes = next(lines)
+            read += len(got) + 1
+            return got
+
+        assert line() == b"o"
+        assert b"connection_established" in line()
+        assert requests.post(f"{base}/xhr_send", data=subscribe, timeout=10).status_code == 204
+        assert b"subscription_succeeded" in line()
+        while read <= 256 * 1024:  # pusher-js's MAX_BUFFER_LENGTH
+            sdk.trigger("bulk", "fill", "x" * 9000)
+            assert b"fill" in line()
+        sdk.trigger("bulk", "after", {})
+        with requests.post(url, stream=True, timeout=10) as second:
+            later = second.iter_lines()
+            assert next(later) == b"h"
+            assert b"after" in next(later)
+        assert list(lines) == []  # the full stream ended with nothing more on it
+
+
 def test_refusals_are_an_error_then_a_close_frame(quick: IpeServer) -> None:
     session = HttpSession(quick, key="no-such-key")
     assert session.poll() == ["o"]
@@ -232,8 +265,9 @@ def subscribe(server: IpeServer, sid: str, channel: str) -> None:
 
 
 def test_a_stream_whose_client_does_not_read_is_closed_with_4100(make_server: Any) -> None:
-    """The stream's socket is written from the publishing path: what the kernel does not take
-    waits within max_outbox_bytes, then the session is closed (4100) and let go."""
+    """The stream's socket is written from the publishing path: what the kernel (or the
+    client, past a full stream's 256 KB) does not take waits within max_outbox_bytes, then
+    the session is closed (4100) and let go."""
     server = make_server(config_with(max_outbox_bytes=4096, http_timeout=1, http_session_timeout=2))
     raw = open_stream(server, "3/notread0")
     subscribe(server, "3/notread0", "flood")
@@ -244,11 +278,12 @@ def test_a_stream_whose_client_does_not_read_is_closed_with_4100(make_server: An
     pad = "x" * 9000
     for n in range(3000):  # far more than the kernel's buffers hold
         sdk.trigger("flood", "big", {"n": n, "pad": pad})
-        if n % 20 == 19 and server.metric("ipe_slow_consumer_closes_total"):
+        if n % 10 == 9 and server.metric("ipe_slow_consumer_closes_total"):
             break
     assert server.metric("ipe_slow_consumer_closes_total") == 1
-    # Its writer gives up after http_timeout, the session ends after http_session_timeout.
-    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 10, message="its end")
+    # The stream ends (its writer gives up after http_timeout, a full one after RECYCLE_WAIT,
+    # 10 s), and the session after http_session_timeout.
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 20, message="its end")
     raw.settimeout(10)
     while raw.recv(65536):
         pass  # what the kernel held, then the end: the server let the socket go
@@ -256,11 +291,55 @@ def test_a_stream_whose_client_does_not_read_is_closed_with_4100(make_server: An
     assert server.ws().established is not None  # nobody else was held up
 
 
-def test_a_stream_ends_past_a_megabyte_and_the_session_goes_on(quick: IpeServer) -> None:
-    """A client that never recycles its stream gets a complete response (the chunked body's
-    end), and the session takes the next stream."""
+def test_a_backlog_the_client_does_not_read_is_given_up_after_http_timeout(
+    make_server: Any,
+) -> None:
+    """What waited for a stream goes out as one line; the part the kernel does not take (its
+    send buffer grows to 4 MB) is written by a greenlet with http_timeout, and counts against
+    max_outbox_bytes meanwhile."""
+    server = make_server(
+        config_with(max_outbox_bytes=8_000_000, http_timeout=1, http_session_timeout=2)
+    )
+    session = HttpSession(server, sid="3/backlog0")
+    session.open()
+    session.send("pusher:subscribe", {"channel": "pile"})
+    assert session.events()[0]["event"] == "pusher_internal:subscription_succeeded"
+    sdk = server.sdk()
+    pad = "x" * 9000
+
+    def batch(name: str, n: int) -> None:
+        sdk.trigger_batch([{"channel": "pile", "name": name, "data": {"pad": pad}}] * n)
+
+    for _ in range(70):  # about 6.5 MB waits for the session's next request
+        batch("piled", 10)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
+    raw.sendall(
+        f"POST /pusher/app/demo-key/3/backlog0/xhr_streaming{QUERY} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    for _ in range(100):  # what the kernel did not take and these pass max_outbox_bytes
+        batch("more", 10)
+        if server.metric("ipe_slow_consumer_closes_total"):
+            break
+    assert server.metric("ipe_slow_consumer_closes_total") == 1
+    # The writer gives up after http_timeout (1 s; not a full stream's RECYCLE_WAIT, 10 s),
+    # the session ends http_session_timeout (2 s) later.
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 8, message="its end")
+    got = b""
+    while chunk := raw.recv(65536):
+        got += chunk
+    assert b"piled" in got and len(got) < 6_000_000  # cut short: the server let it go
+    raw.close()
+
+
+def test_a_full_stream_nobody_replaces_ends_and_the_session_goes_on(quick: IpeServer) -> None:
+    """A client that never recycles a full stream (256 KB) gets a complete response (the
+    chunked body's end) after RECYCLE_WAIT (10 s), and the next stream takes what waited."""
     url = f"{quick.url}/pusher/app/demo-key/4/recycle0/xhr_streaming{QUERY}"
-    with requests.post(url, stream=True, timeout=10) as first:
+    with requests.post(url, stream=True, timeout=30) as first:
         assert first.headers["Connection"] == "close"
         lines = first.iter_lines()
         assert next(lines) == b"o"
@@ -269,17 +348,17 @@ def test_a_stream_ends_past_a_megabyte_and_the_session_goes_on(quick: IpeServer)
         assert b"subscription_succeeded" in next(lines)
         sdk = quick.sdk()
         pad = "x" * 9000
-        for n in range(130):  # about 1.2 MB of lines
+        for n in range(40):  # about 370 KB of lines
             sdk.trigger("big", "chunk", {"n": n, "pad": pad})
         received = sum(line.count(b"chunk") for line in lines)  # ends without an error
-        assert 100 < received < 130
+        assert 20 < received < 40
     with requests.post(url, stream=True, timeout=10) as second:
         lines = second.iter_lines()
         assert next(lines) == b"h"
         rest = 0
-        while rest < 130 - received:  # the events the first stream did not carry
+        while rest < 40 - received:  # the events the first stream did not carry
             rest += next(lines).count(b"chunk")
-        assert rest == 130 - received
+        assert rest == 40 - received
 
 
 def test_a_stream_to_an_http_1_0_client_is_not_chunked(quick: IpeServer) -> None:
