@@ -108,10 +108,10 @@ class HttpClient(Client):
     """One pusher-js session over HTTP: a queue of outgoing messages, and at most one receive
     request (a stream or a poll) attached at a time.
 
-    A stream served by ipe's own handler is a `_SocketStream`: lines are written to its socket
-    as they come, from whatever queued them, and no greenlet waits for an idle one. Any other
-    receive request (a poll, a TLS stream, a stream relayed through Redis) is a generator that
-    waits in its greenlet for `_wake`.
+    A stream (or a poll that has to wait) served by ipe's own handler is a `_SocketStream`:
+    lines are written to its socket as they come, from whatever queued them, and no greenlet
+    waits for an idle one. Any other receive request (a poll answered at once, one over TLS,
+    one relayed through Redis) is a generator that waits in its greenlet for `_wake`.
     """
 
     __slots__ = (
