@@ -35,14 +35,24 @@ def workers(
     try:
         server.start()
         wait_until(lambda: ready_status(server) == 200, 20, message="/ready")
-        yield server, {"E2E_TRANSPORTS": f'["{request.param}"]'}
-        log = server.log()
+        env = {"E2E_TRANSPORTS": f'["{request.param}"]'}
+        yield server, env
+
         # The scenarios really went across workers: sends forwarded, and polls relayed (a
         # stream is one request until pusher-js recycles it at 256 KB; test_cluster_http_sessions
         # relays one).
-        assert "forwarding a send to" in log, "every request of every session on one worker"
-        if request.param == "xhr_polling":
-            assert "relaying xhr from" in log, "every poll of every session on one worker"
+        def crossed() -> bool:
+            log = server.log()
+            relayed = request.param != "xhr_polling" or "relaying xhr from" in log
+            return "forwarding a send to" in log and relayed
+
+        # Which worker accepts a connection is the kernel's pick, and on a loaded machine one
+        # worker can take every connection for a while: more sessions (bounded) until both show.
+        for _ in range(5):
+            if crossed():
+                break
+            run_scenario(server, "client_events", env=env)
+        assert crossed(), "every request of every session on one worker"
     finally:
         server.stop()
         redis.kill()
