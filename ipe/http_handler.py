@@ -265,10 +265,21 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             if key:
                 yield key, value.strip()
 
+    keepalive_hint = b""  # the `Keep-Alive` header's value on a kept connection; b"": none
+
+    def _keepalive_header(self) -> bytes:
+        """The `Keep-Alive` header's value for this response, or b"" for none."""
+        if self.close_connection or self.request_version != "HTTP/1.1" or self.code == 101:
+            return b""
+        return self.keepalive_hint
+
     def finalize_headers(self) -> None:
         if self.provided_date is None:
             self.response_headers.append((b"Date", _http_date()))
             self.provided_date = True  # so that pywsgi's adds no second one
+        hint = self._keepalive_header()
+        if hint:
+            self.response_headers.append((b"Keep-Alive", hint))
         super().finalize_headers()
 
     def _write_with_headers(self, data: bytes) -> None:
@@ -329,7 +340,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
 
     def _reply(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
         """Write a whole reply of `ipe_answer`: the bytes `start_response` and `write` would
-        send for it (status line, its headers, then `Date`), in one pass.
+        send for it (status line, its headers, then `Date` and `Keep-Alive`), in one pass.
 
         Its headers are ipe's own (ASCII, no Connection or Date): none of pywsgi's checks
         apply. Only HTTP/1.1: to an HTTP/1.0 request pywsgi adds a Connection header.
@@ -350,6 +361,10 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             towrite += f"{name}: {value}\r\n".encode("latin-1")
         towrite += b"Date: "
         towrite += _http_date()
+        hint = self._keepalive_header()
+        if hint:
+            towrite += b"\r\nKeep-Alive: "
+            towrite += hint
         towrite += b"\r\n\r\n"
         towrite += body
         self._sendall(towrite)

@@ -60,6 +60,12 @@ class Deadlines:
         self.timeout = timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_connections = max_connections
+        # The `Keep-Alive: timeout=N` hint of responses on a kept connection. Node's http.Agent
+        # (the Node SDK's, keep-alive by default since Node 19) reads it and drops an idle
+        # socket a second before N, instead of reusing it just as we close it ("socket hang
+        # up"). Whole seconds, rounded down: a hint may be early, never late.
+        whole = int(keepalive_timeout)
+        self.keepalive_hint = b"timeout=%d" % whole if whole >= 1 else b""
         self._waiting: dict[_Waiting, None] = {}  # insertion order: longest waiting first
         self.expired = 0  # deadlines missed
         self.evicted = 0  # connections closed to make room
@@ -151,6 +157,11 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
 
     _waiting: _Waiting | None = None
     _requests = 0
+
+    @property
+    def keepalive_hint(self) -> bytes:  # type: ignore[override]
+        """The `Keep-Alive` header's value for this server's `http_keepalive_timeout`."""
+        return self.server.deadlines.keepalive_hint
     _write_timeout = False  # whether the socket has the per-write timeout of a response
 
     def handle(self) -> None:

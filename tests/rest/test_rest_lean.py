@@ -209,3 +209,15 @@ def test_same_bytes_from_both_front_ends_in_order(rest_server, version, unknown_
     assert lean == flask
     assert lean[1][-1] == b"Date: -"
     assert lean[0] == (b"HTTP/1.1 401 UNAUTHORIZED" if unknown_key else b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("path", [LEAN.format(app="1001"), FLASK.format(app="1001")])
+def test_a_kept_connection_is_told_how_long_it_stays_open(rest_server, path):
+    """`Keep-Alive: timeout=5` (http_keepalive_timeout's default) on a kept HTTP/1.1
+    connection, from both front ends; none on a connection the response closes. Node's
+    http.Agent (keep-alive by default since Node 19) drops an idle socket a second before
+    the hint instead of reusing it just as ipe closes it."""
+    _, kept, _ = exchange(rest_server, "POST", path, EVENT)
+    assert [v for k, v in kept if k.lower() == "keep-alive"] == ["timeout=5"]
+    _, closing, _ = exchange(rest_server, "POST", path, EVENT, headers={"Connection": "close"})
+    assert [k for k, _ in closing if k.lower() == "keep-alive"] == []
