@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ipe.hub import CHANNEL, WATCH, Hub, topic_of
+from ipe.hub import CHANNEL, EVENT, WATCH, Hub, topic_of
 from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS, reconnect_backoff
 from ipe.redis.listener import Listener
@@ -371,12 +371,36 @@ class RedisBroker:
         self.received = self.dropped = self.published = 0
         return tallies
 
-    def receive(self, channel: bytes, data: bytes) -> None:
-        """Carry out one message from Redis: parse the header, hand the payload to the hub."""
+    def receive_batch(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Carry out messages from Redis, in order: parse each header, hand the payloads to
+        the hub; consecutive events of one channel go together (one write per socket)."""
+        run: list[tuple[bytes, str | None, int | None]] = []
+        run_key: tuple[str, str] | None = None
+        for channel, data in messages:
+            parsed = self._parse(channel, data)
+            if parsed is None:
+                continue
+            app_id, kind, target, payload, exclude, version = parsed
+            if kind == EVENT:
+                if run_key != (app_id, target):
+                    self._deliver_run(run_key, run)
+                    run_key, run = (app_id, target), []
+                run.append((payload, exclude, version))
+                continue
+            self._deliver_run(run_key, run)
+            run_key, run = None, []
+            self._dispatch(app_id, kind, target, payload, exclude, version)
+        self._deliver_run(run_key, run)
+
+    def _parse(
+        self, channel: bytes, data: bytes
+    ) -> tuple[str, str, str, bytes, str | None, int | None] | None:
+        """(app_id, kind, target, payload, exclude, version) of a message this node should
+        carry out, or None."""
         self.received += 1
         app_id = self._wanted.get(channel)
         if app_id is None:
-            return  # a topic just unsubscribed: nobody here wants it
+            return None  # a topic just unsubscribed: nobody here wants it
         newline = data.find(b"\n")
         try:
             header = json.loads(data[:newline]) if newline > 0 else None
@@ -384,13 +408,37 @@ class RedisBroker:
         except (ValueError, KeyError, TypeError):
             self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
-            return
+            return None
         if header.get("n") == self.node and not header.get("o"):
-            return  # its publisher, this node, delivered it here already
+            return None  # its publisher, this node, delivered it here already
+        return app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
+
+    def _deliver_run(
+        self, key: tuple[str, str] | None, run: list[tuple[bytes, str | None, int | None]]
+    ) -> None:
+        if not run or key is None:
+            return
+        app_id, channel = key
+        if len(run) == 1:
+            self._dispatch(app_id, EVENT, channel, *run[0])
+            return
         try:
-            self.hub.dispatch(
-                app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
-            )
+            self.hub.deliver_batch(app_id, channel, run)
+        except Exception:  # one bad message must not cost the subscription
+            self.dropped += len(run)
+            log.exception("error delivering messages of app %s", app_id)
+
+    def _dispatch(
+        self,
+        app_id: str,
+        kind: str,
+        target: str,
+        payload: bytes,
+        exclude: str | None,
+        version: int | None,
+    ) -> None:
+        try:
+            self.hub.dispatch(app_id, kind, target, payload, exclude, version)
         except Exception:  # one bad message must not cost the subscription
             self.dropped += 1
             log.exception("error delivering a message of app %s", app_id)
