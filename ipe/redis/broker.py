@@ -76,6 +76,7 @@ class RedisBroker:
         self._failures_unlogged = 0
         self._outbox: deque[tuple[str, str, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
+        self._stale_slots = False  # the Cluster publisher's slot map needs refreshing
         # Plain-int tallies for metrics, folded in by `State.export_metrics`.
         self.received = 0
         self.dropped = 0
@@ -152,19 +153,46 @@ class RedisBroker:
             _app_id, topic, message = batch[0]
             (client.spublish if self.sharded else client.publish)(topic, message)
             return
-        if self.sharded:
-            # A Cluster pipeline sends each shard its SPUBLISHes in one batch.
-            pipe = client.pipeline()
-            for _app_id, topic, message in batch:
-                pipe.spublish(topic, message)
-        else:
-            if self.link.config.cluster:
-                # PUBLISH reaches every node of a Cluster from any one of them.
-                client = client.get_redis_connection(client.get_default_node())
-            pipe = client.pipeline(transaction=False)
-            for _app_id, topic, message in batch:
-                pipe.publish(topic, message)
-        pipe.execute()
+        if not self.link.config.cluster:
+            self._pipeline(client, batch)
+            return
+        # Not a Cluster pipeline: it sends again, one by one, the commands of a connection
+        # that failed, and a PUBLISH that timed out may have gone out already. Each master
+        # gets its share in a plain pipeline instead (any one node for unsharded PUBLISH,
+        # which reaches every node of a Cluster); a share that fails is lost, and counted.
+        if self._stale_slots:  # a failover moved slots: ask where they are now
+            client.nodes_manager.initialize()
+            self._stale_slots = False
+        shares: dict[str, tuple[Any, list[tuple[str, str, bytes]]]] = {}
+        for item in batch:
+            node = client.get_node_from_key(item[1]) if self.sharded else client.get_default_node()
+            shares.setdefault(node.name, (node, []))[1].append(item)
+        failure: BaseException | None = None
+        for node, share in shares.values():
+            try:
+                if self._pipeline(client.get_redis_connection(node), share):
+                    self._stale_slots = True
+            except self.errors as exc:
+                failure = exc
+                self._stale_slots = True
+                for app_id, _topic, _message in share:
+                    self._failed(app_id, str(exc))
+        if failure is not None:
+            self.link.mark_down(failure)
+
+    def _pipeline(self, client: Any, batch: list[tuple[str, str, bytes]]) -> int:
+        """PUBLISH (SPUBLISH) a batch in one pipeline of one server; how many it refused
+        (counted as failed)."""
+        pipe = client.pipeline(transaction=False)
+        for _app_id, topic, message in batch:
+            (pipe.spublish if self.sharded else pipe.publish)(topic, message)
+        replies = pipe.execute(raise_on_error=False)
+        refused = 0
+        for (app_id, _topic, _message), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):  # e.g. MOVED: its slot left that master
+                refused += 1
+                self._failed(app_id, str(reply))
+        return refused
 
     def _failed(self, app_id: str, reason: str) -> None:
         """Count a message that could not cross to other nodes; log it, at most once a second."""
