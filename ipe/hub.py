@@ -283,21 +283,22 @@ class Hub:
                 skips.setdefault(skip, []).append(i)
         sent = sent_bytes = 0
         for conn in tuple(conns):
-            if conn.gates is None and conn.frames_in_one_send and conn not in skips:
-                if conn.send(whole):
-                    sent += len(frames)
-                    sent_bytes += len(whole)
-                continue
-            skipped = skips.get(conn, ())
-            for i, data in enumerate(frames):  # rare: gated, or excluded from one
-                if i in skipped:
+            if conn.gates is None and conn not in skips:  # most sockets: all of them
+                picked = frames
+            else:
+                picked = _picked(conn, channel, events, frames, skips.get(conn, ()))
+                if not picked:
                     continue
-                if conn.gates is not None:
-                    n = _send_gated(conn, channel, data, events[i][2])
-                else:
-                    n = 1 if conn.send(data) else 0
-                sent += n
-                sent_bytes += n * len(data)
+            if conn.frames_in_one_send:
+                data = whole if picked is frames else b"".join(picked)
+                if conn.send(data):
+                    sent += len(picked)
+                    sent_bytes += len(data)
+                continue
+            for data in picked:  # a transport that takes one message per call
+                if conn.send(data):
+                    sent += 1
+                    sent_bytes += len(data)
         tally = self.tallies.get(app_id)
         if tally is not None:
             tally.delivered += sent
@@ -399,6 +400,33 @@ class Hub:
                     conn.close(code, reason, error=True)
             gevent.sleep(max(0.0, started + (tick + 1) * seconds / ticks - time.monotonic()))
         self.close_all(code, reason)
+
+
+def _picked(
+    conn: Connection,
+    channel: str,
+    events: list[tuple[bytes, str | None, int | None]],
+    frames: list[bytes],
+    skipped: Iterable[int],
+) -> list[bytes]:
+    """The frames of `events` a socket with gates (or excluded from some) gets now: none
+    while its subscription is not confirmed (they wait for that, in the gate), and no member
+    event its roster has already."""
+    gate = conn.gates.get(channel) if conn.gates is not None else None
+    picked = []
+    for i, data in enumerate(frames):
+        if i in skipped:
+            continue
+        version = events[i][2]
+        if gate is not None:
+            if gate.waiting is not None:  # not confirmed yet: it waits for that
+                gate.waiting.append((version, data))
+                continue
+            seen = gate.version
+            if version is not None and seen is not None and version <= seen:
+                continue  # the roster this socket was sent already has this change
+        picked.append(data)
+    return picked
 
 
 def _send_gated(conn: Connection, channel: str, data: bytes, version: int | None) -> int:

@@ -161,13 +161,14 @@ class Session:
         try:
             # This node's Redis subscription (asked for by hub.add) is confirmed before the
             # client's, so that what others publish after the confirmation reaches it.
-            state.broker.routed(app_id, channel)
             if member is None:
                 count = state.presence.subscribe(app_id, channel)
+                state.broker.routed(app_id, channel)  # it went out meanwhile
                 if count == 1:
                     state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
                 self._confirm(channel, None)
             else:
+                state.broker.routed(app_id, channel)  # not in the turn: the next can go on
                 # The member limit is enforced where the roster changes, in one step (which
                 # counts the subscription too), so concurrent joins on several nodes cannot
                 # pass it together; the turn keeps this node's member events in version order.
