@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 from typing import Any
 
-import yaml
-
+from ipe import app_documents
 from ipe import config as config_module
-
-# What `show` and `list` print of a secret: enough to tell two apart, never enough to use.
-SHOWN_SECRET_CHARS = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,35 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set(document: dict[str, Any], assignment: str) -> None:
-    path, sep, text = assignment.partition("=")
-    if not sep or not path:
-        raise config_module.ConfigError(f"--set {assignment!r}: expected PATH=VALUE")
-    *parents, last = path.split(".")
-    node = document
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise config_module.ConfigError(f"--set {path}: {part} is not a mapping")
-    node[last] = yaml.safe_load(text) if text else ""
-
-
-def _secrets_of(document: dict[str, Any]) -> list[str]:
-    if "secrets" in document:
-        return list(document["secrets"])
-    return [document["secret"]] if document.get("secret") else []
-
-
-def _shown(document: dict[str, Any]) -> dict[str, Any]:
-    shown = {k: v for k, v in document.items() if k not in ("secret", "secrets")}
-    # A short secret shows nothing of itself: its last four characters would be most of it.
-    shown["secrets"] = [
-        f"…{s[-SHOWN_SECRET_CHARS:]}" if len(s) >= 4 * SHOWN_SECRET_CHARS else "…"
-        for s in _secrets_of(document)
-    ]
-    return shown
-
-
 def _store(args: argparse.Namespace) -> Any:
     import os
 
@@ -105,6 +71,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 def run(argv: list[str]) -> int:
     """Carry out one `ipe apps` command; the exit status."""
+    from ipe.apps import AppSourceError
+
     args = _parser().parse_args(argv)
     try:
         store = _store(args)
@@ -112,83 +80,58 @@ def run(argv: list[str]) -> int:
     except config_module.ConfigError as exc:
         print(f"ipe apps: {exc}", file=sys.stderr)
         return 2
-    except LookupError as exc:
+    except (LookupError, AppSourceError) as exc:  # NoSuchApp; Redis unreachable
         print(f"ipe apps: {exc.args[0]}", file=sys.stderr)
         return 1
 
 
 def _command(store: Any, args: argparse.Namespace) -> int:
-    from ipe.redis.link import REDIS_ERRORS
-
-    try:
-        documents = store.documents()
-    except Exception as exc:  # AppSourceError: Redis unreachable
-        print(f"ipe apps: cannot read the apps from Redis: {exc}", file=sys.stderr)
-        return 1
     command = args.command
     if command == "list":
-        for app_id, doc in sorted(documents.items()):
+        for app_id, doc in sorted(store.documents().items()):
             state = "enabled" if doc.get("enabled", True) else "disabled"
             print(f"{app_id}\t{doc.get('key')}\t{state}\t{doc.get('name', '')}")
-        return 0
-    if command == "add":
-        if args.app_id in documents:
-            raise config_module.ConfigError(f"app {args.app_id} exists already; use update")
-        new_secret = args.secret or secrets.token_hex(20)
-        document: dict[str, Any] = {
-            "app_id": args.app_id,
-            "key": args.key,
-            "secrets": [new_secret],
-            "name": args.name,
-            "enabled": not args.disabled,
-        }
+    elif command == "show":
+        shown = app_documents.shown(store.document(args.app_id))
+        print(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
+    elif command == "add":
+        secret = args.secret or app_documents.new_secret()
+        document = app_documents.new_app(
+            args.app_id, args.key, secret, args.name, enabled=not args.disabled
+        )
         for assignment in args.set:
-            _set(document, assignment)
-        _put(store, document, REDIS_ERRORS)
+            app_documents.assign(document, assignment)
+        store.add(document)
         print(f"added app {args.app_id} (key {args.key})")
         if not args.secret:
-            print(f"secret: {new_secret}")
-        return 0
-    document = documents.get(args.app_id)
-    if document is None:
-        raise LookupError(f"no app {args.app_id}")
-    if command == "show":
-        print(json.dumps(_shown(document), indent=2, sort_keys=True, ensure_ascii=False))
-        return 0
-    if command == "remove":
-        store.remove(args.app_id)
-        print(f"removed app {args.app_id}")
-        return 0
-    if command in ("disable", "enable"):
-        document["enabled"] = command == "enable"
+            print(f"secret: {secret}")
     elif command == "update":
-        if args.key is not None:
-            document["key"] = args.key
-        if args.name is not None:
-            document["name"] = args.name
-        for assignment in args.set:
-            _set(document, assignment)
+
+        def edit(document: dict[str, Any]) -> None:
+            if args.key is not None:
+                document["key"] = args.key
+            if args.name is not None:
+                document["name"] = args.name
+            for assignment in args.set:
+                app_documents.assign(document, assignment)
+
+        store.update(args.app_id, edit)
+        print("updated")
+    elif command in ("disable", "enable"):
+        store.set_enabled(args.app_id, command == "enable")
+        print(f"{command}d app {args.app_id}")
+    elif command == "remove":
+        if not store.remove(args.app_id):
+            raise app_documents.NoSuchApp(args.app_id)
+        print(f"removed app {args.app_id}")
     elif command == "rotate-secret":
-        current = _secrets_of(document)
         if args.drop_old:
-            kept = current[:1]
-            print(f"dropped {len(current) - 1} old secret(s) of app {args.app_id}")
+            _, dropped = store.drop_old_secrets(args.app_id)
+            print(f"dropped {dropped} old secret(s) of app {args.app_id}")
         else:
-            new_secret = args.secret or secrets.token_hex(20)
-            kept = [new_secret, *current]
-            print(f"app {args.app_id}: new secret first, {len(current)} old one(s) still valid")
+            app, secret = store.rotate_secret(args.app_id, args.secret)
+            old = len(app.previous_secrets)
+            print(f"app {args.app_id}: new secret first, {old} old one(s) still valid")
             if not args.secret:
-                print(f"secret: {new_secret}")
-        document.pop("secret", None)
-        document["secrets"] = kept
-    _put(store, document, REDIS_ERRORS)
-    if command != "rotate-secret":
-        print(f"{command}d app {args.app_id}" if command != "update" else "updated")
+                print(f"secret: {secret}")
     return 0
-
-
-def _put(store: Any, document: dict[str, Any], errors: Any) -> None:
-    try:
-        store.put(document)
-    except errors as exc:
-        raise LookupError(f"cannot write to Redis: {exc}") from None

@@ -11,8 +11,10 @@ series of lines, one frame each (pusher-js's `src/core/http/http_socket.ts` pars
     c[4001,"reason"]      the session is closed with that code
 
 A streaming response stays open and carries frames as they come; pusher-js itself replaces it
-once it holds 256 KB (`buffer_too_long`), and ends the session when a response ends, so ipe
-ends one only past `STREAM_BYTES` (a client that never recycles). A polling response carries
+once it holds 256 KB (`buffer_too_long`), and ends the session when a response ends. So ipe
+writes nothing more on a stream past `RECYCLE_CHARS` (pusher-js aborts it: anything written
+would be lost) and keeps the messages for the next one; a stream nobody replaces within
+`RECYCLE_WAIT` ends (a client that never recycles reconnects). A polling response carries
 what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
 
 `HttpClient` is a `Client` like a WebSocket `Connection`: `Session`, the hub and everything
@@ -55,7 +57,10 @@ HTTP_PATH = re.compile(
     r"(?:/[^/]*)*/app/([^/]{1,256})/([0-9A-Za-z_-]{1,32})/([0-9A-Za-z_-]{1,64})"
     r"/(xhr_streaming|xhr|xhr_send)"
 )
-STREAM_BYTES = 1 << 20  # a streaming response ends past this (pusher-js recycles at 256 KB)
+# pusher-js's MAX_BUFFER_LENGTH: once a stream's response text is longer and all read, pusher-js
+# aborts it and opens a new one for the session (our lines are ASCII: bytes are characters).
+RECYCLE_CHARS = 256 * 1024
+RECYCLE_WAIT = 10.0  # seconds a full stream waits for the client's next one, then ends
 POLL_WAIT = 25.0  # seconds a poll waits for a message before answering a heartbeat
 HEARTBEAT = 25.0  # seconds of silence on a stream before a heartbeat line
 MAX_SEND_BODY = 1 << 20  # bytes of one xhr_send body (its messages are checked one by one)
@@ -221,16 +226,17 @@ class HttpClient(Client):
         """The body of an `xhr_streaming` response: frames as they come."""
         me = self._attach()
         hangup.notify(self._wake)
-        sent = 0
         try:
             if not self._opened:
                 self._opened = True
-                yield _OPEN_LINE
+                first = _OPEN_LINE
             else:
                 # A recycled stream: headers go out with the first line, and a client (or a
                 # proxy) should not wait for them until there is news. Pusher's own server
                 # opens every stream with heartbeats too.
-                yield _HEARTBEAT_LINE
+                first = _HEARTBEAT_LINE
+            sent = len(first)
+            yield first
             while self._receiver == me and not self._ended and not hangup.seen:
                 line = self._take()
                 if line is None:
@@ -243,11 +249,26 @@ class HttpClient(Client):
                 yield line
                 if line.startswith(b"c"):
                     return
-                if sent > STREAM_BYTES:
-                    return  # a client that never recycles: it reconnects with a new session
+                if sent > RECYCLE_CHARS:
+                    # pusher-js aborts this request once it has read it all and opens another
+                    # one: a line written from now on would be lost with the aborted request.
+                    self._await_successor(me, hangup)
+                    return
         finally:
             hangup.stop()
             self._detach(me, hangup.seen)
+
+    def _await_successor(self, me: int, hangup: _Hangup) -> None:
+        """Write nothing more on a full stream (messages wait in the queue) until pusher-js's
+        next request takes over or the client hangs up; a client that never comes ends it after
+        RECYCLE_WAIT (it then reconnects with a new session)."""
+        deadline = time.monotonic() + RECYCLE_WAIT
+        # Polled rather than waited on `_wake`: clearing that event here could take a wake-up
+        # from the next stream, which waits on it; this lasts a round trip, once per 256 KB.
+        while self._receiver == me and not self._ended and not hangup.seen:
+            if time.monotonic() >= deadline:
+                return
+            gevent.sleep(0.02)
 
     def poll(self, hangup: _Hangup) -> Iterator[bytes]:
         """The body of an `xhr` (polling) response: what waits, or the next message."""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def install(app: Flask, state: State) -> None:
     """Mount the console at `console.path` and start its per-process work with the state."""
-    from ipe.console import auth
+    from ipe.console import auth, manage  # noqa: F401 (manage adds its routes to the blueprint)
     from ipe.console.service import Console
     from ipe.console.views import blueprint
 

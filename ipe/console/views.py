@@ -30,6 +30,7 @@ from flask import (
 )
 
 from ipe import protocol
+from ipe.app_documents import secret_hint
 from ipe.console import auth
 from ipe.console.watchers import END
 
@@ -118,7 +119,7 @@ def _apps() -> list[dict[str, Any]]:
             "app_id": app.app_id,
             "name": app.name or app.app_id,
             "key": app.key,
-            "secret_hint": "…" + app.secret[-4:] if len(app.secret) > 8 else "…",
+            "secret_hint": secret_hint(app.secret),
             "enabled": app.enabled,
             "webhooks": len(app.webhooks),
         }

@@ -15,6 +15,8 @@ from typing import Any
 
 import gevent
 
+from ipe import app_documents
+from ipe.app_documents import NoSuchApp
 from ipe.apps import AppSourceError
 from ipe.config import AppConfig, ConfigError, Limits, parse_app
 from ipe.redis import keys
@@ -56,7 +58,7 @@ class RedisApps:
         try:
             stored = self.client.hgetall(self.hash)
         except REDIS_ERRORS as exc:
-            raise AppSourceError(str(exc)) from exc
+            raise AppSourceError(f"cannot read the apps from Redis: {exc}") from exc
         return {_str(k): json.loads(v) for k, v in stored.items()}
 
     def fetch_all(self) -> tuple[AppConfig, ...]:
@@ -114,7 +116,23 @@ class RedisApps:
                         pass
             gevent.sleep(backoff.next())
 
-    # --- writing (the `ipe apps` command) -----------------------------------------------------
+    # --- writing (the `ipe apps` command and the console) --------------------------------------
+    # Every write reads the stored mapping, edits it (ipe.app_documents), validates the result
+    # as the config file would be (`put`) and announces it. Redis failures raise
+    # AppSourceError; an invalid result ConfigError; an unknown id NoSuchApp.
+
+    def document(self, app_id: str) -> dict[str, Any]:
+        """One stored app as its mapping; NoSuchApp if there is none."""
+        try:
+            raw = self.client.hget(self.hash, app_id)
+        except REDIS_ERRORS as exc:
+            raise AppSourceError(f"cannot read the apps from Redis: {exc}") from exc
+        if raw is None:
+            raise NoSuchApp(app_id)
+        document = json.loads(raw)
+        if not isinstance(document, dict):
+            raise AppSourceError(f"stored app {app_id} is not a mapping")
+        return document
 
     def put(self, document: dict[str, Any]) -> AppConfig:
         """Store one app (validated as the config file would be) and announce the change."""
@@ -122,30 +140,80 @@ class RedisApps:
         for other_id, other in self.documents().items():
             if other_id != app.app_id and other.get("key") == app.key:
                 raise ConfigError(f"app.key: {app.key!r} is already the key of app {other_id}")
-        old = self.client.hget(self.hash, app.app_id)
-        pipe = self.client.pipeline(transaction=True)
-        if old is not None:
-            old_key = json.loads(old).get("key")
-            if old_key and old_key != app.key:
-                pipe.hdel(self.index, old_key)
-        pipe.hset(self.hash, app.app_id, json.dumps(document, sort_keys=True))
-        pipe.hset(self.index, app.key, app.app_id)
-        pipe.execute()
-        self.client.publish(self.channel, app.app_id)
+        try:
+            stored = json.dumps(document, sort_keys=True)
+        except (TypeError, ValueError) as exc:  # e.g. a YAML date in a webhook header
+            raise ConfigError(f"app: cannot be stored as JSON ({exc})") from None
+        try:
+            old = self.client.hget(self.hash, app.app_id)
+            pipe = self.client.pipeline(transaction=True)
+            if old is not None:
+                old_key = json.loads(old).get("key")
+                if old_key and old_key != app.key:
+                    pipe.hdel(self.index, old_key)
+            pipe.hset(self.hash, app.app_id, stored)
+            pipe.hset(self.index, app.key, app.app_id)
+            pipe.execute()
+            self.client.publish(self.channel, app.app_id)
+        except REDIS_ERRORS as exc:
+            raise AppSourceError(f"cannot write to Redis: {exc}") from exc
         return app
 
+    def add(self, document: dict[str, Any]) -> AppConfig:
+        """Store a new app; ConfigError if its id is taken."""
+        try:
+            taken = self.client.hexists(self.hash, document.get("app_id"))
+        except REDIS_ERRORS as exc:
+            raise AppSourceError(f"cannot read the apps from Redis: {exc}") from exc
+        except Exception:  # no usable id (None, a list...): parse_app in put names the key
+            taken = False
+        if taken:
+            raise ConfigError(f"app {document['app_id']} exists already; use update")
+        return self.put(document)
+
+    def update(self, app_id: str, edit: Callable[[dict[str, Any]], Any]) -> AppConfig:
+        """Apply `edit` to the stored app's mapping and store the result."""
+        document = self.document(app_id)
+        edit(document)
+        if str(document.get("app_id")) != app_id:
+            raise ConfigError("app.app_id: an app's id cannot change")
+        return self.put(document)
+
+    def set_enabled(self, app_id: str, enabled: bool) -> AppConfig:
+        """Enable or disable one app (a disabled app's sockets are closed with 4003)."""
+        return self.update(app_id, lambda document: document.__setitem__("enabled", enabled))
+
+    def rotate_secret(self, app_id: str, secret: str | None = None) -> tuple[AppConfig, str]:
+        """Add a new first secret (random unless given), keep the old ones; the new secret."""
+        secret = secret or app_documents.new_secret()
+        app = self.update(app_id, lambda document: app_documents.rotate(document, secret))
+        return app, secret
+
+    def drop_old_secrets(self, app_id: str) -> tuple[AppConfig, int]:
+        """Keep only the current secret; how many old ones were dropped."""
+        dropped = 0
+
+        def edit(document: dict[str, Any]) -> None:
+            nonlocal dropped
+            dropped = app_documents.drop_old_secrets(document)
+
+        return self.update(app_id, edit), dropped
+
     def remove(self, app_id: str) -> bool:
-        """Delete one app; False if there was none."""
-        old = self.client.hget(self.hash, app_id)
-        if old is None:
-            return False
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.hash, app_id)
-        key = json.loads(old).get("key")
-        if key:
-            pipe.hdel(self.index, key)
-        pipe.execute()
-        self.client.publish(self.channel, app_id)
+        """Delete one app (its sockets are closed with 4001); False if there was none."""
+        try:
+            old = self.client.hget(self.hash, app_id)
+            if old is None:
+                return False
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.hash, app_id)
+            key = json.loads(old).get("key")
+            if key:
+                pipe.hdel(self.index, key)
+            pipe.execute()
+            self.client.publish(self.channel, app_id)
+        except REDIS_ERRORS as exc:
+            raise AppSourceError(f"cannot write to Redis: {exc}") from exc
         return True
 
 

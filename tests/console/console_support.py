@@ -71,6 +71,26 @@ class ConsoleUser:
             self.csrf = re.search(rb'data-csrf="([^"]+)"', page).group(1).decode()  # type: ignore[union-attr]
         return status
 
+    def post_form(
+        self, path: str, fields: dict[str, str] | None = None, csrf: str | None = None
+    ) -> tuple[int, dict[str, str], str]:
+        """POST a form as the browser does, with the session's CSRF token unless `csrf` is
+        given ("" sends none); (status, headers, page)."""
+        token = self.csrf if csrf is None else csrf
+        form = {**(fields or {}), **({"csrf": token} if token else {})}
+        status, headers, body = self.request(
+            "POST",
+            path,
+            urllib.parse.urlencode(form).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return status, headers, body.decode()
+
+    def page(self, path: str) -> tuple[int, str]:
+        """GET a page: (status, HTML)."""
+        status, _, body = self.request("GET", path)
+        return status, body.decode()
+
     def get_json(self, path: str) -> Any:
         status, _, body = self.request("GET", "/api" + path)
         assert status == 200, (path, status, body)
@@ -147,4 +167,3 @@ class EventStream:
             except OSError:
                 pass
         self.conn.close()
-

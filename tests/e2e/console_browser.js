@@ -5,8 +5,9 @@
 // Configured by environment variables (set by tests/e2e/test_console_browser.py):
 //   CONSOLE_URLS   ipe base URLs, comma-separated (the browser uses the first)
 //   CONSOLE_USER / CONSOLE_PASSWORD, APP_ID / APP_KEY / APP_SECRET, CHROMIUM (its path)
-//   CONSOLE_MODE   "single" (the whole walk) or "cluster" (events of two nodes in one log)
-//   SCREENSHOTS    a directory for overview.png and live-log.png (optional)
+//   CONSOLE_MODE   "single" (the whole walk), "cluster" (events of two nodes in one log) or
+//                  "apps" (add an app on the Manage apps page, use it, disable it; driver redis)
+//   SCREENSHOTS    a directory for the console's screenshots (optional)
 // Prints {"observe": name, "value": v} lines, then {"result": "pass"|"fail", ...} last.
 
 const fs = require('fs');
@@ -34,9 +35,9 @@ function sdkFor(url) {
   });
 }
 
-function client(url, authSdk) {
+function client(url, authSdk, key) {
   const u = new URL(url);
-  return new Pusher(env.APP_KEY, {
+  return new Pusher(key || env.APP_KEY, {
     cluster: '', wsHost: u.hostname, wsPort: Number(u.port), forceTLS: false,
     enabledTransports: ['ws'], disableStats: true,
     channelAuthorization: {
@@ -227,6 +228,51 @@ async function cluster(page) {
   onB.disconnect();
 }
 
+async function apps(page, base) {
+  // Add an app by hand on the Manage apps page; its secret is shown once.
+  await logIn(page, base);
+  await Promise.all([page.waitForNavigation(), page.click('#nav-apps')]);
+  await page.type('#add-app-id', '4242');
+  await page.type('#add-name', 'Added in a browser');
+  await page.type('#add-key', 'browser-key');
+  await Promise.all([page.waitForNavigation(), page.click('#add')]);
+  const secret = (await page.$eval('#new-secret', (e) => e.textContent)).trim();
+  observe('secret_length', secret.length);
+  if (env.SCREENSHOTS) {
+    await page.screenshot({ path: path.join(env.SCREENSHOTS, 'console-new-app.png') });
+  }
+  // pusher-js connects with its key; the Node SDK signs with the shown secret.
+  const u = new URL(base);
+  const sdk = new PusherServer({
+    appId: '4242', key: 'browser-key', secret, host: u.hostname, port: u.port, useTLS: false,
+  });
+  const shopper = client(base, sdk, 'browser-key');
+  await connected(shopper);
+  const orders = shopper.subscribe('orders');
+  await subscribed(orders);
+  const received = next(orders, 'placed');
+  await sdk.trigger('orders', 'placed', { n: 1 });
+  observe('pusher_js_received', await received);
+  // The settings page shows the last four characters only; Disable closes the socket (4003).
+  await Promise.all([page.waitForNavigation(), page.click('#continue')]);
+  observe('secret_hints', await page.$eval('#secret-hints', (e) => e.textContent));
+  observe('secret_in_page', (await page.content()).includes(secret));
+  if (env.SCREENSHOTS) {
+    await page.screenshot({ path: path.join(env.SCREENSHOTS, 'console-app-settings.png'),
+      fullPage: true });
+  }
+  const closed = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('pusher-js was not closed')), WAIT);
+    shopper.connection.bind('error', (e) => {
+      if (e && e.data && e.data.code) { clearTimeout(timer); resolve(e.data.code); }
+    });
+  });
+  await Promise.all([page.waitForNavigation(), page.click('#disable')]);
+  observe('close_code', await closed);
+  observe('state_after_disable', await page.$eval('#app-state', (e) => e.textContent));
+  shopper.disconnect();
+}
+
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ipe-chromium-'));
   const browser = await puppeteer.launch({
@@ -243,6 +289,7 @@ async function main() {
     page.on('pageerror', (e) => errors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
     if (env.CONSOLE_MODE === 'cluster') await cluster(page);
+    else if (env.CONSOLE_MODE === 'apps') await apps(page, urls[0]);
     else await single(page, urls[0]);
     observe('page_errors', errors.filter((e) => !e.includes('401')));
   } finally {

@@ -1,5 +1,6 @@
-"""The debug console in a real headless Chromium: log in, watch, send, log out; and one console
-showing the events of two nodes that share a real redis-server.
+"""The debug console in a real headless Chromium: log in, watch, send, log out; one console
+showing the events of two nodes that share a real redis-server; and an app added by hand on the
+Manage apps page (`app_manager: driver: redis`), used by pusher-js, then disabled.
 
 Debian's `chromium` (scripts/test installs it) is driven by puppeteer-core from Node
 (tests/e2e/console_browser.js); pusher-js and the Node server SDK play the app.
@@ -100,4 +101,21 @@ def test_one_console_shows_the_events_of_two_nodes(redis_server, make_server):
     assert len(seen["connected_nodes"]) == 2, seen
     assert len(seen["overview_nodes"]) >= 2, seen
     assert seen["overview_connections"] == 2
+    assert seen["page_errors"] == []
+
+
+def test_an_app_added_in_the_browser_serves_pusher_js(redis_server, make_server):
+    config = redis_config(redis_server.url)
+    config["console"] = CONSOLE
+    config["apps"] = []
+    config["app_manager"] = {"driver": "redis"}
+    server = make_server(config, env=ENV)
+    seen = run_browser([server], "apps")
+    assert seen["after_login"] == "/console/"
+    assert seen["secret_length"] == 40
+    assert seen["pusher_js_received"] == {"n": 1}
+    assert seen["secret_hints"].startswith("…") and len(seen["secret_hints"]) == 5
+    assert seen["secret_in_page"] is False
+    assert seen["close_code"] == 4003
+    assert seen["state_after_disable"] == "disabled"
     assert seen["page_errors"] == []

@@ -1,5 +1,5 @@
 """`app_manager: driver: sql`: apps from a table in soketi's layout, read through SQLAlchemy from
-a SQLite file and from a real PostgreSQL server started by the test."""
+a SQLite file and from real PostgreSQL and MariaDB servers started by the tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -138,6 +139,120 @@ def test_a_postgresql_table_in_soketis_layout(postgres: str, make_server: Any) -
         db.execute(
             sqlalchemy.text(
                 "INSERT INTO apps (id, key, secret, max_connections, enable_client_messages, "
+                "enabled, max_backend_events_per_sec, max_client_events_per_sec, "
+                "max_read_req_per_sec) VALUES ('5002', 'later', 'ls', 10, 0, 1, 100, 5, 100)"
+            )
+        )
+    assert server.ws(key="later").established is not None
+    engine.dispose()
+
+
+# --- MySQL (MariaDB) --------------------------------------------------------------------------
+
+# soketi's MySQL migration, word for word but for the optional columns it adds later.
+SOKETI_MYSQL_TABLE = """
+CREATE TABLE IF NOT EXISTS `apps` (
+    `id` varchar(255) NOT NULL,
+    `key` varchar(255) NOT NULL,
+    `secret` varchar(255) NOT NULL,
+    `max_connections` integer(10) NOT NULL,
+    `enable_client_messages` tinyint(1) NOT NULL,
+    `enabled` tinyint(1) NOT NULL,
+    `max_backend_events_per_sec` integer(10) NOT NULL,
+    `max_client_events_per_sec` integer(10) NOT NULL,
+    `max_read_req_per_sec` integer(10) NOT NULL,
+    `webhooks` json,
+    `max_event_payload_in_kb` integer(10) NULL,
+    `enable_user_authentication` tinyint(1) NOT NULL DEFAULT 0,
+    PRIMARY KEY (`id`)
+)
+"""
+
+
+@pytest.fixture
+def mariadb() -> Iterator[str]:
+    """A MariaDB server of the test's own (mariadb-install-db + mariadbd as the mysql user, in a
+    temp dir, no grant tables: anyone on 127.0.0.1 may connect); its database URL."""
+    install = shutil.which("mariadb-install-db")
+    server = shutil.which("mariadbd") or (
+        "/usr/sbin/mariadbd" if os.path.exists("/usr/sbin/mariadbd") else None
+    )
+    if install is None or server is None or shutil.which("runuser") is None:
+        pytest.skip("MariaDB is not installed (apt-get install mariadb-server)")
+    as_mysql = ["runuser", "-u", "mysql", "--"] if os.geteuid() == 0 else []
+    workdir = tempfile.mkdtemp(prefix="ipe-mariadb-")
+    os.chmod(workdir, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "mysql", "mysql")
+    data = os.path.join(workdir, "data")
+    subprocess.run(
+        [*as_mysql, install, "--no-defaults", f"--datadir={data}", "--skip-test-db"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = free_port()
+    log = open(os.path.join(workdir, "server.log"), "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            *as_mysql,
+            server,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={workdir}/mysqld.sock",
+            f"--pid-file={workdir}/mysqld.pid",
+            "--skip-grant-tables",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=16M",
+            "--innodb-flush-log-at-trx-commit=0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def accepts() -> bool:
+        assert proc.poll() is None, open(log.name, errors="replace").read()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(accepts, 60, 0.1, "mariadbd to listen")
+        import pymysql
+
+        with pymysql.connect(host="127.0.0.1", port=port, user="root") as db, db.cursor() as cur:
+            cur.execute("CREATE DATABASE ipe")
+        yield f"mysql+pymysql://root@127.0.0.1:{port}/ipe"
+    finally:
+        proc.terminate()  # runuser passes SIGTERM on and waits for mariadbd to shut down
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_mysql_table_in_soketis_layout(mariadb: str, make_server: Any) -> None:
+    # mariadb first: torn down last, so ipe is stopped before its database goes away.
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(mariadb)
+    with engine.begin() as db:
+        db.execute(sqlalchemy.text(SOKETI_MYSQL_TABLE))
+        insert = INSERT.replace("INTO apps (id, key,", "INTO apps (id, `key`,")
+        db.execute(sqlalchemy.text(insert.replace("%s", ":hooks")), {"hooks": HOOKS})
+    server = make_server(config_with(apps=[], app_manager={"driver": "sql", "url": mariadb}))
+    _serves_the_row(server)
+    with engine.begin() as db:  # a row added later: found by its key (a reserved word there)
+        db.execute(
+            sqlalchemy.text(
+                "INSERT INTO apps (id, `key`, secret, max_connections, enable_client_messages, "
                 "enabled, max_backend_events_per_sec, max_client_events_per_sec, "
                 "max_read_req_per_sec) VALUES ('5002', 'later', 'ls', 10, 0, 1, 100, 5, 100)"
             )

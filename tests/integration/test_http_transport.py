@@ -105,6 +105,39 @@ def test_a_stream_opens_once_and_a_recycled_stream_does_not_open_again(quick: Ip
         assert b"between" in seen  # what came between the two streams waited for the second
 
 
+def test_a_full_stream_leaves_what_follows_to_the_next_one(quick: IpeServer) -> None:
+    """pusher-js aborts a stream once it has read more than 256 KB of it and opens another for
+    the session: a line written to the aborted one would be lost, so what comes after the
+    line that filled a stream waits for the next stream."""
+    url = f"{quick.url}/pusher/app/demo-key/7/full0001/xhr_streaming{QUERY}"
+    base = url.split("/xhr_streaming")[0]
+    sdk = quick.sdk()
+    subscribe = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "bulk"}})])
+    with requests.post(url, stream=True, timeout=10) as first:
+        lines = first.iter_lines()
+        read = 0  # characters of the response, as pusher-js counts its responseText
+
+        def line() -> bytes:
+            nonlocal read
+            got: bytes = next(lines)
+            read += len(got) + 1
+            return got
+
+        assert line() == b"o"
+        assert b"connection_established" in line()
+        assert requests.post(f"{base}/xhr_send", data=subscribe, timeout=10).status_code == 204
+        assert b"subscription_succeeded" in line()
+        while read <= 256 * 1024:  # pusher-js's MAX_BUFFER_LENGTH
+            sdk.trigger("bulk", "fill", "x" * 9000)
+            assert b"fill" in line()
+        sdk.trigger("bulk", "after", {})
+        with requests.post(url, stream=True, timeout=10) as second:
+            later = second.iter_lines()
+            assert next(later) == b"h"
+            assert b"after" in next(later)
+        assert list(lines) == []  # the full stream ended with nothing more on it
+
+
 def test_refusals_are_an_error_then_a_close_frame(quick: IpeServer) -> None:
     session = HttpSession(quick, key="no-such-key")
     assert session.poll() == ["o"]
