@@ -1,14 +1,18 @@
-"""Taking a client socket over from pywsgi and gevent-websocket once the upgrade is done.
+"""Taking a client socket over from pywsgi and gevent-websocket once a long-lived response
+has begun: a WebSocket after its upgrade, an HTTP-fallback stream after its headers.
 
 gevent-websocket performs the HTTP upgrade; `ipe.connection` reads and writes frames itself
-after that. This module is the only one that touches their objects: it takes the socket (and
-any bytes already buffered past the request) and makes gevent-websocket's object inert, so
-that neither pywsgi's cleanup nor gevent-websocket's close writes to or closes it.
+after that. pywsgi writes an `xhr_streaming` response's headers; `ipe.http_transport` writes
+its lines after that. This module is the only one that touches their objects: it takes the
+socket (and, for a WebSocket, any bytes already buffered past the request) and makes
+pywsgi's handler (and gevent-websocket's object) let go of it, so that neither pywsgi's
+cleanup nor gevent-websocket's close writes to or closes it.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import gevent.socket
@@ -60,3 +64,45 @@ def take_socket(ws: Any, read_size: int) -> tuple[Any, bytes, bool]:
     if own.family in (socket.AF_INET, socket.AF_INET6):
         own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return own, pending, True
+
+
+def can_take_response_socket(handler: Any) -> bool:
+    """True if the connection of pywsgi's `handler` can be taken over once its response's
+    headers are out: a plain socket (a TLS one stays with its handler greenlet), and the
+    request's body read to its end (pywsgi would read the rest from the socket after)."""
+    sock = handler.socket
+    body = handler.wsgi_input
+    return (
+        sock is not None
+        and not hasattr(sock, "_sslobj")
+        and body is not None
+        and not body.chunked_input
+        and body.position >= (body.content_length or 0)
+    )
+
+
+def take_response_socket(handler: Any) -> Any:
+    """The plain socket of the response pywsgi's `handler` has written the headers of, ipe's
+    from now on (see `can_take_response_socket`): pywsgi then writes nothing more to it (not
+    even the end of a chunked body), reads no further request from it and does not close it;
+    its handler greenlet returns, with its environ and read buffer."""
+    sock = handler.socket
+    handler.rfile.close()
+    own = gevent.socket.socket(fileno=sock.detach())
+    handler.socket = None
+    handler.response_use_chunked = False
+    handler.close_connection = True
+    if own.family in (socket.AF_INET, socket.AF_INET6):
+        own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return own
+
+
+def giver(handler: Any) -> Callable[[Any], None] | None:
+    """A function that gives a socket taken from pywsgi's `handler` back to its server, which
+    then serves the connection's next request (keep-alive) as it serves a new connection's;
+    None if the server cannot (it serves connections in place)."""
+    server = handler.server
+    address = handler.client_address
+    if getattr(server, "_spawn", None) is None:
+        return None
+    return lambda sock: server.do_handle(sock, address)

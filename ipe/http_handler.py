@@ -11,6 +11,11 @@ of its costs are not needed:
 - gevent-websocket formats an access-log line for every request even when its logger
   (silenced by `ipe.app`) drops it, and runs its upgrade checks on requests that ask for none.
 
+And a response body that can `adopt` a socket (pusher-js's `xhr_streaming`, or a poll that
+has to wait; see `ipe.http_transport`) gets the connection once its headers are out: this
+greenlet, its environ and its read buffer do not wait out a stream that may stay open for
+hours. A poll gives the connection back to the server once answered (keep-alive).
+
 Relies on pywsgi's internal hooks (`MessageClass`, `_headers`, `finalize_headers`,
 `_write_with_headers`, `_sendall`) of the gevent version pinned in requirements.txt; without
 `http.client._read_headers` it falls back to the stock parser.
@@ -28,6 +33,8 @@ from typing import Any
 
 from gevent.pywsgi import OldMessage, WSGIHandler, format_date_time  # type: ignore[attr-defined]
 from geventwebsocket.handler import WebSocketHandler
+
+from ipe import handover
 
 _read_headers = getattr(client, "_read_headers", None)
 
@@ -95,6 +102,19 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             WSGIHandler.run_application(self)
             return
         super().run_application()
+
+    def process_result(self) -> None:
+        """pywsgi's; but a body with `adopt(sock, chunked, give_back)` takes the socket over
+        once the headers are written, and the request ends here: the connection is no longer
+        pywsgi's, unless the body gives it back (`give_back(sock)`) for the next request."""
+        adopt = getattr(self.result, "adopt", None)
+        if adopt is None or not self.status or not handover.can_take_response_socket(self):
+            super().process_result()
+            return
+        self.write(b"")  # the headers alone
+        chunked = self.response_use_chunked
+        give_back = handover.giver(self) if not self.close_connection else None
+        adopt(handover.take_response_socket(self), chunked, give_back)
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         """The request's headers (pywsgi's `headers_factory`, faster for ordinary lines)."""

@@ -11,7 +11,8 @@ nobody's accept. A response is then written with a per-write timeout of `http_ti
 
 A WebSocket leaves the HTTP phase with its `101` response, an HTTP-fallback stream
 (`ipe.http_transport`) with its `200`: from then on they are bounded by ipe's own limits
-(`ipe.connection` takes a plain socket from pywsgi, whose handler greenlet then ends). The
+(`ipe.connection`, `ipe.http_transport` take a plain socket from pywsgi, whose handler
+greenlet then ends; a poll's goes back to the server once answered). The
 greenlets are not capped by a pool either, so gunicorn's `worker_connections` caps nothing:
 the same Server and Handler serve `ipe` and gunicorn (see `install`).
 

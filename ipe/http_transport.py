@@ -17,6 +17,13 @@ would be lost) and keeps the messages for the next one; a stream nobody replaces
 `RECYCLE_WAIT` ends (a client that never recycles reconnects). A polling response carries
 what waits, or waits for the next message up to `POLL_WAIT`, then ends; pusher-js polls again.
 
+An idle session costs no greenlet: ipe's HTTP handler hands the socket of a stream (or of a
+poll that has to wait) over once the headers are out (`ipe.handover`, as for a WebSocket
+after its upgrade), and lines are written to it from whatever queues them, heartbeats and
+poll timeouts by the sweeper (`_SocketStream`); an answered poll's connection goes back to
+the HTTP server (keep-alive). A poll answered at once, a TLS connection and a request relayed
+from another process are generators a request's greenlet iterates.
+
 `HttpClient` is a `Client` like a WebSocket `Connection`: `Session`, the hub and everything
 above see no difference. Its outgoing messages wait in a bounded queue (`max_outbox_bytes`,
 then 4100) until a receive request takes them; a session that no request picks up for
@@ -35,8 +42,7 @@ import logging
 import re
 import socket
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -100,7 +106,13 @@ def close_line(code: int, reason: str) -> bytes:
 
 class HttpClient(Client):
     """One pusher-js session over HTTP: a queue of outgoing messages, and at most one receive
-    request (a stream or a poll) attached at a time."""
+    request (a stream or a poll) attached at a time.
+
+    A stream (or a poll that has to wait) served by ipe's own handler is a `_SocketStream`:
+    lines are written to its socket as they come, from whatever queued them, and no greenlet
+    waits for an idle one. Any other receive request (a poll answered at once, one over TLS,
+    one relayed through Redis) is a generator that waits in its greenlet for `_wake`.
+    """
 
     __slots__ = (
         "sid",
@@ -112,6 +124,7 @@ class HttpClient(Client):
         "_closing_line",
         "_opened",
         "_receiver",
+        "_stream",
         "_detached_at",
         "_hung_up",
         "_lock",
@@ -131,17 +144,20 @@ class HttpClient(Client):
         super().__init__(app, socket_id)
         self._registry = registry
         self.sid = sid
-        self._queue: deque[bytes] = deque()
+        # Escaped messages waiting for a receive request; None while empty (most of the time
+        # for a session with a stream attached: no empty container for life).
+        self._queue: list[bytes] | None = None
         self._queued_bytes = 0
         self._max_outbox = max_outbox
         self._on_overflow = on_overflow
-        self._wake = gevent.event.Event()
+        self._wake: gevent.event.Event | None = None  # made by the first waiting request
         self._closing_line: bytes | None = None
         self._opened = False  # the "o" frame has gone out
         self._receiver = 0  # id of the receive request attached (0: none)
+        self._stream: _SocketStream | None = None  # the receiver, when it is a socket of ours
         self._detached_at = time.monotonic()
         self._hung_up = False  # the last receive request ended with its client gone
-        self._lock = gevent.lock.Semaphore()  # one xhr_send handled at a time, in order
+        self._lock: gevent.lock.Semaphore | None = None  # one xhr_send at a time, in order
         self._ended = False
 
     # --- what Session and the hub call --------------------------------------------------------
@@ -172,32 +188,49 @@ class HttpClient(Client):
         # The next receive request hears it (and the session ends); if none comes, the
         # sweep ends it after http_session_timeout.
         self._closing_line = close_line(code, reason)
-        self._wake.set()
+        self._notify()
 
     # --- the queue ----------------------------------------------------------------------------
 
     def _enqueue(self, escaped: bytes) -> bool:
-        if self._queued_bytes + len(escaped) > self._max_outbox:
+        stream = self._stream
+        if stream is not None and stream.writable and self._queue is None:
+            if self.tally is not None:
+                self.tally.bytes_out += len(escaped)
+            self._write_line(stream, b"a[" + escaped + b"]\n")  # nothing waits: straight out
+            return True
+        backlog = stream.backlog if stream is not None else 0
+        if self._queued_bytes + backlog + len(escaped) > self._max_outbox:
             log.warning("closing %r: %d bytes wait for it (slow consumer)", self, self._max_outbox)
             if self._on_overflow is not None:
                 self._on_overflow()
-            self._queue.clear()
+            self._queue = None
             self._queued_bytes = 0
             self.close(protocol.OVER_CAPACITY, "Client is not reading fast enough")
             return False
-        self._queue.append(escaped)
+        if self._queue is None:
+            self._queue = [escaped]
+        else:
+            self._queue.append(escaped)
         self._queued_bytes += len(escaped)
         if self.tally is not None:
             self.tally.bytes_out += len(escaped)
-        self._wake.set()
+        self._notify()
         return True
+
+    def _notify(self) -> None:
+        """Something waits: write it to a socket stream, or wake a waiting request."""
+        if self._stream is not None:
+            self._push()
+        elif self._wake is not None:
+            self._wake.set()
 
     def _take(self) -> bytes | None:
         """Everything queued as one `a[...]` line (or the close line once drained); None if
         nothing waits."""
         if self._queue:
-            items = list(self._queue)
-            self._queue.clear()
+            items = self._queue
+            self._queue = None
             self._queued_bytes = 0
             return b"a[" + b",".join(items) + b"]\n"
         if self._closing_line is not None:
@@ -206,13 +239,93 @@ class HttpClient(Client):
             return line
         return None
 
+    # --- a receive request on a socket of ours ------------------------------------------------
+
+    def has_news(self) -> bool:
+        """True if a receive request would be answered at once (a poll need not wait)."""
+        return not self._opened or bool(self._queue) or self._closing_line is not None
+
+    def adopt(self, sock: Any, chunked: bool, give_back: Any = None) -> None:
+        """Serve a stream (or, with `give_back`, a waiting poll) on `sock`, its response's
+        headers written: lines are written as they come, by whoever queues them. A poll's
+        socket goes back to the HTTP server (`give_back(sock)`) once answered."""
+        receiver = self._attach()
+        timeout = self._registry.state.config.http_timeout
+        stream = _SocketStream(self, receiver, sock, chunked, timeout, give_back)
+        self._stream = stream
+        if give_back is None:
+            if not self._opened:
+                self._opened = True
+                self._write_line(stream, _OPEN_LINE)
+            else:
+                # A recycled stream: as in `stream`, a heartbeat first.
+                self._write_line(stream, _HEARTBEAT_LINE)
+        self._push()
+        if self._ended:  # while the headers went out: nothing more will come
+            self._let_go()
+
+    def _push(self) -> None:
+        """Write what waits to the socket stream, as far as it takes it without blocking."""
+        stream = self._stream
+        while stream is not None and stream.writable:
+            line = self._take()
+            if line is None:
+                return
+            self._write_line(stream, line)
+            stream = self._stream
+
+    def _write_line(self, stream: _SocketStream, line: bytes) -> None:
+        stream.write(line)
+        if stream.poll or line.startswith(b"c"):
+            stream.finish()  # a poll carries one line; the close line ends a stream
+        elif stream.sent > RECYCLE_CHARS:
+            # pusher-js aborts this request once it has read it all and opens another one: a
+            # line written from now on would be lost with it. Messages wait in the queue.
+            stream.full = True
+
+    def heartbeat(self, now: float) -> None:
+        """A heartbeat line on a socket stream silent for HEARTBEAT seconds (the answer to a
+        poll that waited POLL_WAIT); the end of a full stream nobody replaced in RECYCLE_WAIT
+        (a client that never recycles: it reconnects with a new session)."""
+        stream = self._stream
+        if stream is None or stream.busy:
+            return
+        if stream.full:
+            if now - stream.last >= RECYCLE_WAIT:
+                stream.finish()
+        elif now - stream.last >= (POLL_WAIT if stream.poll else HEARTBEAT):
+            self._write_line(stream, _HEARTBEAT_LINE)
+
+    def _let_go(self) -> None:
+        """End the socket stream attached: replaced by another request, or the session ended.
+        A poll gets its answer, a heartbeat, as a waiting generator's does."""
+        stream = self._stream
+        if stream is not None:
+            if stream.poll and stream.writable:
+                self._write_line(stream, _HEARTBEAT_LINE)
+            stream.finish()
+
+    def _stream_ended(self, stream: _SocketStream, hung_up: bool) -> None:
+        """Called by a socket stream once it is over (finished, or its client gone)."""
+        if self._stream is stream:
+            self._stream = None
+        self._detach(stream.receiver, hung_up)
+
     # --- receive requests ---------------------------------------------------------------------
+
+    def _waker(self) -> gevent.event.Event:
+        if self._wake is None:
+            self._wake = gevent.event.Event()
+        return self._wake
 
     def _attach(self) -> int:
         self._registry.next_receiver += 1
         self._receiver = self._registry.next_receiver
         self._hung_up = False
-        self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
+        self._let_go()  # replaced: pusher-js recycles a full stream, polls again after a hang-up
+        self._stream = None  # even one still writing its backlog: it finishes by itself
+        if self._wake is not None:
+            self._wake.set()  # a receiver still waiting gives way (it sees it is not current)
         self.last_seen = time.monotonic()
         return self._receiver
 
@@ -223,9 +336,11 @@ class HttpClient(Client):
             self._detached_at = time.monotonic()
 
     def stream(self, hangup: _Hangup) -> Iterator[bytes]:
-        """The body of an `xhr_streaming` response: frames as they come."""
+        """The body of an `xhr_streaming` response: frames as they come (a greenlet waits
+        for each; see `adopt` for a stream without)."""
         me = self._attach()
-        hangup.notify(self._wake)
+        wake = self._waker()
+        hangup.notify(wake)
         try:
             if not self._opened:
                 self._opened = True
@@ -240,8 +355,8 @@ class HttpClient(Client):
             while self._receiver == me and not self._ended and not hangup.seen:
                 line = self._take()
                 if line is None:
-                    self._wake.clear()
-                    if not self._wake.wait(HEARTBEAT):
+                    wake.clear()
+                    if not wake.wait(HEARTBEAT):
                         line = _HEARTBEAT_LINE
                     else:
                         continue
@@ -273,7 +388,8 @@ class HttpClient(Client):
     def poll(self, hangup: _Hangup) -> Iterator[bytes]:
         """The body of an `xhr` (polling) response: what waits, or the next message."""
         me = self._attach()
-        hangup.notify(self._wake)
+        wake = self._waker()
+        hangup.notify(wake)
         try:
             if not self._opened:
                 self._opened = True
@@ -281,13 +397,13 @@ class HttpClient(Client):
                 return
             line = self._take()
             if line is None:
-                self._wake.clear()
+                wake.clear()
                 deadline = time.monotonic() + POLL_WAIT
                 while line is None and self._receiver == me and not self._ended:
                     left = deadline - time.monotonic()
-                    if hangup.seen or left <= 0 or not self._wake.wait(left):
+                    if hangup.seen or left <= 0 or not wake.wait(left):
                         break
-                    self._wake.clear()
+                    wake.clear()
                     line = self._take()
             if not hangup.seen:
                 yield line if line is not None else _HEARTBEAT_LINE
@@ -301,6 +417,8 @@ class HttpClient(Client):
         self.ping_sent = 0.0
         if self.tally is not None:
             self.tally.bytes_in += sum(len(text) for text in messages)
+        if self._lock is None:
+            self._lock = gevent.lock.Semaphore()
         with self._lock:
             for text in messages:
                 if self.state is not OPEN:
@@ -321,7 +439,9 @@ class HttpClient(Client):
             self.state = CLOSING
             if self.close_code is None:
                 self.close_code = protocol.WS_GOING_AWAY
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+        self._let_go()
         self._registry.forget(self)
         try:
             self.on_end()
@@ -336,6 +456,171 @@ class HttpClient(Client):
             return False
         idle = now - max(self._detached_at, self.last_seen)
         return idle >= (min(HANGUP_GRACE, timeout) if self._hung_up else timeout)
+
+
+class _SocketStream:
+    """An `xhr_streaming` response (or an `xhr` poll that has to wait) whose socket ipe took
+    over from pywsgi after the headers.
+
+    Lines are written without blocking, as chunks (or raw to an HTTP/1.0 client); whatever
+    the kernel does not take is finished by a greenlet that exists only while there is a
+    backlog (counted against `max_outbox_bytes` with the session's queue), with a timeout of
+    `http_timeout`. A libev watcher notices the client hanging up. That is all an idle stream
+    holds: the socket, this object and the watcher. A stream's connection closes with it; a
+    poll's goes back to the HTTP server for the client's next request (keep-alive).
+    """
+
+    __slots__ = (
+        "client",
+        "receiver",
+        "sent",
+        "last",
+        "busy",
+        "full",
+        "backlog",
+        "_sock",
+        "_raw",
+        "_chunked",
+        "_watcher",
+        "_finishing",
+        "_closed",
+        "_give_back",
+    )
+
+    def __init__(
+        self,
+        client: HttpClient,
+        receiver: int,
+        sock: Any,
+        chunked: bool,
+        timeout: float,
+        give_back: Any = None,
+    ) -> None:
+        self.client = client
+        self.receiver = receiver
+        self._give_back = give_back
+        self.sent = 0  # bytes of lines written
+        self.last = time.monotonic()  # when the last line was written
+        self.busy = False  # a greenlet is writing the backlog
+        self.full = False  # past RECYCLE_CHARS: nothing more is written (see _write_line)
+        self.backlog = 0  # bytes it has still to write
+        sock.settimeout(timeout)
+        self._sock = sock
+        self._raw = sock._sock  # the OS socket (non-blocking) inside gevent's
+        self._chunked = chunked
+        self._finishing = False
+        self._closed = False
+        self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
+        self._watcher.start(self._on_readable)
+
+    def write(self, line: bytes) -> None:
+        """Write one line now, or leave its unsent rest to the writer greenlet (not busy)."""
+        if self._closed:
+            return
+        data = b"%x\r\n%s\r\n" % (len(line), line) if self._chunked else line
+        self.sent += len(line)
+        self.last = time.monotonic()
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost(True)
+            return
+        if sent < len(data):
+            self.busy = True
+            self.backlog = len(data) - sent
+            gevent.spawn(self._drain, data[sent:])
+
+    def _drain(self, rest: bytes) -> None:
+        """Write the backlog with cooperative blocking, then whatever queued meanwhile."""
+        try:
+            self._sock.sendall(rest)
+        except OSError as exc:  # a timeout too: the client does not read (it may come back)
+            self._lost(not isinstance(exc, TimeoutError))
+            return
+        finally:
+            self.busy = False
+            self.backlog = 0
+        if self._finishing:
+            self.finish()
+        else:
+            self.client._push()
+
+    @property
+    def writable(self) -> bool:
+        """True if a line can be written now (else it waits in the session's queue)."""
+        return not (self.busy or self.full or self._closed)
+
+    @property
+    def poll(self) -> bool:
+        """True for a poll (one line, then the connection goes back to the HTTP server)."""
+        return self._give_back is not None
+
+    def finish(self) -> None:
+        """End the response (once the backlog is written): close the connection, or give a
+        poll's back to the HTTP server."""
+        if self._closed:
+            return
+        self._finishing = True
+        if self.busy:
+            return  # the writer finishes it
+        ended = not self._chunked
+        if self._chunked:
+            try:
+                ended = self._raw.send(b"0\r\n\r\n") == 5  # the kernel takes 5 bytes, or we drop
+            except OSError:
+                pass
+        if self._give_back is None or not ended or not self._chunked:
+            self._close(False)
+            return
+        # The response is complete: the connection serves the client's next request.
+        self._closed = True
+        self._stop_watching()
+        self.client._stream_ended(self, False)
+        sock, self._sock = self._sock, None
+        sock.settimeout(None)
+        self._give_back(sock)
+
+    def _on_readable(self) -> None:
+        """libev callback (in the hub: never blocks). The end of the connection means the
+        client hung up (pusher-js's disconnect() aborts the request). Bytes before that: on a
+        stream's connection (Connection: close) they are dropped; on a poll's they are the
+        next request, left for the HTTP server (no more watching for a hang-up then)."""
+        try:
+            data = self._raw.recv(1, socket.MSG_PEEK)
+            if data and not self.poll:
+                data = self._raw.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(True)
+        elif self.poll:
+            self._stop_watching()
+
+    def _lost(self, hung_up: bool) -> None:
+        """The connection failed (or the client left): the session waits for its next
+        request, HANGUP_GRACE if the client `hung_up`, else http_session_timeout."""
+        self._close(hung_up)
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+    def _close(self, hung_up: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watching()
+        try:
+            self._sock.close()  # a writer blocked on it fails (and returns)
+        except OSError:
+            pass
+        self.client._stream_ended(self, hung_up)
 
 
 class _Hangup:
@@ -387,6 +672,41 @@ class _Hangup:
             self._watcher = None
 
 
+class _Response:
+    """The body of a local `xhr_streaming` response, or of a poll that has to wait. ipe's
+    HTTP handler (`ipe.http_handler`) hands it the socket once the headers are out (`adopt`);
+    any other server, or a TLS connection, iterates it like any WSGI body, a greenlet waiting
+    for every line."""
+
+    __slots__ = ("_client", "_environ", "_poll", "_lines")
+
+    def __init__(self, client: HttpClient, environ: dict[str, Any], poll: bool) -> None:
+        self._client = client
+        self._environ = environ
+        self._poll = poll
+        self._lines: Iterator[bytes] | None = None
+
+    def adopt(self, sock: Any, chunked: bool, give_back: Any) -> None:
+        """The response goes on on `sock`, which is the session's now; a poll hands it to
+        `give_back` once answered (None: it closes it instead)."""
+        self._environ = None  # type: ignore[assignment]
+        if self._poll:
+            self._client.adopt(sock, chunked, give_back or _close_socket)
+        else:
+            self._client.adopt(sock, chunked)
+
+    def __iter__(self) -> Iterator[bytes]:
+        hangup = _Hangup(self._environ)
+        receive = self._client.poll if self._poll else self._client.stream
+        self._lines = receive(hangup)
+        return self._lines
+
+    def close(self) -> None:
+        """WSGI's close(): the generator's cleanup runs now, not whenever it is collected."""
+        if self._lines is not None:
+            self._lines.close()  # type: ignore[attr-defined]
+
+
 class HttpSessions:
     """This process's HTTP sessions by id, and the sweeper that ends abandoned ones."""
 
@@ -423,9 +743,16 @@ class HttpSessions:
                 log.exception("HTTP session sweep failed")
 
     def sweep(self, now: float) -> None:
-        """End every session no request picked up for `http_session_timeout`."""
+        """End every session no request picked up for `http_session_timeout`; a heartbeat
+        on every socket stream silent for HEARTBEAT seconds (one pass, no timer each)."""
         timeout = self.state.config.http_session_timeout
-        for client in [c for c in self.sessions.values() if c.abandoned(now, timeout)]:
+        abandoned = []
+        for client in self.sessions.values():
+            if client.abandoned(now, timeout):
+                abandoned.append(client)
+            else:
+                client.heartbeat(now)
+        for client in abandoned:
             log.info("HTTP session %s abandoned after %.0fs", client.sid, timeout)
             if client.close_code is None:
                 client.close_code = protocol.WS_GOING_AWAY
@@ -433,7 +760,7 @@ class HttpSessions:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def serve(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    def serve(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """Answer one request of pusher-js's HTTP transports (WSGI)."""
         match = HTTP_PATH.fullmatch(environ.get("PATH_INFO", ""))
         headers = _cors(environ)
@@ -469,9 +796,18 @@ class HttpSessions:
             return _answer(start_response, "503 Service Unavailable", headers, body)
         headers.append(("Content-Type", "application/javascript; charset=UTF-8"))
         headers.append(("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0"))
+        if client is None and owner is None:
+            client = self._open(environ, sid, key)
+        if kind == "xhr_streaming" and client is not None:
+            # The stream's connection ends with it (a socket of ours: no next request on it).
+            headers.append(("Connection", "close"))
+            start_response("200 OK", headers)
+            return _Response(client, environ, poll=False)
         start_response("200 OK", headers)
+        if client is not None and not client.has_news():
+            return _Response(client, environ, poll=True)  # it waits: no greenlet for that
         hangup = _Hangup(environ)
-        if client is None and owner is not None:
+        if client is None:
             return router.relay(
                 owner,
                 sid,
@@ -479,9 +815,7 @@ class HttpSessions:
                 hangup,
                 lambda: self._receive_here(environ, sid, key, kind, hangup),
             )
-        if client is None:
-            client = self._open(environ, sid, key)
-        return client.stream(hangup) if kind == "xhr_streaming" else client.poll(hangup)
+        return client.poll(hangup)
 
     def _full(self) -> bool:
         """True (logged) when this process holds `http_max_sessions` sessions."""
@@ -529,6 +863,14 @@ class HttpSessions:
             remote = forwarded.client_address(environ, state.config.trusted_proxies)
             session.open_client(state, client, app, remote)
         return client
+
+
+def _close_socket(sock: Any) -> None:
+    """What a poll's socket gets when no HTTP server takes it back."""
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def _read_messages(environ: dict[str, Any]) -> list[str] | None:

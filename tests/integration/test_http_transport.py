@@ -4,16 +4,19 @@ sessions, CORS, refusals, cleanup of abandoned sessions, and fan-out to 100 HTTP
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from support import IpeServer, config_with, wait_until
+from support import IpeServer, config_with, free_port, wait_until
+from support.tls import self_signed
 
 QUERY = "?protocol=7&client=js&version=8.6.0&flash=false"
 
@@ -238,6 +241,223 @@ def test_a_session_that_does_not_poll_is_closed_with_4100(make_server: Any) -> N
     while not lines[-1].startswith("c"):
         lines = session.poll()
     assert lines[-1] == 'c[4100,"Client is not reading fast enough"]'
+
+
+def open_stream(server: IpeServer, sid: str) -> socket.socket:
+    """A raw xhr_streaming request, read up to its connection_established."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(
+        f"POST /pusher/app/demo-key/{sid}/xhr_streaming?protocol=7 HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    got = b""
+    while b"connection_established" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    return raw
+
+
+def subscribe(server: IpeServer, sid: str, channel: str) -> None:
+    body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}})])
+    url = f"{server.url}/pusher/app/demo-key/{sid}/xhr_send"
+    assert requests.post(url, data=body, timeout=10).status_code == 204
+
+
+def test_a_stream_whose_client_does_not_read_is_closed_with_4100(make_server: Any) -> None:
+    """The stream's socket is written from the publishing path: what the kernel (or the
+    client, past a full stream's 256 KB) does not take waits within max_outbox_bytes, then
+    the session is closed (4100) and let go."""
+    server = make_server(config_with(max_outbox_bytes=4096, http_timeout=1, http_session_timeout=2))
+    raw = open_stream(server, "3/notread0")
+    subscribe(server, "3/notread0", "flood")
+    got = b""
+    while b"subscription_succeeded" not in got:
+        got += raw.recv(4096)
+    sdk = server.sdk()
+    pad = "x" * 9000
+    for n in range(3000):  # far more than the kernel's buffers hold
+        sdk.trigger("flood", "big", {"n": n, "pad": pad})
+        if n % 10 == 9 and server.metric("ipe_slow_consumer_closes_total"):
+            break
+    assert server.metric("ipe_slow_consumer_closes_total") == 1
+    # The stream ends (its writer gives up after http_timeout, a full one after RECYCLE_WAIT,
+    # 10 s), and the session after http_session_timeout.
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 20, message="its end")
+    raw.settimeout(10)
+    while raw.recv(65536):
+        pass  # what the kernel held, then the end: the server let the socket go
+    raw.close()
+    assert server.ws().established is not None  # nobody else was held up
+
+
+def test_a_backlog_the_client_does_not_read_is_given_up_after_http_timeout(
+    make_server: Any,
+) -> None:
+    """What waited for a stream goes out as one line; the part the kernel does not take (its
+    send buffer grows to 4 MB) is written by a greenlet with http_timeout, and counts against
+    max_outbox_bytes meanwhile."""
+    server = make_server(
+        config_with(max_outbox_bytes=8_000_000, http_timeout=1, http_session_timeout=2)
+    )
+    session = HttpSession(server, sid="3/backlog0")
+    session.open()
+    session.send("pusher:subscribe", {"channel": "pile"})
+    assert session.events()[0]["event"] == "pusher_internal:subscription_succeeded"
+    sdk = server.sdk()
+    pad = "x" * 9000
+
+    def batch(name: str, n: int) -> None:
+        sdk.trigger_batch([{"channel": "pile", "name": name, "data": {"pad": pad}}] * n)
+
+    for _ in range(70):  # about 6.5 MB waits for the session's next request
+        batch("piled", 10)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
+    raw.sendall(
+        f"POST /pusher/app/demo-key/3/backlog0/xhr_streaming{QUERY} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    for _ in range(100):  # what the kernel did not take and these pass max_outbox_bytes
+        batch("more", 10)
+        if server.metric("ipe_slow_consumer_closes_total"):
+            break
+    assert server.metric("ipe_slow_consumer_closes_total") == 1
+    # The writer gives up after http_timeout (1 s; not a full stream's RECYCLE_WAIT, 10 s),
+    # the session ends http_session_timeout (2 s) later.
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 8, message="its end")
+    got = b""
+    while chunk := raw.recv(65536):
+        got += chunk
+    assert b"piled" in got and len(got) < 6_000_000  # cut short: the server let it go
+    raw.close()
+
+
+def test_a_full_stream_nobody_replaces_ends_and_the_session_goes_on(quick: IpeServer) -> None:
+    """A client that never recycles a full stream (256 KB) gets a complete response (the
+    chunked body's end) after RECYCLE_WAIT (10 s), and the next stream takes what waited."""
+    url = f"{quick.url}/pusher/app/demo-key/4/recycle0/xhr_streaming{QUERY}"
+    with requests.post(url, stream=True, timeout=30) as first:
+        assert first.headers["Connection"] == "close"
+        lines = first.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        subscribe(quick, "4/recycle0", "big")
+        assert b"subscription_succeeded" in next(lines)
+        sdk = quick.sdk()
+        pad = "x" * 9000
+        for n in range(40):  # about 370 KB of lines
+            sdk.trigger("big", "chunk", {"n": n, "pad": pad})
+        received = sum(line.count(b"chunk") for line in lines)  # ends without an error
+        assert 20 < received < 40
+    with requests.post(url, stream=True, timeout=10) as second:
+        lines = second.iter_lines()
+        assert next(lines) == b"h"
+        rest = 0
+        while rest < 40 - received:  # the events the first stream did not carry
+            rest += next(lines).count(b"chunk")
+        assert rest == 40 - received
+
+
+def test_a_stream_to_an_http_1_0_client_is_not_chunked(quick: IpeServer) -> None:
+    raw = socket.create_connection(("127.0.0.1", quick.port), timeout=10)
+    raw.sendall(
+        b"POST /pusher/app/demo-key/5/old00000/xhr_streaming?protocol=7 HTTP/1.0\r\n"
+        b"Host: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    got = b""
+    while b"connection_established" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    assert b"chunked" not in head.lower()
+    assert body.startswith(b"o\na["), body  # the lines themselves, no chunk sizes
+    raw.close()
+
+
+def test_waiting_polls_keep_their_connection_alive(quick: IpeServer) -> None:
+    """A poll that waits is answered from the publishing path, and its connection then
+    serves the next poll (keep-alive), as pusher-js's browser build expects of XHRs."""
+    conn = http.client.HTTPConnection("127.0.0.1", quick.port, timeout=30)
+    path = f"/pusher/app/demo-key/9/keepalv0/xhr{QUERY}"
+
+    def poll() -> bytes:
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read()
+
+    conn.request("POST", path, body=b"")
+    assert poll() == b"o\n"
+    conn.request("POST", path, body=b"")
+    assert b"connection_established" in poll()
+    peer = conn.sock.getsockname()
+    subscribe(quick, "9/keepalv0", "alive")
+    conn.request("POST", path, body=b"")
+    assert b"subscription_succeeded" in poll()
+    sdk = quick.sdk()
+    for n in range(5):
+        conn.request("POST", path, body=b"")  # nothing waits for it: it waits
+        sdk.trigger("alive", "tick", {"n": n})
+        (tick,) = [json.loads(m) for m in json.loads(poll()[1:])]
+        assert json.loads(tick["data"]) == {"n": n}
+    assert conn.sock.getsockname() == peer  # one connection throughout
+    conn.close()
+
+
+def test_a_waiting_poll_whose_client_hangs_up_ends_the_session(make_server: Any) -> None:
+    server = make_server(config_with(http_session_timeout=60))  # the timeout cannot do it
+    session = HttpSession(server, sid="2/hangpoll")
+    session.open()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(
+        f"POST /pusher/app/demo-key/2/hangpoll/xhr{QUERY} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    wait_until(lambda: server.metric("ipe_http_sessions") == 1, 5, message="the session")
+    raw.close()
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 5, message="its end")
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_a_stream_over_tls_still_streams(make_server: Any, tmp_path: Any) -> None:
+    """A TLS stream stays with its handler greenlet (its socket cannot be taken): same lines."""
+    key_file, cert_file = self_signed(tmp_path)
+    port = free_port()
+    tls = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    server = make_server(config_with(ssl=tls))
+    url = f"https://127.0.0.1:{port}/pusher/app/demo-key/6/tlsstrm0/xhr_streaming{QUERY}"
+    with requests.post(url, stream=True, timeout=10, verify=False) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == b"o"
+        assert b"connection_established" in next(lines)
+        body = json.dumps([json.dumps({"event": "pusher:subscribe", "data": {"channel": "t"}})])
+        send = url.replace("xhr_streaming", "xhr_send")
+        assert requests.post(send, data=body, timeout=10, verify=False).status_code == 204
+        assert b"subscription_succeeded" in next(lines)
+        server.sdk().trigger("t", "over-tls", {})
+        assert b"over-tls" in next(lines)
+
+
+def test_an_idle_stream_gets_heartbeats(quick: IpeServer) -> None:
+    """Nothing to say for HEARTBEAT (25 s): an `h` line (pusher-js answers with a send)."""
+    raw = open_stream(quick, "8/heartbt0")
+    raw.settimeout(40)
+    started = time.monotonic()
+    got = b""
+    while b"2\r\nh\n\r\n" not in got:
+        chunk = raw.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert time.monotonic() - started > 20  # not before its time
+    raw.close()
 
 
 @pytest.fixture
