@@ -124,6 +124,10 @@ class Client:
         "__weakref__",
     )
 
+    # True when `send` takes several frames in one call (bytes of a WebSocket stream):
+    # Hub.deliver_batch then writes a socket its events together.
+    frames_in_one_send = False
+
     def __init__(self, app: Any, socket_id: str) -> None:
         self.socket_id = socket_id
         self.app = app
@@ -155,6 +159,8 @@ class Client:
 
 class Connection(Client):
     """A client WebSocket: the two directions of its socket."""
+
+    frames_in_one_send = True
 
     __slots__ = (
         "_sock",

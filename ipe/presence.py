@@ -18,7 +18,19 @@ increasing, so that they keep increasing across a Redis restart that loses the c
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple, Protocol
+
+from ipe import protocol
+
+
+class Joined(NamedTuple):
+    """What `Presence.join` answers."""
+
+    first: bool  # the user's first socket on the channel: a member_added is due
+    roster: str  # the roster after, as subscription_succeeded data (protocol.presence_data)
+    version: int  # the roster version it reflects; this change's when it was one
+    count: int  # the channel's subscriptions after, cluster-wide (1: just occupied)
 
 
 class Presence(Protocol):
@@ -34,15 +46,20 @@ class Presence(Protocol):
 
     def join(
         self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
-    ) -> tuple[bool, dict[str, Any], int] | None:
-        """Add a member's socket: (True if the user's first socket, the member map after, the
-        roster version that map reflects, which is this change's when it was one); None, with
-        nothing changed, when a new user would make more than `max_members` users."""
+    ) -> Joined | None:
+        """Add a member's socket and count its subscription (one step: no `subscribe` for
+        it); None, with nothing changed, when a new user would make more than `max_members`
+        users."""
         ...
 
     def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         """Remove a member's socket: (True if it was the user's last one on the channel, the
         version of that change; 0 when there was none)."""
+        ...
+
+    def serial(self, app_id: str, channel: str) -> AbstractContextManager[Any]:
+        """Hold while changing a channel's roster and publishing its member event: this
+        node's member events of a channel then leave in the order of their versions."""
         ...
 
     def members(self, app_id: str, channel: str) -> dict[str, Any]:
@@ -100,7 +117,18 @@ class InMemoryPresence:
 
     def join(
         self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
-    ) -> tuple[bool, dict[str, Any], int] | None:
+    ) -> Joined | None:
+        added = self.add_member(app_id, channel, user_id, user_info, max_members)
+        if added is None:
+            return None
+        first, version = added
+        roster = protocol.presence_data(self.members(app_id, channel))
+        return Joined(first, roster, version, self.subscribe(app_id, channel))
+
+    def add_member(
+        self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
+    ) -> tuple[bool, int] | None:
+        """`join`'s roster change alone: (the user's first socket, the version), or None."""
         members = self._members.get((app_id, channel))
         entry = members.get(user_id) if members else None
         if entry is None and members and len(members) >= max_members:
@@ -109,12 +137,13 @@ class InMemoryPresence:
             members = self._members[(app_id, channel)] = {}
         if entry is None:
             members[user_id] = [1, user_info]
-            version = self._tick()
-        else:
-            entry[0] += 1
-            entry[1] = user_info  # the newest socket's info wins, as in Redis
-            version = self._version
-        return entry is None, {uid: e[1] for uid, e in members.items()}, version
+            return True, self._tick()
+        entry[0] += 1
+        entry[1] = user_info  # the newest socket's info wins, as in Redis
+        return False, self._version
+
+    def serial(self, app_id: str, channel: str) -> AbstractContextManager[Any]:
+        return nullcontext()  # nothing here yields: every change is in order already
 
     def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
         members = self._members.get((app_id, channel))

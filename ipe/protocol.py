@@ -258,6 +258,17 @@ def presence_data(members: dict[str, Any]) -> str:
     return _compact({"presence": {"ids": list(members), "hash": members, "count": len(members)}})
 
 
+def presence_data_encoded(members: list[tuple[str, str]]) -> str:
+    """`presence_data` from (user_id, user_info already as compact JSON) pairs.
+
+    A roster read from Redis holds each user_info as the JSON `dumps` wrote: pasting it in
+    spares decoding and encoding again every member of a 1,000-member roster on each join.
+    """
+    ids = [_string(user_id) for user_id, _ in members]
+    pairs = ",".join([f"{key}:{info}" for key, (_, info) in zip(ids, members, strict=True)])
+    return f'{{"presence":{{"ids":[{",".join(ids)}],"hash":{{{pairs}}},"count":{len(ids)}}}}}'
+
+
 def parse_client_message(raw: str) -> tuple[str, str | None, Any]:
     """Parse one client frame into (event, channel, data) or raise PusherError."""
     try:

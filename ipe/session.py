@@ -21,6 +21,7 @@ from ipe.hub import EVENT, WATCH
 if TYPE_CHECKING:
     from ipe.app import State
     from ipe.config import AppConfig
+    from ipe.presence import Joined
 
 log = logging.getLogger(__name__)
 
@@ -158,32 +159,39 @@ class Session:
         conn.channels[channel] = member[0] if member else None
         version: int | None = None
         try:
-            joined = None
-            if member is not None:
-                # Joining first: the member limit is enforced where the roster changes, in
-                # one step, so concurrent joins on several nodes cannot pass it together.
-                joined = state.presence.join(
-                    app_id, channel, *member, self.limits.max_presence_members
-                )
-                if joined is None:
-                    gate.waiting = None  # nothing was confirmed: what waited is not for us
-                    state.hub.remove(app_id, channel, conn)
-                    del conn.channels[channel]
-                    return self._refuse(
-                        channel,
-                        protocol.SUB_LIMIT_REACHED,
-                        "The maximum members per presence channel limit was reached",
-                        protocol.SUB_PRESENCE_FULL,
-                    )
-            count = state.presence.subscribe(app_id, channel)
-            state.broker.routed(app_id, channel)  # its Redis subscription went out meanwhile
-            if count == 1:
-                state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
-            if joined is None:
+            # This node's Redis subscription (asked for by hub.add) is confirmed before the
+            # client's, so that what others publish after the confirmation reaches it.
+            if member is None:
+                count = state.presence.subscribe(app_id, channel)
+                state.broker.routed(app_id, channel)  # it went out meanwhile
+                if count == 1:
+                    state.webhooks.emit(self.app, {"name": "channel_occupied", "channel": channel})
                 self._confirm(channel, None)
             else:
-                assert member is not None
-                version = self._joined(channel, member, joined)
+                state.broker.routed(app_id, channel)  # not in the turn: the next can go on
+                # The member limit is enforced where the roster changes, in one step (which
+                # counts the subscription too), so concurrent joins on several nodes cannot
+                # pass it together; the turn keeps this node's member events in version order.
+                with state.presence.serial(app_id, channel):
+                    joined = state.presence.join(
+                        app_id, channel, *member, self.limits.max_presence_members
+                    )
+                    if joined is None:
+                        gate.waiting = None  # nothing was confirmed: what waited is not for us
+                        state.hub.remove(app_id, channel, conn)
+                        del conn.channels[channel]
+                        return self._refuse(
+                            channel,
+                            protocol.SUB_LIMIT_REACHED,
+                            "The maximum members per presence channel limit was reached",
+                            protocol.SUB_PRESENCE_FULL,
+                        )
+                    count = joined.count
+                    if count == 1:
+                        state.webhooks.emit(
+                            self.app, {"name": "channel_occupied", "channel": channel}
+                        )
+                    version = self._joined(channel, member, joined)
             if protocol.is_cache(channel):
                 self._replay_cache(channel)
         finally:
@@ -210,15 +218,15 @@ class Session:
             "status": status,
         }
 
-    def _joined(
-        self, channel: str, member: channels.Member, joined: tuple[bool, dict[str, Any], int]
-    ) -> int:
+    def _joined(self, channel: str, member: channels.Member, joined: Joined) -> int:
         """Confirm a joined presence channel with its roster and announce a new member; the
         roster's version."""
         state = self.state
         app_id = self.app.app_id
-        first, members, version = joined
-        self._confirm(channel, members)
+        first, roster, version, _count = joined
+        self.conn.send_event(
+            protocol.encode_event(protocol.SUBSCRIPTION_SUCCEEDED, channel, roster)
+        )
         if first:
             state.broker.publish(
                 app_id,
@@ -288,17 +296,19 @@ class Session:
         state.hub.remove(app_id, channel, conn)
         self._drop_gate(channel)
         if user_id is None:
-            last, version = False, 0
+            last = False
         else:
-            last, version = state.presence.leave(app_id, channel, user_id)
+            with state.presence.serial(app_id, channel):  # member events in version order
+                last, version = state.presence.leave(app_id, channel, user_id)
+                if last:
+                    state.broker.publish(
+                        app_id,
+                        EVENT,
+                        channel,
+                        protocol.member_removed(channel, user_id),
+                        version=version,
+                    )
         if last:
-            state.broker.publish(
-                app_id,
-                EVENT,
-                channel,
-                protocol.member_removed(channel, user_id),
-                version=version,
-            )
             state.webhooks.emit(
                 self.app, {"name": "member_removed", "channel": channel, "user_id": user_id}
             )

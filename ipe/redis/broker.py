@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ipe.hub import CHANNEL, WATCH, Hub, topic_of
+from ipe.hub import CHANNEL, EVENT, WATCH, Hub, topic_of
 from ipe.redis import keys
 from ipe.redis.link import REDIS_ERRORS, reconnect_backoff
 from ipe.redis.listener import Listener
@@ -76,6 +76,7 @@ class RedisBroker:
         self._failures_unlogged = 0
         self._outbox: deque[tuple[str, str, bytes]] = deque()
         self._publisher: gevent.Greenlet | None = None
+        self._stale_slots = False  # the Cluster publisher's slot map needs refreshing
         # Plain-int tallies for metrics, folded in by `State.export_metrics`.
         self.received = 0
         self.dropped = 0
@@ -152,19 +153,46 @@ class RedisBroker:
             _app_id, topic, message = batch[0]
             (client.spublish if self.sharded else client.publish)(topic, message)
             return
-        if self.sharded:
-            # A Cluster pipeline sends each shard its SPUBLISHes in one batch.
-            pipe = client.pipeline()
-            for _app_id, topic, message in batch:
-                pipe.spublish(topic, message)
-        else:
-            if self.link.config.cluster:
-                # PUBLISH reaches every node of a Cluster from any one of them.
-                client = client.get_redis_connection(client.get_default_node())
-            pipe = client.pipeline(transaction=False)
-            for _app_id, topic, message in batch:
-                pipe.publish(topic, message)
-        pipe.execute()
+        if not self.link.config.cluster:
+            self._pipeline(client, batch)
+            return
+        # Not a Cluster pipeline: it sends again, one by one, the commands of a connection
+        # that failed, and a PUBLISH that timed out may have gone out already. Each master
+        # gets its share in a plain pipeline instead (any one node for unsharded PUBLISH,
+        # which reaches every node of a Cluster); a share that fails is lost, and counted.
+        if self._stale_slots:  # a failover moved slots: ask where they are now
+            client.nodes_manager.initialize()
+            self._stale_slots = False
+        shares: dict[str, tuple[Any, list[tuple[str, str, bytes]]]] = {}
+        for item in batch:
+            node = client.get_node_from_key(item[1]) if self.sharded else client.get_default_node()
+            shares.setdefault(node.name, (node, []))[1].append(item)
+        failure: BaseException | None = None
+        for node, share in shares.values():
+            try:
+                if self._pipeline(client.get_redis_connection(node), share):
+                    self._stale_slots = True
+            except self.errors as exc:
+                failure = exc
+                self._stale_slots = True
+                for app_id, _topic, _message in share:
+                    self._failed(app_id, str(exc))
+        if failure is not None:
+            self.link.mark_down(failure)
+
+    def _pipeline(self, client: Any, batch: list[tuple[str, str, bytes]]) -> int:
+        """PUBLISH (SPUBLISH) a batch in one pipeline of one server; how many it refused
+        (counted as failed)."""
+        pipe = client.pipeline(transaction=False)
+        for _app_id, topic, message in batch:
+            (pipe.spublish if self.sharded else pipe.publish)(topic, message)
+        replies = pipe.execute(raise_on_error=False)
+        refused = 0
+        for (app_id, _topic, _message), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):  # e.g. MOVED: its slot left that master
+                refused += 1
+                self._failed(app_id, str(reply))
+        return refused
 
     def _failed(self, app_id: str, reason: str) -> None:
         """Count a message that could not cross to other nodes; log it, at most once a second."""
@@ -371,12 +399,36 @@ class RedisBroker:
         self.received = self.dropped = self.published = 0
         return tallies
 
-    def receive(self, channel: bytes, data: bytes) -> None:
-        """Carry out one message from Redis: parse the header, hand the payload to the hub."""
+    def receive_batch(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Carry out messages from Redis, in order: parse each header, hand the payloads to
+        the hub; consecutive events of one channel go together (one write per socket)."""
+        run: list[tuple[bytes, str | None, int | None]] = []
+        run_key: tuple[str, str] | None = None
+        for channel, data in messages:
+            parsed = self._parse(channel, data)
+            if parsed is None:
+                continue
+            app_id, kind, target, payload, exclude, version = parsed
+            if kind == EVENT:
+                if run_key != (app_id, target):
+                    self._deliver_run(run_key, run)
+                    run_key, run = (app_id, target), []
+                run.append((payload, exclude, version))
+                continue
+            self._deliver_run(run_key, run)
+            run_key, run = None, []
+            self._dispatch(app_id, kind, target, payload, exclude, version)
+        self._deliver_run(run_key, run)
+
+    def _parse(
+        self, channel: bytes, data: bytes
+    ) -> tuple[str, str, str, bytes, str | None, int | None] | None:
+        """(app_id, kind, target, payload, exclude, version) of a message this node should
+        carry out, or None."""
         self.received += 1
         app_id = self._wanted.get(channel)
         if app_id is None:
-            return  # a topic just unsubscribed: nobody here wants it
+            return None  # a topic just unsubscribed: nobody here wants it
         newline = data.find(b"\n")
         try:
             header = json.loads(data[:newline]) if newline > 0 else None
@@ -384,13 +436,37 @@ class RedisBroker:
         except (ValueError, KeyError, TypeError):
             self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
-            return
+            return None
         if header.get("n") == self.node and not header.get("o"):
-            return  # its publisher, this node, delivered it here already
+            return None  # its publisher, this node, delivered it here already
+        return app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
+
+    def _deliver_run(
+        self, key: tuple[str, str] | None, run: list[tuple[bytes, str | None, int | None]]
+    ) -> None:
+        if not run or key is None:
+            return
+        app_id, channel = key
+        if len(run) == 1:
+            self._dispatch(app_id, EVENT, channel, *run[0])
+            return
         try:
-            self.hub.dispatch(
-                app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
-            )
+            self.hub.deliver_batch(app_id, channel, run)
+        except Exception:  # one bad message must not cost the subscription
+            self.dropped += len(run)
+            log.exception("error delivering messages of app %s", app_id)
+
+    def _dispatch(
+        self,
+        app_id: str,
+        kind: str,
+        target: str,
+        payload: bytes,
+        exclude: str | None,
+        version: int | None,
+    ) -> None:
+        try:
+            self.hub.dispatch(app_id, kind, target, payload, exclude, version)
         except Exception:  # one bad message must not cost the subscription
             self.dropped += 1
             log.exception("error delivering a message of app %s", app_id)

@@ -425,6 +425,11 @@ class HttpRouter:
 
     # --- messages -----------------------------------------------------------------------------
 
+    def receive_batch(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Messages on this node's channel, in order (called by the listener)."""
+        for channel, data in messages:
+            self.receive(channel, data)
+
     def receive(self, channel: bytes, data: bytes) -> None:
         """One message on this node's channel (called by the listener: never blocks)."""
         newline = data.find(b"\n")

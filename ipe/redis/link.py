@@ -113,11 +113,9 @@ class RedisLink:
 
         A command that timed out may still sit in the server's input buffer (a stalled or
         paused Redis reads it once it wakes up): re-sent on a new connection, it would be
-        published twice, and other nodes would deliver it twice. A Cluster client keeps its
-        own retries, which also follow slots that moved in a failover.
+        published twice, and other nodes would deliver it twice. On a Cluster it still
+        follows MOVED and ASK (the command was refused, not run), never a failed connection.
         """
-        if self.config.cluster:
-            return self.client
         if self._publisher is None:
             self._publisher = self._make({**self.kwargs, "retry": Retry(NoBackoff(), 0)})
         return self._publisher

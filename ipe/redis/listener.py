@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("push_response").setLevel(logging.INFO)
 
 COMMAND_CHUNK = 1000  # channels per (UN)SUBSCRIBE command
+RECEIVE_BATCH = 64  # messages already read that go to the broker together
+MESSAGES = (b"message", b"smessage")
 
 
 class Listener:
@@ -172,8 +174,23 @@ class Listener:
                         continue  # +PONG outside subscribed mode
                     kind = response[0]
                     if kind == b"message" or kind == b"smessage":
-                        broker.receive(response[1], response[2])
-                    elif kind == b"subscribe" or kind == b"ssubscribe":
+                        # What has arrived already goes to the broker together: it hands a
+                        # socket several messages of a channel in one write.
+                        batch = [(response[1], response[2])]
+                        response = None
+                        while len(batch) < RECEIVE_BATCH and conn.can_read(timeout=0):
+                            response = conn.read_response(
+                                disconnect_on_error=False, push_request=True
+                            )
+                            if not isinstance(response, list) or response[0] not in MESSAGES:
+                                break
+                            batch.append((response[1], response[2]))
+                            response = None
+                        broker.receive_batch(batch)
+                        if not isinstance(response, list):
+                            continue
+                        kind = response[0]
+                    if kind == b"subscribe" or kind == b"ssubscribe":
                         topic = response[1].decode()
                         self.acked.add(topic)
                         waiter = self._waiters.pop(topic, None)

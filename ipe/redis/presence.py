@@ -21,26 +21,41 @@ is cluster-wide, so `member_added`, `channel_vacated` and the rest fire once per
 
 This process also keeps its own share in memory (`local`, an `InMemoryPresence`): it answers
 when Redis cannot, and `restore` writes it back after Redis restarted or was unreachable.
-Writes go through one lock so that Redis sees them in the order `local` did.
+A change waits for a running `restore`, and a `restore` for the changes under way, so that the
+share it writes is what Redis would hold.
+
+Every change is one script call, and the calls of all greenlets go out together (`Batcher`:
+one pipeline per round trip, run by Redis in the order they were made), so that a thousand
+sockets joining at once cost a few round trips, not a thousand one after another. No lock is
+held across a round trip: the changes of one channel (or of one user's sign-ins) take tickets
+in the order they are sent, and each is answered only once the ones before it are done
+(`serial` spans the caller's use of the answer too), so that this node's member events of a
+channel leave in the order of their versions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-import gevent.lock
+import gevent
+import gevent.event
 
 from ipe import protocol
-from ipe.presence import InMemoryPresence
+from ipe.presence import InMemoryPresence, Joined
 from ipe.redis import keys
+from ipe.redis.batcher import Batcher
 from ipe.redis.scripts import Script
 
 if TYPE_CHECKING:
     from ipe.redis.link import RedisLink
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A roster change's version: Redis's clock in microseconds, bumped to stay increasing per
 # channel (ipe.presence). Lua 5.1 prints numbers with %.14g, so it is formatted by hand.
@@ -146,9 +161,11 @@ return total
     args=("total_key", "field", "share_key", "share_field"),
 )
 
-# -> {sockets of the user, the roster as a flat list, the roster's version}, or 0 when the
-# user is new and the channel already has max_members users (nothing changed): the member
-# limit is checked where the roster changes, so concurrent joins on many nodes cannot pass it.
+# -> {sockets of the user, the roster as a flat list, the roster's version, the channel's
+# subscriptions}, or 0 when the user is new and the channel already has max_members users
+# (nothing changed): the member limit is checked where the roster changes, so concurrent joins
+# on many nodes cannot pass it. The socket's subscription is counted in the same step (as
+# COUNT_UP does), so that a join costs one round trip.
 JOIN = Script(
     "join",
     _BUMP
@@ -164,7 +181,9 @@ redis.call('HSET', ARGV[6], ARGV[3], ARGV[7])
 local v
 if n == 1 then v = bump(ARGV[8], ARGV[9])
 else v = tonumber(redis.call('HGET', ARGV[8] .. ':ver', ARGV[9]) or '0') end
-return {n, redis.call('HGETALL', ARGV[6]), v}
+redis.call('HINCRBY', ARGV[12], ARGV[9], 1)
+local subs = redis.call('HINCRBY', ARGV[11], ARGV[9], 1)
+return {n, redis.call('HGETALL', ARGV[6]), v, subs}
 """,
     keys=("nodes",),
     args=(
@@ -178,6 +197,8 @@ return {n, redis.call('HGETALL', ARGV[6]), v}
         "tag",
         "channel",
         "max_members",
+        "subs_key",
+        "subs_share_key",
     ),
 )
 
@@ -272,6 +293,35 @@ def _member(field: str) -> tuple[str, str]:
 UNLIMITED = 1 << 62  # a member limit that is never reached
 
 
+class _Turn:
+    """The changes of one key (a channel, a user's sign-ins) under way on this node: each
+    takes a ticket as it starts, in the order Redis will run them (`Batcher`), and acts on
+    its answer only once the changes before it are done."""
+
+    __slots__ = ("issued", "done", "finished", "holders", "waiters")
+
+    def __init__(self) -> None:
+        self.issued = 0  # tickets given out
+        self.done = 0  # every ticket below this one is done
+        self.finished: set[int] = set()  # done out of order (a greenlet killed while waiting)
+        self.holders: dict[Any, int] = {}  # greenlet -> its ticket
+        self.waiters: dict[int, gevent.event.Event] = {}
+
+    def wait(self, ticket: int) -> None:
+        """Return once every ticket before `ticket` is done."""
+        while self.done < ticket:
+            self.waiters.setdefault(ticket, gevent.event.Event()).wait()
+
+    def finish(self, ticket: int) -> None:
+        self.finished.add(ticket)
+        while self.done in self.finished:
+            self.finished.discard(self.done)
+            self.done += 1
+        waiter = self.waiters.pop(self.done, None)
+        if waiter is not None:
+            waiter.set()
+
+
 class RedisPresence:
     """The Presence store for many nodes: counts and rosters in Redis, this node's share here."""
 
@@ -279,10 +329,65 @@ class RedisPresence:
         self.link = link
         self.node = link.node
         self.local = InMemoryPresence()
-        self._lock = gevent.lock.RLock()
+        self.batcher = Batcher(link)
+        self._turns: dict[tuple[str, str, str], _Turn] = {}  # only keys changing now
+        self._changers: dict[Any, int] = {}  # greenlet -> its changes under way
+        self._quiet = gevent.event.Event()  # set while no change is under way
+        self._quiet.set()
+        self._restoring: gevent.event.Event | None = None  # set when the restore is done
 
     def _k(self, app_id: str) -> str:
         return keys.app_tag(self.link.prefix, app_id)
+
+    # --- changes in order, per key --------------------------------------------------------------
+
+    def serial(self, app_id: str, channel: str) -> AbstractContextManager[Any]:
+        return self._turn(app_id, "channel", channel)
+
+    @contextmanager
+    def _turn(self, app_id: str, kind: str, name: str) -> Iterator[None]:
+        """A change of one channel ("channel") or of one user's sign-ins ("user"), from its
+        Redis call to what its caller does with the answer; entered again by the greenlet
+        making it, it is the same change."""
+        key = (app_id, kind, name)
+        current = gevent.getcurrent()
+        turn = self._turns.get(key)
+        if turn is not None and current in turn.holders:
+            yield
+            return
+        # A restore's snapshot must hold still; one waiting for this greenlet's outer
+        # change would never start, so that one goes on.
+        while self._restoring is not None and current not in self._changers:
+            self._restoring.wait()
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        ticket = turn.issued
+        turn.issued += 1
+        turn.holders[current] = ticket
+        self._changers[current] = self._changers.get(current, 0) + 1
+        self._quiet.clear()
+        try:
+            yield
+            turn.wait(ticket)
+        finally:
+            del turn.holders[current]
+            turn.finish(ticket)
+            if turn.done == turn.issued:
+                del self._turns[key]
+            if self._changers[current] == 1:
+                del self._changers[current]
+            else:
+                self._changers[current] -= 1
+            if not self._changers:
+                self._quiet.set()
+
+    def _answer(self, app_id: str, kind: str, name: str, answer: T) -> T:
+        """`answer` once the changes of the key made before this one are done, so that the
+        caller acts on answers (member events, counts) in the order Redis gave them."""
+        turn = self._turns[(app_id, kind, name)]
+        turn.wait(turn.holders[gevent.getcurrent()])
+        return answer
 
     # --- transitions --------------------------------------------------------------------------
 
@@ -291,7 +396,7 @@ class RedisPresence:
 
         Returns the tally after; -1 when Redis held nothing of this node's for it (it lost
         this node's share, which the restore writes back); None when Redis could not be asked,
-        and this node's own answer stands. Called with the lock held.
+        and this node's own answer stands. Called in `member`'s turn.
         """
         k = self._k(app_id)
         named = {
@@ -301,39 +406,40 @@ class RedisPresence:
             "share_key": keys.node_share(k, self.node, kind),
             "share_field": member,
         }
+        call = self.batcher.call
         if up:
             return self.link.either(
-                lambda client: int(COUNT_UP(client, node=self.node, **named)), _unknown
+                lambda _client: int(call(COUNT_UP, node=self.node, **named)), _unknown
             )
-        return self.link.either(lambda client: int(COUNT_DOWN(client, **named)), _unknown)
+        return self.link.either(lambda _client: int(call(COUNT_DOWN, **named)), _unknown)
 
     def subscribe(self, app_id: str, channel: str) -> int:
-        with self._lock:
+        with self._turn(app_id, "channel", channel):
             here = self.local.subscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=True)
-            return here if total is None else total
+            return self._answer(app_id, "channel", channel, here if total is None else total)
 
     def unsubscribe(self, app_id: str, channel: str) -> int:
-        with self._lock:
+        with self._turn(app_id, "channel", channel):
             here = self.local.unsubscribe(app_id, channel)
             total = self._tally(app_id, "subs", channel, up=False)
             if total is None:
-                return here
-            if total < 0:
+                total = here
+            elif total < 0:
                 # The cluster-wide count is unknown until the restore: 0 would announce a
                 # vacancy that other nodes' subscribers may contradict.
-                return max(here, 1)
-            return total
+                total = max(here, 1)
+            return self._answer(app_id, "channel", channel, total)
 
     def join(
         self, app_id: str, channel: str, user_id: str, user_info: Any, max_members: int
-    ) -> tuple[bool, dict[str, Any], int] | None:
-        with self._lock:
+    ) -> Joined | None:
+        with self._turn(app_id, "channel", channel):
             k = self._k(app_id)
 
-            def remote(client: Any) -> tuple[bool, dict[str, Any], int] | None:
-                joined = JOIN(
-                    client,
+            def remote(_client: Any) -> Joined | None:
+                joined = self.batcher.call(
+                    JOIN,
                     nodes=keys.nodes(k),
                     node=self.node,
                     sockets_key=keys.sockets(k, channel),
@@ -345,27 +451,30 @@ class RedisPresence:
                     tag=k,
                     channel=channel,
                     max_members=max_members,
+                    subs_key=keys.subs(k),
+                    subs_share_key=keys.node_share(k, self.node, "subs"),
                 )
                 if not joined:
                     return None  # the cluster's roster is full
                 # This node's share follows what Redis accepted, whatever its own count says.
-                self.local.join(app_id, channel, user_id, user_info, UNLIMITED)
-                count, flat, version = joined
-                return count == 1, _roster(flat), int(version)
+                self.local.add_member(app_id, channel, user_id, user_info, UNLIMITED)
+                self.local.subscribe(app_id, channel)
+                count, flat, version, subs = joined
+                return Joined(count == 1, _encoded_roster(flat), int(version), int(subs))
 
-            def local() -> tuple[bool, dict[str, Any], int] | None:
+            def local() -> Joined | None:
                 return self.local.join(app_id, channel, user_id, user_info, max_members)
 
-            return self.link.either(remote, local)
+            return self._answer(app_id, "channel", channel, self.link.either(remote, local))
 
     def leave(self, app_id: str, channel: str, user_id: str) -> tuple[bool, int]:
-        with self._lock:
+        with self._turn(app_id, "channel", channel):
             last_here = self.local.leave(app_id, channel, user_id)
             k = self._k(app_id)
 
-            def remote(client: Any) -> tuple[bool, int]:
-                total, version = LEAVE(
-                    client,
+            def remote(_client: Any) -> tuple[bool, int]:
+                total, version = self.batcher.call(
+                    LEAVE,
                     nodes=keys.nodes(k),
                     sockets_key=keys.sockets(k, channel),
                     user_id=user_id,
@@ -377,19 +486,24 @@ class RedisPresence:
                 )
                 return total == 0, int(version)
 
-            return self.link.either(remote, lambda: last_here)
+            left = self.link.either(remote, lambda: last_here)
+            return self._answer(app_id, "channel", channel, left)
 
     def user_online(self, app_id: str, user_id: str) -> bool:
-        with self._lock:
+        with self._turn(app_id, "user", user_id):
             first_here = self.local.user_online(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=True)
-            return first_here if total is None else total == 1
+            return self._answer(
+                app_id, "user", user_id, first_here if total is None else total == 1
+            )
 
     def user_offline(self, app_id: str, user_id: str) -> bool:
-        with self._lock:
+        with self._turn(app_id, "user", user_id):
             last_here = self.local.user_offline(app_id, user_id)
             total = self._tally(app_id, "online", user_id, up=False)
-            return last_here if total is None else total == 0
+            return self._answer(
+                app_id, "user", user_id, last_here if total is None else total == 0
+            )
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -442,7 +556,11 @@ class RedisPresence:
         janitor had reaped it and told every node, this one included, that its members left;
         "" when Redis had lost it and nobody's view changed.
         """
-        with self._lock:
+        while self._restoring is not None:
+            self._restoring.wait()
+        done = self._restoring = gevent.event.Event()
+        try:
+            self._quiet.wait()  # the changes under way reach Redis first
             share = self.local.share(app_id)
             infos = {}
             counts = {}
@@ -458,6 +576,9 @@ class RedisPresence:
             result = RESTORE(
                 self.link.client, nodes=keys.nodes(k), tag=k, node=self.node, snapshot=snapshot
             )
+        finally:
+            self._restoring = None
+            done.set()
         kept, reaped, occupied, vacated, added, removed, online, offline = result[:8]
         vadded, vremoved, totals = result[8:]
         added_members = []
@@ -505,6 +626,12 @@ def _removed(fields: list[bytes], versions: list[int]) -> list[tuple[str, str, i
 def _totals(flat: list[Any]) -> list[tuple[str, int]]:
     """(channel, subscriptions) pairs from a script's flat list."""
     return [(ch.decode(), int(n)) for ch, n in zip(flat[::2], flat[1::2], strict=True)]
+
+
+def _encoded_roster(flat: list[bytes]) -> str:
+    """subscription_succeeded data from HGETALL's flat list, user_infos pasted as stored."""
+    text = [v.decode() for v in flat]
+    return protocol.presence_data_encoded(list(zip(text[::2], text[1::2], strict=True)))
 
 
 def _roster(flat: Any) -> dict[str, Any]:

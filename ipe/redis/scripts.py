@@ -69,3 +69,10 @@ class Script:
         if bound is None or bound[0] is not client:
             bound = self._bound = (client, client.register_script(self.source))
         return bound[1](keys=keys, args=args)
+
+    def queue(self, pipe: Any, rest: Iterable[Any] = (), **named: Any) -> None:
+        """Add a call to a pipeline (EVAL, not EVALSHA: a script missing half-way through a
+        pipeline could not be loaded without breaking its order; Redis caches it by body)."""
+        keys, args = self.positions(rest, **named)
+        # (A Redis Cluster pipeline has no `eval` method, but routes the command by its keys.)
+        pipe.execute_command("EVAL", self.source, len(keys), *keys, *args)

@@ -33,6 +33,32 @@ def test_every_event_reaches_every_client_once_and_in_order(nodes):
         client.sync()
 
 
+def test_bursts_from_another_node_arrive_whole_in_order_and_honour_exclusion(nodes):
+    """Events that reach a node together go to each socket in one write: every one of them
+    still arrives once, in order, and a socket excluded from some misses exactly those."""
+    a, b = nodes(2)
+    plain, excluded = b.ws(), b.ws()
+    for client in (plain, excluded):
+        client.subscribe("bursts")
+    sdk = a.sdk()
+    events = []
+    for burst in range(20):  # each batch is published in one pipeline: it arrives together
+        batch = []
+        for i in range(10):
+            n = burst * 10 + i
+            event = {"channel": "bursts", "name": "tick", "data": str(n)}
+            if n % 3 == 0:
+                event["socket_id"] = excluded.socket_id
+            batch.append(event)
+        sdk.trigger_batch(batch)
+        events.extend(batch)
+    for client in (plain, excluded):
+        wanted = [e["data"] for e in events if e.get("socket_id") != client.socket_id]
+        got = [client.expect("tick", "bursts")["data"] for _ in wanted]
+        assert got == wanted
+        client.sync()
+
+
 def test_no_event_reaches_a_socket_before_its_subscription_succeeded(nodes):
     """A subscription's Redis round trips let deliveries run meanwhile; events published then
     wait for the confirmation (a cache channel's replay included), they never precede it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from support import (
+    frames_until_pong,
     join,
     occupied,
     presence_auth,
@@ -127,3 +128,34 @@ def test_member_events_reach_each_socket_once_whatever_the_timing(nodes):
     settle(a, b)  # every member event published is delivered everywhere by now
     for client, _user in clients:
         client.sync()
+
+
+def test_a_member_coming_and_going_fast_ends_where_the_roster_does(nodes):
+    """A user's sockets on one node join and leave at the same moment, over and over: its
+    member_added and member_removed race on that node, and still reach every other member
+    in the order of their versions, so everyone ends with the roster Redis holds."""
+    a, b = nodes(2)
+    watchers = [join(a, ROOM, "watch-a"), join(b, ROOM, "watch-b")]
+    previous = None
+    for _ in range(30):
+        client = a.ws()
+        assert client.socket_id is not None
+        auth, data = presence_auth(client.socket_id, ROOM, "flip")
+        client.send("pusher:subscribe", {"channel": ROOM, "auth": auth, "channel_data": data})
+        if previous is not None:
+            previous.close()  # its leave races the next socket's join on node a
+        previous = client
+    assert previous is not None
+    previous.expect("pusher_internal:subscription_succeeded", ROOM)
+    settle(a, b)
+    assert "flip" in rest_users(a, ROOM)
+    for watcher in watchers:
+        flips = [
+            frame["event"].rsplit("_", 1)[1]
+            for frame in frames_until_pong(watcher)
+            if frame["event"] in ("pusher_internal:member_added", "pusher_internal:member_removed")
+            and json.loads(frame["data"])["user_id"] == "flip"
+        ]
+        # Never two of a kind in a row (none missed, none repeated), and flip is in at the end.
+        assert flips and flips[0] == "added" and flips[-1] == "added", flips
+        assert all(x != y for x, y in zip(flips, flips[1:], strict=False)), flips

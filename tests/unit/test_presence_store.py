@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ipe.presence import InMemoryPresence
 
 
@@ -12,8 +14,10 @@ def test_a_full_roster_refuses_newcomers_but_not_returning_users():
     assert presence.join("1", "presence-room", "3", None, 2) is None  # full: nothing changed
     assert set(presence.members("1", "presence-room")) == {"1", "2"}
     # A second socket of a member joins (and does not count twice).
-    first, members, _ = presence.join("1", "presence-room", "2", {"n": 3}, 2)
-    assert not first and members == {"1": None, "2": {"n": 3}}
+    joined = presence.join("1", "presence-room", "2", {"n": 3}, 2)
+    assert joined is not None and not joined.first
+    assert json.loads(joined.roster)["presence"]["hash"] == {"1": None, "2": {"n": 3}}
+    assert joined.count == 3  # the join counted its subscription
     # Once one leaves, a newcomer fits.
     presence.leave("1", "presence-room", "1")
     assert presence.join("1", "presence-room", "3", None, 2) is not None

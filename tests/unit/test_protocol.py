@@ -181,6 +181,13 @@ def test_presence_data_lists_ids_hash_and_count_keeping_null_info():
     }
 
 
+def test_presence_data_from_encoded_infos_is_the_same_text():
+    members = {"42": {"name": "Ann", "é": "\u2028"}, 'q"7': None, "x": [1, 2.5]}
+    encoded = [(user_id, protocol.dumps(info)) for user_id, info in members.items()]
+    assert protocol.presence_data_encoded(encoded) == protocol.presence_data(members)
+    assert protocol.presence_data_encoded([]) == protocol.presence_data({})
+
+
 # --- client frames --------------------------------------------------------------------------------
 
 
