@@ -177,6 +177,7 @@ class Connection(Client):
         "_inbox",
         "_inbox_bytes",
         "_inline",
+        "on_message_now",
         "_worker",
         "_finished",
         "_resume",
@@ -220,6 +221,9 @@ class Connection(Client):
         self._inbox: deque[str] | None = None
         self._inbox_bytes = 0  # characters of the messages in _inbox
         self._inline = inline
+        # With Redis: handles a message at once if its handler never waits, and says whether
+        # it did (else the message goes to the worker greenlet). See Session.on_message_now.
+        self.on_message_now: Callable[[str], bool] | None = None
         self._worker: Any = None
         self._finished: Any = None
         self._resume: Any = None  # TLS: set when the handler has caught up (see start)
@@ -571,14 +575,20 @@ class Connection(Client):
         except UnicodeDecodeError:
             self._fail(protocol.WS_INVALID_PAYLOAD, "Invalid UTF-8")
             return
-        if self._inline and self._worker is None:
-            # Handlers that never block (one process, no Redis) run right here, even in the
-            # watcher callback: no greenlet to create and switch to for every message.
+        if self._worker is None:  # nothing queued before it: order is kept
+            # Handlers that never block (one process, no Redis; with Redis, client events and
+            # pings) run right here, even in the watcher callback: no greenlet to create and
+            # switch to for every message.
             try:
-                self.on_message(text)
+                if self._inline:
+                    self.on_message(text)
+                    return
+                now = self.on_message_now
+                if now is not None and now(text):
+                    return
             except Exception:
                 log.exception("error handling a message on %r", self)
-            return
+                return
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()

@@ -52,9 +52,34 @@ class Session:
             log.exception("error handling a message on %r", self.conn)
             self.conn.send_event(protocol.encode_error(None, "Internal server error"))
 
-    def handle(self, raw: str) -> None:
-        """Dispatch one client message."""
-        event, channel, data = protocol.parse_client_message(raw)
+    def on_message_now(self, raw: str) -> bool:
+        """Handle one client message at once if its handler never waits (a client event, a
+        ping, a pong, a malformed message); False: it must go to the connection's greenlet.
+
+        With Redis, subscribing waits for Redis; a client event only queues its PUBLISH. Run
+        in the event loop's I/O callback, this spares a greenlet per message.
+        """
+        try:
+            parsed = protocol.parse_client_message(raw)
+        except protocol.PusherError:
+            parsed = None  # answered by `on_message` without waiting
+        if parsed is not None:
+            event = parsed[0]
+            if event not in _NEVER_WAIT and not event.startswith(protocol.CLIENT_EVENT_PREFIX):
+                return False
+        self.tally.received += 1
+        try:
+            self.handle(raw, parsed)
+        except protocol.PusherError as exc:
+            self.conn.send_event(protocol.encode_error(exc.code, exc.message))
+        except Exception:
+            log.exception("error handling a message on %r", self.conn)
+            self.conn.send_event(protocol.encode_error(None, "Internal server error"))
+        return True
+
+    def handle(self, raw: str, parsed: tuple[str, str | None, Any] | None = None) -> None:
+        """Dispatch one client message (`parsed`: its parse_client_message, if done already)."""
+        event, channel, data = parsed or protocol.parse_client_message(raw)
         handler = _HANDLERS.get(event)
         if handler is not None:
             handler(self, channel, data)
@@ -497,6 +522,8 @@ _HANDLERS = {
     protocol.UNSUBSCRIBE: Session.on_unsubscribe,
     protocol.SIGNIN: Session.on_signin,
 }
+# The pusher:* events whose handlers never wait for Redis (see Session.on_message_now).
+_NEVER_WAIT = frozenset((protocol.PING, protocol.PONG))
 
 
 # --- handshake ----------------------------------------------------------------------------------
@@ -637,6 +664,8 @@ def open_client(
                 )
 
     conn.on_message = session.on_message
+    if not state.handlers_never_block:
+        conn.on_message_now = session.on_message_now
     conn.on_end = on_end
     if app.authorized_connections:
         state.hub.expect_signin(conn, app.signin_timeout)

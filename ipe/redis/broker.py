@@ -30,6 +30,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 
 from ipe.hub import CHANNEL, EVENT, WATCH, Hub, topic_of
 from ipe.redis import keys
@@ -75,7 +76,13 @@ class RedisBroker:
         self._failures_logged = 0.0
         self._failures_unlogged = 0
         self._outbox: deque[tuple[str, str, bytes]] = deque()
+        # One long-lived publisher greenlet, woken when the outbox gains messages: spawning
+        # one per burst cost a greenlet's creation (its frame stack mmapped, then unmapped)
+        # per message when clients ping-pong one event at a time.
         self._publisher: gevent.Greenlet | None = None
+        self._wake = gevent.event.Event()
+        self._idle = False  # the publisher waits on _wake
+        self._stopping = False
         self._stale_slots = False  # the Cluster publisher's slot map needs refreshing
         # Plain-int tallies for metrics, folded in by `State.export_metrics`.
         self.received = 0
@@ -124,9 +131,12 @@ class RedisBroker:
         topic = keys.pubsub_topic(self.prefix, app_id, *topic_of(kind, target))
         self._outbox.append((app_id, topic, message))
         if self._publisher is None:
-            self._publisher = gevent.spawn(self._publish_waiting)
+            self._publisher = gevent.spawn(self._publish_forever)
+        elif self._idle:
+            self._idle = False
+            self._wake.set()
 
-    def _publish_waiting(self) -> None:
+    def _publish_forever(self) -> None:
         """PUBLISH what waits, in order; what accumulated meanwhile goes in one pipeline.
 
         The caller of `publish` never waits for Redis, and one connection carries the lot:
@@ -135,16 +145,23 @@ class RedisBroker:
         """
         outbox = self._outbox
         try:
-            while outbox:
-                batch = [outbox.popleft() for _ in range(min(len(outbox), PUBLISH_BATCH))]
-                try:
-                    self._send(batch)
-                except self.errors as exc:
-                    self.link.mark_down(exc)
-                    for app_id, _topic, _message in batch:
-                        self._failed(app_id, str(exc))
-        finally:
+            while True:
+                while outbox:
+                    batch = [outbox.popleft() for _ in range(min(len(outbox), PUBLISH_BATCH))]
+                    try:
+                        self._send(batch)
+                    except self.errors as exc:
+                        self.link.mark_down(exc)
+                        for app_id, _topic, _message in batch:
+                            self._failed(app_id, str(exc))
+                if self._stopping:
+                    return
+                self._wake.clear()
+                self._idle = True
+                self._wake.wait()
+        finally:  # an unexpected error: the next publish starts another
             self._publisher = None
+            self._idle = False
 
     def _send(self, batch: list[tuple[str, str, bytes]]) -> None:
         client = self.link.publisher
@@ -379,7 +396,9 @@ class RedisBroker:
 
     def stop(self) -> None:
         """Publish what still waits (briefly), then close the Pub/Sub connections."""
+        self._stopping = True
         if self._publisher is not None:
+            self._wake.set()
             self._publisher.join(timeout=STOP_FLUSH)
         for listener in self._listeners.values():
             listener.stop()
