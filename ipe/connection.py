@@ -119,6 +119,7 @@ class Client:
         "events_window",
         "events_count",
         "on_message",
+        "on_message_now",
         "on_end",
         "tally",
         "__weakref__",
@@ -145,6 +146,9 @@ class Client:
         self.events_window = 0.0
         self.events_count = 0
         self.on_message: Callable[[str], Any] = _ignore
+        # With Redis: handles a message at once if its handler never waits, and says whether
+        # it did (else the message is queued for a greenlet). See Session.on_message_now.
+        self.on_message_now: Callable[[str], bool] | None = None
         self.on_end: Callable[[], Any] = _nothing
         self.tally: Any = None  # ipe.hub.AppTally of the app, once the connection is accepted
 
@@ -177,7 +181,6 @@ class Connection(Client):
         "_inbox",
         "_inbox_bytes",
         "_inline",
-        "on_message_now",
         "_worker",
         "_finished",
         "_resume",
@@ -221,9 +224,6 @@ class Connection(Client):
         self._inbox: deque[str] | None = None
         self._inbox_bytes = 0  # characters of the messages in _inbox
         self._inline = inline
-        # With Redis: handles a message at once if its handler never waits, and says whether
-        # it did (else the message goes to the worker greenlet). See Session.on_message_now.
-        self.on_message_now: Callable[[str], bool] | None = None
         self._worker: Any = None
         self._finished: Any = None
         self._resume: Any = None  # TLS: set when the handler has caught up (see start)
@@ -341,6 +341,7 @@ class Connection(Client):
         finally:
             self.on_end = _nothing
             self.on_message = _ignore
+            self.on_message_now = None
             if self._outbox is None:
                 self._release()
             elif self._closer is None:
