@@ -6,6 +6,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import websocket
 from support import private_auth, sign_in
 
 
@@ -160,3 +161,36 @@ def test_cache_channel_last_event_is_shared(nodes):
     info = b.sdk().channel_info("cache-prices", ["cache"])
     assert json.loads(info["cache"]["data"]) == {"eur": 3}
     assert info["cache"]["ttl"] > 0
+
+
+def test_messages_after_a_subscribe_wait_for_it(nodes):
+    # Client events and pings are handled at once when nothing waits before them; sent right
+    # behind a subscribe (which waits for Redis), they must still come after it, in order.
+    a, b = nodes(2)
+    peer = b.ws()
+    assert peer.socket_id is not None
+    peer.subscribe("private-chat", private_auth(peer.socket_id, "private-chat"))
+    sender = a.ws()
+    assert sender.socket_id is not None
+    messages = [
+        {
+            "event": "pusher:subscribe",
+            "data": {
+                "channel": "private-chat",
+                "auth": private_auth(sender.socket_id, "private-chat"),
+            },
+        },
+        {"event": "client-typing", "data": {"n": 1}, "channel": "private-chat"},
+        {"event": "pusher:ping", "data": {}},
+    ]
+    # One write: the three arrive together, while the subscribe waits for Redis.
+    sender.send_wire(
+        b"".join(
+            websocket.ABNF.create_frame(json.dumps(m), websocket.ABNF.OPCODE_TEXT).format()
+            for m in messages
+        )
+    )
+    assert sender.recv()["event"] == "pusher_internal:subscription_succeeded"
+    assert sender.recv()["event"] == "pusher:pong"  # no error: the client event was accepted
+    assert peer.expect("client-typing", "private-chat")["data"] == {"n": 1}
+    peer.sync()
