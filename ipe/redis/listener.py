@@ -32,6 +32,10 @@ RECEIVE_BATCH = 64  # messages already read that go to the broker together
 MESSAGES = (b"message", b"smessage")
 
 
+def _as_is(response: Any) -> Any:
+    return response
+
+
 class Listener:
     """Subscribes `topics` on one server (the one server, or one Cluster shard)."""
 
@@ -133,7 +137,13 @@ class Listener:
             client = redis.Redis(
                 host=host, port=port, **{**link.kwargs, "health_check_interval": 0}
             )
-        return client.connection_pool.get_connection()
+        conn = client.connection_pool.get_connection()
+        # redis-py's default handler of RESP3 pushes builds "Push response: " + str(message)
+        # for a DEBUG line it then drops: a repr of every payload. Messages come as they are.
+        parser = getattr(conn, "_parser", None)
+        if hasattr(parser, "set_pubsub_push_handler"):
+            parser.set_pubsub_push_handler(_as_is)
+        return conn
 
     def _run(self) -> None:
         broker = self.broker
