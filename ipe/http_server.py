@@ -34,6 +34,7 @@ from typing import Any
 import gevent
 import gevent.pool
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
+from gevent.socket import wait as wait_on_watcher
 
 from ipe import http_handler
 
@@ -231,15 +232,20 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         waiting = self._waiting
         if self._requests and waiting is not None:
-            if self._write_timeout:
-                self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
-                self._write_timeout = False
             deadlines.arm(waiting, deadlines.keepalive_timeout)
             try:
-                if self.buffer_drained():
+                if self.buffer_drained() and deadlines.keepalive_timeout <= deadlines.timeout:
                     # Nothing buffered: wait until the socket is readable, rather than first
                     # try a read that fails (EAGAIN, an exception in gevent's recv_into).
-                    self.socket._wait(self.socket._read_event)
+                    # Without a timeout: the deadline applies. The per-write timeout stays
+                    # set for the next response (two settimeout calls a request fewer); a
+                    # read of this request that has to wait then also gets it, which ends
+                    # later than the request's deadline, armed first.
+                    sock = self.socket
+                    wait_on_watcher(sock._read_event, None, None, sock.hub)
+                elif self._write_timeout:
+                    self.socket.settimeout(None)  # the deadline, not a per-read timeout
+                    self._write_timeout = False
                 if not self.rfile.peek(1):
                     return ""
             except OSError:
@@ -268,7 +274,10 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         if self._waiting is not None:
             deadlines.release(self._waiting)
-        if (
+        if self._write_timeout and str(status).startswith("101"):
+            self.socket.settimeout(None)  # a WebSocket after a kept connection's responses
+            self._write_timeout = False
+        elif (
             not self._write_timeout
             and not str(status).startswith("101")
             and self.socket is not None
