@@ -65,7 +65,7 @@ class Deadlines:
 
     A keep-alive connection re-arms its deadline twice a request (`http_keepalive_timeout`
     for the next request, `http_timeout` once it starts) and drops it once (the response).
-    A libev timer each time was two timers made, started and closed a request. Instead the
+    A libev timer for each deadline was two timers made, started and closed a request. The
     connections wait in one queue per timeout, in the order they were armed, which is also
     the order they expire in; one timer fires at the earliest deadline of all, expires what
     is due and starts again for the next. Arming costs no timer unless its deadline is

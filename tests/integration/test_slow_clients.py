@@ -314,3 +314,21 @@ def test_websocket_upgraded_on_a_kept_connection_outlives_the_http_deadline(serv
     )
     pong, _ = _read_text_frame(sock, rest)
     assert pong["event"] == "pusher:pong"
+
+
+def test_a_shorter_deadline_armed_later_is_not_kept_waiting(make_server):
+    """With `http_keepalive_timeout` above `http_timeout`, a new connection's deadline falls
+    before that of an idle keep-alive connection made earlier: it is closed on time, and
+    the kept connection stays open until its own deadline."""
+    server = make_server(config_with(http_timeout=1.0, http_keepalive_timeout=6.0))
+    kept = connect(server)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply, rest = _read_response(kept)
+    assert reply.startswith(b"HTTP/1.1 200") and rest == b""
+    # One http_timeout passes: the earlier deadlines are gone, the kept one is the next due.
+    assert read_until_closed(connect(server)) == b""
+    silent = connect(server)
+    assert read_until_closed(silent, bound=5.0) == b""  # well before the kept one's 6 s
+    readable, _, _ = select.select([kept], [], [], 0)
+    assert not readable, "the kept connection was closed with the new one"
+    assert read_until_closed(kept) == b""  # and it is closed at its own deadline
