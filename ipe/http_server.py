@@ -69,7 +69,7 @@ class Deadlines:
     connections wait in one queue per timeout, in the order they were armed, which is also
     the order they expire in; one timer fires at the earliest deadline of all, expires what
     is due and starts again for the next. Arming costs no timer unless its deadline is
-    earlier than the one the timer waits for (a new queue head). A connection that leaves
+    earlier than the one the timer waits for. A connection that leaves
     the queue early leaves the timer as it is: it then fires once for nothing.
     """
 
