@@ -80,10 +80,14 @@ class _Headers(OldMessage):  # type: ignore[misc]
     buffered_after: int | None = None
 
     def get(self, name: str, failobj: Any = None) -> Any:
+        return self.index().get(name.lower(), failobj)
+
+    def index(self) -> dict[str, str]:
+        """Lower-case name -> the first value of that name (`get` without a method call)."""
         index = self._index
         if index is None:  # reversed: the first value of a repeated name is the one kept
             index = self._index = {key.lower(): value for key, value in reversed(self._headers)}
-        return index.get(name.lower(), failobj)
+        return index
 
     # The mutators that change `_headers` (pywsgi deletes Content-Length from a chunked
     # request) drop the index; it is rebuilt on the next `get`.
@@ -381,10 +385,11 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         path, _, query = self.path.partition("?")
         env["PATH_INFO"] = unquote_latin1(path) if "%" in path else path
         env["QUERY_STRING"] = query
-        content_type = headers.get("content-type")
+        index = headers.index()
+        content_type = index.get("content-type")
         if content_type is not None:
             env["CONTENT_TYPE"] = content_type
-        length = headers.get("content-length")
+        length = index.get("content-length")
         if length:
             env["CONTENT_LENGTH"] = length
         env["SERVER_PROTOCOL"] = self.request_version
@@ -407,8 +412,8 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         chunked = env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
         # pywsgi's _connection_upgrade_requested, as it asks.
         handling_reads = (
-            headers.get("Connection", "").lower() != "upgrade"
-            and headers.get("Upgrade", "").lower() != "websocket"
+            index.get("connection", "").lower() != "upgrade"
+            and index.get("upgrade", "").lower() != "websocket"
         )
         self.wsgi_input = Input(self.rfile, self.content_length, socket=sock, chunked_input=chunked)
         env["wsgi.input"] = self.wsgi_input if handling_reads else self.rfile

@@ -16,9 +16,9 @@ greenlet then ends; a poll's goes back to the server once answered). The
 greenlets are not capped by a pool either, so gunicorn's `worker_connections` caps nothing:
 the same Server and Handler serve `ipe` and gunicorn (see `install`).
 
-Deadlines are libev timers that shut the socket down when they fire: whatever greenlet was
-reading from it sees the end of the stream and finishes in the usual way; no exception is
-injected into application code.
+Deadlines are kept in queues swept by one libev timer (`Deadlines`); an expired one shuts its
+socket down: whatever greenlet was reading from it sees the end of the stream and finishes in
+the usual way; no exception is injected into application code.
 """
 
 from __future__ import annotations
@@ -28,33 +28,50 @@ import functools
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import gevent
 import gevent.pool
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
+from gevent.socket import wait as wait_on_watcher
 
 from ipe import http_handler
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 10.0  # seconds between log lines about closed connections
+# A deadline this close is expired by the sweep rather than waited for: the timer's clock
+# is libev's, read at the start of a loop iteration, so it may fire a little early.
+SLACK = 0.001
 
 
 class _Waiting:
-    """One connection in the HTTP phase: its descriptor and the timer that closes it."""
+    """One connection in the HTTP phase: its descriptor, its deadline and its queue."""
 
-    __slots__ = ("fd", "timer")
+    __slots__ = ("fd", "armed", "due", "queue")
 
     def __init__(self, sock: Any) -> None:
         # The descriptor, not the socket object: a TLS handshake moves the descriptor from
         # the accepted socket into an SSLSocket, which must be woken the same way.
         self.fd: int = sock.fileno()
-        self.timer: Any = None
+        self.armed = 0.0  # time.monotonic() when its deadline started
+        self.due = 0.0  # time.monotonic() when it expires
+        self.queue: dict[_Waiting, None] | None = None  # the queue it is in, if any
 
 
 class Deadlines:
-    """The connections of one process still in the HTTP phase, each with a deadline."""
+    """The connections of one process still in the HTTP phase, each with a deadline.
+
+    A keep-alive connection re-arms its deadline twice a request (`http_keepalive_timeout`
+    for the next request, `http_timeout` once it starts) and drops it once (the response).
+    A libev timer for each deadline was two timers made, started and closed a request. The
+    connections wait in one queue per timeout, in the order they were armed, which is also
+    the order they expire in; one timer fires at the earliest deadline of all, expires what
+    is due and starts again for the next. Arming costs no timer unless its deadline is
+    earlier than the one the timer waits for. A connection that leaves
+    the queue early leaves the timer as it is: it then fires once for nothing.
+    """
 
     def __init__(self, timeout: float, keepalive_timeout: float, max_connections: int) -> None:
         self.timeout = timeout
@@ -66,7 +83,11 @@ class Deadlines:
         # up"). Whole seconds, rounded down: a hint may be early, never late.
         whole = int(keepalive_timeout)
         self.keepalive_hint = b"timeout=%d" % whole if whole >= 1 else b""
-        self._waiting: dict[_Waiting, None] = {}  # insertion order: longest waiting first
+        # seconds -> the connections armed with it, oldest (so earliest due) first.
+        self._queues: dict[float, dict[_Waiting, None]] = {}
+        self._count = 0  # connections in all queues
+        self._timer: Any = None  # the libev timer of the sweep, while one is pending
+        self._fires_at = 0.0  # when it fires (time.monotonic())
         self.expired = 0  # deadlines missed
         self.evicted = 0  # connections closed to make room
         self._reported = (0, 0)
@@ -78,7 +99,7 @@ class Deadlines:
         return cls(config.http_timeout, config.http_keepalive_timeout, config.http_max_connections)
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return self._count
 
     def admit(self, sock: Any) -> _Waiting:
         """A new connection: start its `http_timeout`, closing the oldest if we are full."""
@@ -88,27 +109,59 @@ class Deadlines:
 
     def arm(self, waiting: _Waiting, seconds: float) -> None:
         """(Re)start the deadline of `waiting`, which then counts as the newest."""
-        if waiting.timer is not None:
-            waiting.timer.close()
-        self._waiting.pop(waiting, None)
-        while len(self._waiting) >= self.max_connections:
-            oldest = next(iter(self._waiting))
+        if waiting.queue is not None:
+            self.release(waiting)
+        while self._count >= self.max_connections:
             self.evicted += 1
-            self._expire(oldest)
-        self._waiting[waiting] = None
-        timer = waiting.timer = gevent.get_hub().loop.timer(seconds)
-        timer.start(self._on_timer, waiting)
+            self._expire(self._oldest())
+        queue = self._queues.get(seconds)
+        if queue is None:
+            queue = self._queues[seconds] = {}
+        now = time.monotonic()
+        waiting.armed = now
+        waiting.due = due = now + seconds
+        waiting.queue = queue
+        queue[waiting] = None
+        self._count += 1
+        if self._timer is None or due < self._fires_at:
+            self._schedule(due, now)
 
     def release(self, waiting: _Waiting) -> None:
         """The connection has left the HTTP phase (or ended): no deadline any more."""
-        self._waiting.pop(waiting, None)
-        if waiting.timer is not None:
-            waiting.timer.close()
-            waiting.timer = None
+        queue = waiting.queue
+        if queue is not None:
+            del queue[waiting]
+            waiting.queue = None
+            self._count -= 1
 
-    def _on_timer(self, waiting: _Waiting) -> None:
-        self.expired += 1
-        self._expire(waiting)
+    def _oldest(self) -> _Waiting:
+        """The connection armed longest ago (there is one: the count is above zero)."""
+        heads = [next(iter(queue)) for queue in self._queues.values() if queue]
+        return min(heads, key=lambda waiting: waiting.armed)
+
+    def _schedule(self, due: float, now: float) -> None:
+        """(Re)start the sweep's timer for `due`."""
+        if self._timer is not None:
+            self._timer.close()
+        self._fires_at = due
+        self._timer = gevent.get_hub().loop.timer(max(due - now, 0.0))
+        self._timer.start(self._sweep)
+
+    def _sweep(self) -> None:
+        """Expire the connections that are due; start the timer for the next deadline."""
+        self._timer.close()
+        self._timer = None
+        now = time.monotonic()
+        for queue in list(self._queues.values()):
+            while queue:
+                waiting = next(iter(queue))
+                if waiting.due > now + SLACK:
+                    break
+                self.expired += 1
+                self._expire(waiting)
+        heads = [next(iter(queue)).due for queue in self._queues.values() if queue]
+        if heads and self._timer is None:
+            self._schedule(min(heads), now)
 
     def _closed_one(self) -> None:
         """Log what was closed, at most once every REPORT_EVERY seconds: under a flood, one
@@ -179,15 +232,20 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         waiting = self._waiting
         if self._requests and waiting is not None:
-            if self._write_timeout:
-                self.socket.settimeout(None)  # the deadline, not a per-read timeout, applies
-                self._write_timeout = False
             deadlines.arm(waiting, deadlines.keepalive_timeout)
             try:
-                if self.buffer_drained():
+                if self.buffer_drained() and deadlines.keepalive_timeout <= deadlines.timeout:
                     # Nothing buffered: wait until the socket is readable, rather than first
                     # try a read that fails (EAGAIN, an exception in gevent's recv_into).
-                    self.socket._wait(self.socket._read_event)
+                    # Without a timeout: the deadline applies. The per-write timeout stays
+                    # set for the next response (two settimeout calls a request fewer); a
+                    # read of this request that has to wait then also gets it, which ends
+                    # later than the request's deadline, armed first.
+                    sock = self.socket
+                    wait_on_watcher(sock._read_event, None, None, sock.hub)
+                elif self._write_timeout:
+                    self.socket.settimeout(None)  # the deadline, not a per-read timeout
+                    self._write_timeout = False
                 if not self.rfile.peek(1):
                     return ""
             except OSError:
@@ -216,7 +274,10 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         deadlines: Deadlines = self.server.deadlines
         if self._waiting is not None:
             deadlines.release(self._waiting)
-        if (
+        if self._write_timeout and str(status).startswith("101"):
+            self.socket.settimeout(None)  # a WebSocket after a kept connection's responses
+            self._write_timeout = False
+        elif (
             not self._write_timeout
             and not str(status).startswith("101")
             and self.socket is not None

@@ -246,3 +246,89 @@ def test_http_fallback_stream_outlives_the_http_deadline(server):
         assert read_until_closed(connect(server)) == b""  # one http_timeout has passed
         server.sdk().trigger("s", "late", "still streaming")
         assert b"still streaming" in next(lines)
+
+
+def _read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes]:
+    """One response with a Content-Length (head and body), and what followed it."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-response: {data[:200]!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-body"
+        rest += chunk
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def _read_text_frame(sock: socket.socket, buffered: bytes) -> tuple[dict, bytes]:
+    """One unmasked short text frame from the server, parsed as JSON; and what followed."""
+    data = buffered
+    while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F) + (2 if data[1] & 0x7F == 126 else 0):
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-frame"
+        data += chunk
+    size, start = data[1] & 0x7F, 2
+    if size == 126:
+        size, start = int.from_bytes(data[2:4], "big"), 4
+    while len(data) < start + size:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-frame"
+        data += chunk
+    assert data[0] == 0x81
+    return json.loads(data[start : start + size]), data[start + size :]
+
+
+def test_websocket_upgraded_on_a_kept_connection_outlives_the_http_deadline(server):
+    """A WebSocket after plain requests on the same connection: the per-write timeout of
+    those responses does not carry over to it (its reads would time out when idle)."""
+    sock = connect(server)
+    rest = b""
+    for _ in range(2):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply, rest = _read_response(sock, rest)
+        assert reply.startswith(b"HTTP/1.1 200")
+    sock.sendall(
+        f"GET /app/{KEY}?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    while b"\r\n\r\n" not in rest:
+        rest += sock.recv(65536)
+    head, _, rest = rest.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    established, rest = _read_text_frame(sock, rest)
+    assert established["event"] == "pusher:connection_established"
+    assert read_until_closed(connect(server)) == b""  # one http_timeout has passed
+    text = json.dumps({"event": "pusher:ping", "data": {}}).encode()
+    mask = b"\x01\x02\x03\x04"
+    sock.sendall(
+        bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    )
+    pong, _ = _read_text_frame(sock, rest)
+    assert pong["event"] == "pusher:pong"
+
+
+def test_a_shorter_deadline_armed_later_is_not_kept_waiting(make_server):
+    """With `http_keepalive_timeout` above `http_timeout`, a new connection's deadline falls
+    before that of an idle keep-alive connection made earlier: it is closed on time, and
+    the kept connection stays open until its own deadline."""
+    server = make_server(config_with(http_timeout=1.0, http_keepalive_timeout=6.0))
+    kept = connect(server)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply, rest = _read_response(kept)
+    assert reply.startswith(b"HTTP/1.1 200") and rest == b""
+    # One http_timeout passes: the earlier deadlines are gone, the kept one is the next due.
+    assert read_until_closed(connect(server)) == b""
+    silent = connect(server)
+    assert read_until_closed(silent, bound=5.0) == b""  # well before the kept one's 6 s
+    readable, _, _ = select.select([kept], [], [], 0)
+    assert not readable, "the kept connection was closed with the new one"
+    assert read_until_closed(kept) == b""  # and it is closed at its own deadline
