@@ -65,6 +65,14 @@ def server(make_server: Callable[..., IpeServer]) -> IpeServer:
     return make_server()
 
 
+@pytest.fixture
+def bystander(server: IpeServer) -> WsClient:
+    """Another client of the test's `server`, subscribed to `orders` (see support.unaffected)."""
+    client = server.ws()
+    client.subscribe("orders")
+    return client
+
+
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpeServer]:
     """One BASE_CONFIG process for every test of a module; use it through `shared_server`."""

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import websocket
+from support import error_code, unaffected
 
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9
 CONTINUATION = 0x0
@@ -17,26 +18,6 @@ CONTINUATION = 0x0
 def server(shared_server):
     """These tests leave nothing behind that matters to the next, so they share one process."""
     return shared_server
-
-
-@pytest.fixture
-def bystander(server):
-    """Another client of the same server, subscribed to `orders`."""
-    client = server.ws()
-    client.subscribe("orders")
-    return client
-
-
-def unaffected(server, bystander) -> None:
-    """The bystander still gets what is published after the bad input."""
-    server.sdk().trigger("orders", "after", "still here")
-    assert bystander.expect("after", "orders")["data"] == "still here"
-
-
-def error_code(client) -> int | None:
-    message = client.expect("pusher:error")
-    assert isinstance(message["data"]["message"], str) and message["data"]["message"]
-    return message["data"]["code"]
 
 
 def still_open(client) -> None:

@@ -14,8 +14,9 @@ import socket
 
 import pytest
 from conftest import APP_ID, KEY, SECRET, wait_until
+from support import error_code, unaffected
+from support.rest import signed_target
 from test_client_events import pair
-from test_slow_clients import signed_target
 
 TEXT, CONTINUATION = 0x1, 0x0
 
@@ -24,23 +25,6 @@ TEXT, CONTINUATION = 0x1, 0x0
 def server(shared_server):
     """Nothing here leaves state that matters to the next test: one process for all."""
     return shared_server
-
-
-@pytest.fixture
-def bystander(server):
-    client = server.ws()
-    client.subscribe("orders")
-    return client
-
-
-def unaffected(server, bystander) -> None:
-    server.sdk().trigger("orders", "after", "still here")
-    assert bystander.expect("after", "orders")["data"] == "still here"
-
-
-def error_code(client) -> int | None:
-    message = client.expect("pusher:error")
-    return message["data"]["code"]  # type: ignore[no-any-return]
 
 
 # --- frames ---------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ Every wait is bounded; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
 import select
@@ -19,7 +17,8 @@ import urllib.request
 
 import pytest
 import requests
-from conftest import APP_ID, KEY, SECRET, config_with, free_port
+from conftest import APP_ID, KEY, config_with, free_port
+from support.rest import signed_target
 from support.tls import self_signed
 
 TIMEOUT = 1.0  # http_timeout of these servers
@@ -69,18 +68,6 @@ def read_until_closed(sock: socket.socket, bound: float = CLOSE_BOUND) -> bytes:
         if not data:
             return received
         received += data
-
-
-def signed_target(method: str, path: str, body: bytes) -> str:
-    """`path?query` signed for the main app (body_md5 included when there is a body)."""
-    params = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
-    if body:
-        params["body_md5"] = hashlib.md5(body).hexdigest()
-    query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
-    signature = hmac.new(
-        SECRET.encode(), f"{method}\n{path}\n{query}".encode(), hashlib.sha256
-    ).hexdigest()
-    return f"{path}?{query}&auth_signature={signature}"
 
 
 def health(server) -> bool:

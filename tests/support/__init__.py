@@ -44,12 +44,14 @@ from support.client import ConnectionClosed, WsClient
 from support.observe import (
     after_sweeps,
     crosses,
+    error_code,
     frames_until_pong,
     occupied,
     rest_users,
     roster,
     settle,
     subscription_count,
+    unaffected,
 )
 from support.redis_server import (
     FAST,
@@ -108,6 +110,8 @@ __all__ = [
     "RedisServer",
     "WsClient",
     "after_sweeps",
+    "error_code",
+    "unaffected",
     "assert_no_traceback",
     "channel_auth",
     "config_with",

@@ -1,4 +1,4 @@
-"""Barriers and readings across one or more servers: settle, rosters, counts, sweeps."""
+"""Barriers and readings across one or more servers: settle, rosters, counts, sweeps, errors."""
 
 from __future__ import annotations
 
@@ -76,3 +76,16 @@ def crosses(sender: IpeServer, receiver: WsClient, channel: str, deadline: float
             return
         except Exception:  # noqa: BLE001 - not yet: publish again
             continue
+
+
+def unaffected(server: IpeServer, bystander: WsClient) -> None:
+    """The bystander (the `bystander` fixture) still gets what is published after bad input."""
+    server.sdk().trigger("orders", "after", "still here")
+    assert bystander.expect("after", "orders")["data"] == "still here"
+
+
+def error_code(client: WsClient) -> int | None:
+    """The code of the next `pusher:error` (whose message must be a non-empty string)."""
+    message = client.expect("pusher:error")
+    assert isinstance(message["data"]["message"], str) and message["data"]["message"]
+    return message["data"]["code"]  # type: ignore[no-any-return]

@@ -242,6 +242,11 @@ def raw_query(params: Mapping[str, str]) -> str:
     return "&".join(f"{k}={v}" for k, v in params.items())
 
 
+def signed_target(method: str, path: str, body: bytes = b"") -> str:
+    """`path?query` signed for the main app, as a raw request line's target."""
+    return f"{path}?{raw_query(signed_query(method, path, None, body))}"
+
+
 def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpeServer]:
     """One ipe process (with the Tight app) for tests that change no channel state."""
     with running(tmp_path_factory.mktemp("rest"), rest_config(), "rest") as server:
