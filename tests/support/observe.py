@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from support.auth import join
 from support.client import WsClient
 from support.server import IpeServer, metric, wait_until
 
@@ -89,3 +90,20 @@ def error_code(client: WsClient) -> int | None:
     message = client.expect("pusher:error")
     assert isinstance(message["data"]["message"], str) and message["data"]["message"]
     return message["data"]["code"]  # type: ignore[no-any-return]
+
+
+def members_come_and_go_once(
+    watcher: WsClient, server: IpeServer, room: str, ann: WsClient
+) -> None:
+    """After a fault: "bob" joining `room` on `server`, then `ann` and bob leaving, reach the
+    presence member `watcher` once each, in order, and nothing else does."""
+    bob = join(server, room, "bob")
+    added = watcher.expect("pusher_internal:member_added", room)
+    assert json.loads(added["data"]) == {"user_id": "bob"}
+    ann.close()
+    removed = watcher.expect("pusher_internal:member_removed", room)
+    assert json.loads(removed["data"]) == {"user_id": "ann"}
+    bob.close()
+    removed = watcher.expect("pusher_internal:member_removed", room)
+    assert json.loads(removed["data"]) == {"user_id": "bob"}
+    assert frames_until_pong(watcher) == []
