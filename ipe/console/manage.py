@@ -428,13 +428,19 @@ def app_remove_confirm(app_id: str) -> Any:
     store = _store()
     if store is None:
         return _settings_page(app_id)  # nothing to confirm: the page says where apps live
+    return _remove_page(store, app_id)
+
+
+def _remove_page(store: RedisApps, app_id: str, error: str | None = None, status: int = 200) -> Any:
+    """The confirmation page of removing `app_id` (with `error`, if the confirmation failed)."""
     try:
         row = _row(store.document(app_id))
     except app_documents.NoSuchApp:
         abort(404)
     except AppSourceError as exc:
         return _apps_page(str(exc), 503)
-    return views._page("app_remove.html", page="settings", app=row, error=None)
+    body = views._page("app_remove.html", page="settings", app=row, error=error)
+    return Response(body, mimetype="text/html"), status
 
 
 @blueprint.post("/apps/<app_id>/remove")
@@ -444,15 +450,7 @@ def app_remove(app_id: str) -> Any:
     if store is None:
         return _read_only()
     if _field(request.form, "confirm") != app_id:
-        try:
-            row = _row(store.document(app_id))
-        except app_documents.NoSuchApp:
-            abort(404)
-        except AppSourceError as exc:
-            return _apps_page(str(exc), 503)
-        error = "Type the app's id to confirm."
-        body = views._page("app_remove.html", page="settings", app=row, error=error)
-        return Response(body, mimetype="text/html"), 400
+        return _remove_page(store, app_id, "Type the app's id to confirm.", 400)
     try:
         if not store.remove(app_id):
             abort(404)
