@@ -168,7 +168,7 @@ class RedisBroker:
         client = self.link.publisher
         self.published += len(batch)
         if not self.link.config.cluster:
-            self._publish_plain(client, batch)
+            self._publish_to(client, batch)
             return
         if len(batch) == 1:
             _app_id, topic, message = batch[0]
@@ -176,7 +176,7 @@ class RedisBroker:
             return
         # Not a Cluster pipeline: it sends again, one by one, the commands of a connection
         # that failed, and a PUBLISH that timed out may have gone out already. Each master
-        # gets its share in a plain pipeline instead (any one node for unsharded PUBLISH,
+        # gets its share in one write instead (any one node for unsharded PUBLISH,
         # which reaches every node of a Cluster); a share that fails is lost, and counted.
         if self._stale_slots:  # a failover moved slots: ask where they are now
             client.nodes_manager.initialize()
@@ -188,7 +188,7 @@ class RedisBroker:
         failure: BaseException | None = None
         for node, share in shares.values():
             try:
-                if self._pipeline(client.get_redis_connection(node), share):
+                if self._publish_to(client.get_redis_connection(node), share):
                     self._stale_slots = True
             except self.errors as exc:
                 failure = exc
@@ -198,39 +198,30 @@ class RedisBroker:
         if failure is not None:
             self.link.mark_down(failure)
 
-    def _publish_plain(self, client: Any, batch: list[tuple[str, str, bytes]]) -> None:
-        """PUBLISH a batch on one pooled connection of one server: the commands in one write,
-        then their replies. (redis-py's Pipeline cost more CPU than the PUBLISH itself when
-        clients ping-pong one event at a time: a batch of one per message.)"""
+    def _publish_to(self, client: Any, batch: list[tuple[str, str, bytes]]) -> int:
+        """PUBLISH (SPUBLISH) a batch on one pooled connection of one server: the commands in
+        one write, then their replies; how many it refused (counted as failed, e.g. MOVED: the
+        slot left that master). redis-py's Pipeline cost more CPU than the PUBLISH itself when
+        clients ping-pong one event at a time: a batch of one per message."""
+        command = "SPUBLISH" if self.sharded else "PUBLISH"
         pool = client.connection_pool
         conn = pool.get_connection()
+        refused = 0
         try:
             conn.send_packed_command(
-                conn.pack_commands([("PUBLISH", topic, message) for _a, topic, message in batch])
+                conn.pack_commands([(command, topic, message) for _a, topic, message in batch])
             )
             for app_id, _topic, _message in batch:
                 try:
                     conn.read_response()
                 except ResponseError as exc:  # this one refused; the connection is fine
+                    refused += 1
                     self._failed(app_id, str(exc))
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse it
             raise
         finally:
             pool.release(conn)
-
-    def _pipeline(self, client: Any, batch: list[tuple[str, str, bytes]]) -> int:
-        """PUBLISH (SPUBLISH) a batch in one pipeline of one server; how many it refused
-        (counted as failed)."""
-        pipe = client.pipeline(transaction=False)
-        for _app_id, topic, message in batch:
-            (pipe.spublish if self.sharded else pipe.publish)(topic, message)
-        replies = pipe.execute(raise_on_error=False)
-        refused = 0
-        for (app_id, _topic, _message), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):  # e.g. MOVED: its slot left that master
-                refused += 1
-                self._failed(app_id, str(reply))
         return refused
 
     def _failed(self, app_id: str, reason: str) -> None:
