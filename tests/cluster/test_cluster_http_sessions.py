@@ -112,15 +112,22 @@ def _owner_keys(redis_server: RedisServer) -> dict[str, str]:
     return {k: v.decode() for k, v in found.items() if v is not None}  # not deleted since
 
 
-def test_stream_opened_on_a_is_sent_to_and_received_through_b(
-    make_server: Any, redis_server: RedisServer
-) -> None:
-    config = redis_config(redis_server.url)
-    config["http_session_timeout"] = SESSION_TIMEOUT
+def _two_nodes(
+    make_server: Any, redis_server: RedisServer, **settings: Any
+) -> tuple[IpeServer, IpeServer]:
+    """Nodes a and b on `redis_server`, ready, with top-level `settings` in their config."""
+    config = {**redis_config(redis_server.url), **settings}
     a = make_server(config, name="a")
     b = make_server(config, name="b")
     wait_ready(a)
     wait_ready(b)
+    return a, b
+
+
+def test_stream_opened_on_a_is_sent_to_and_received_through_b(
+    make_server: Any, redis_server: RedisServer
+) -> None:
+    a, b = _two_nodes(make_server, redis_server, http_session_timeout=SESSION_TIMEOUT)
     _stream_through_b(a, b, redis_server.client())
 
 
@@ -182,12 +189,7 @@ def _stream_through_b(a: IpeServer, b: IpeServer, client: Any) -> None:
 
 
 def test_polling_session_moves_between_nodes(make_server: Any, redis_server: RedisServer) -> None:
-    config = redis_config(redis_server.url)
-    config["http_session_timeout"] = SESSION_TIMEOUT
-    a = make_server(config, name="a")
-    b = make_server(config, name="b")
-    wait_ready(a)
-    wait_ready(b)
+    a, b = _two_nodes(make_server, redis_server, http_session_timeout=SESSION_TIMEOUT)
     session = Session("poll0001")
     try:
         opened = session.receive(a, "xhr")
@@ -221,11 +223,7 @@ def test_owner_gone_the_next_node_opens_the_session_again(
     """A node that dies takes its sessions along: a request for one of them on another node
     finds the owner silent and opens the session there, so pusher-js hears a second "o"
     ("Server lost session") and reconnects, as with an unknown session on one process."""
-    config = redis_config(redis_server.url)
-    a = make_server(config, name="a")
-    b = make_server(config, name="b")
-    wait_ready(a)
-    wait_ready(b)
+    a, b = _two_nodes(make_server, redis_server)
     a.allow_tracebacks = True
     session = Session("gone0001")
     try:
@@ -248,11 +246,7 @@ def test_relay_node_gone_the_owner_lets_the_session_go(
 ) -> None:
     """B relays A's session and dies: A's next line reaches no listener, so A takes the
     request as hung up and ends the session after the grace, as if its client had left."""
-    config = redis_config(redis_server.url)
-    a = make_server(config, name="a")
-    b = make_server(config, name="b")
-    wait_ready(a)
-    wait_ready(b)
+    a, b = _two_nodes(make_server, redis_server)
     b.allow_tracebacks = True
     session = Session("dies0001")
     try:
