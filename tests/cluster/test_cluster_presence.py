@@ -15,6 +15,7 @@ from support import (
     subscription_count,
     wait_until,
 )
+from support.observe import joins_at_once_heard_once
 
 ROOM = "presence-room"
 
@@ -107,27 +108,7 @@ def test_member_events_reach_each_socket_once_whatever_the_timing(nodes):
     sockets are told about some members twice (the benchmark saw 7775 for 4950).
     """
     a, b = nodes(2)
-    members = [f"u{i}" for i in range(40)]
-    clients = [((a, b)[i % 2].ws(), user) for i, user in enumerate(members)]
-    for client, user in clients:  # back to back: the nodes handle them concurrently
-        assert client.socket_id is not None
-        auth, data = presence_auth(client.socket_id, ROOM, user)
-        client.send("pusher:subscribe", {"channel": ROOM, "auth": auth, "channel_data": data})
-    for client, user in clients:
-        known: set[str] | None = None
-        while known is None or len(known) < len(members):
-            message = client.recv()
-            if message["event"] == "pusher_internal:subscription_succeeded":
-                known = set(roster(message)["hash"])
-                assert user in known
-            elif message["event"] == "pusher_internal:member_added":
-                added = json.loads(message["data"])["user_id"]
-                assert known is not None, f"{user} heard of {added} before its roster"
-                assert added not in known, f"{user} was told about {added} twice"
-                known.add(added)
-    settle(a, b)  # every member event published is delivered everywhere by now
-    for client, _user in clients:
-        client.sync()
+    joins_at_once_heard_once(a, b, ROOM)
 
 
 def test_a_member_coming_and_going_fast_ends_where_the_roster_does(nodes):

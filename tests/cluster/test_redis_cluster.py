@@ -23,6 +23,7 @@ from support import (
     wait_ready,
     wait_until,
 )
+from support.observe import joins_at_once_heard_once
 
 ROOM = "presence-room"
 
@@ -124,30 +125,7 @@ def test_a_burst_of_joins_on_a_redis_cluster_is_exact(
     a, b = (make_server(redis_config(), name=f"node{i}", env=env) for i in range(2))
     for server in (a, b):
         wait_ready(server)
-    members = [f"u{i}" for i in range(40)]
-    clients = [((a, b)[i % 2].ws(), user) for i, user in enumerate(members)]
-    for client, user in clients:  # back to back: each node has many joins under way at once
-        assert client.socket_id is not None
-        auth, data = presence_auth(client.socket_id, ROOM, user)
-        client.send("pusher:subscribe", {"channel": ROOM, "auth": auth, "channel_data": data})
-    for client, user in clients:
-        known: set[str] | None = None
-        while known is None or len(known) < len(members):
-            message = client.recv()
-            if message["event"] == "pusher_internal:subscription_succeeded":
-                known = set(roster(message)["hash"])
-                assert user in known
-            elif message["event"] == "pusher_internal:member_added":
-                added = json.loads(message["data"])["user_id"]
-                assert known is not None, f"{user} heard of {added} before its roster"
-                assert added not in known, f"{user} was told about {added} twice"
-                known.add(added)
-    settle(a, b)
-    for client, _user in clients:
-        client.sync()  # nothing more: no member event twice
-    for server in (a, b):
-        assert rest_users(server, ROOM) == set(members)
-        assert server.sdk().channel_info(ROOM, ["subscription_count"])["subscription_count"] == 40
+    joins_at_once_heard_once(a, b, ROOM)
 
 
 def test_a_publish_that_timed_out_on_a_paused_master_is_never_sent_twice(

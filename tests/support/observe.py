@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from support.auth import join
+from support.auth import join, presence_auth
 from support.client import WsClient
 from support.server import IpeServer, metric, wait_until
 
@@ -107,3 +107,34 @@ def members_come_and_go_once(
     removed = watcher.expect("pusher_internal:member_removed", room)
     assert json.loads(removed["data"]) == {"user_id": "bob"}
     assert frames_until_pong(watcher) == []
+
+
+def joins_at_once_heard_once(a: IpeServer, b: IpeServer, room: str, count: int = 40) -> None:
+    """`count` members subscribe to presence `room` back to back, alternately on `a` and `b`:
+    every socket hears of every other member exactly once (in its roster or a member_added
+    after it), and both nodes' REST answers agree."""
+    members = [f"u{i}" for i in range(count)]
+    clients = [((a, b)[i % 2].ws(), user) for i, user in enumerate(members)]
+    for client, user in clients:  # back to back: each node has many joins under way at once
+        assert client.socket_id is not None
+        auth, data = presence_auth(client.socket_id, room, user)
+        client.send("pusher:subscribe", {"channel": room, "auth": auth, "channel_data": data})
+    for client, user in clients:
+        known: set[str] | None = None
+        while known is None or len(known) < len(members):
+            message = client.recv()
+            if message["event"] == "pusher_internal:subscription_succeeded":
+                known = set(roster(message)["hash"])
+                assert user in known
+            elif message["event"] == "pusher_internal:member_added":
+                added = json.loads(message["data"])["user_id"]
+                assert known is not None, f"{user} heard of {added} before its roster"
+                assert added not in known, f"{user} was told about {added} twice"
+                known.add(added)
+    settle(a, b)  # every member event published is delivered everywhere by now
+    for client, _user in clients:
+        client.sync()  # nothing more: no member event twice
+    for server in (a, b):
+        assert rest_users(server, room) == set(members)
+        info = server.sdk().channel_info(room, ["subscription_count"])
+        assert info["subscription_count"] == count
