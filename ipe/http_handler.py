@@ -14,6 +14,11 @@ of its costs are not needed:
 - After each response pywsgi tries a read that fails on an idle keep-alive connection; when
   the read buffer is known to be empty the handler waits for the socket instead.
 - The `Date` header was formatted for every response; once a second is enough.
+- A whole hot REST request already in the read buffer (an SDK's keep-alive publish: request
+  line, ordinary headers and a `Content-Length` body) is answered by `answer_buffered`
+  straight from the buffer: one regex for the request line, one for the headers, the same
+  environ, none of pywsgi's per-request steps (its request parsing, `Input`, response state,
+  access-log timing). Anything else takes the stock steps above.
 - gevent-websocket formats an access-log line for every request even when its logger
   (silenced by `ipe.app`) drops it, and runs its upgrade checks on requests that ask for none.
 
@@ -31,6 +36,7 @@ gevent's socket `_wait` of the gevent version pinned in requirements.txt; withou
 from __future__ import annotations
 
 import email.parser
+import io
 import logging
 import re
 import time
@@ -39,6 +45,7 @@ from http import client
 from typing import Any
 
 from gevent.pywsgi import (  # type: ignore[attr-defined]
+    MAX_REQUEST_LINE,
     Input,
     OldMessage,
     WSGIHandler,
@@ -65,6 +72,13 @@ _SIMPLE_LINES = re.compile(r"^([!-9;-~]+):[ \t]*([\t -~]*)\r\n", re.MULTILINE)
 # http.client's limits: a longer block might hold a line too long, or too many lines.
 _MAX_BLOCK = getattr(client, "_MAXLINE", 65536)
 _MAX_LINES = getattr(client, "_MAXHEADERS", 100)
+
+# The request line of a request `answer_buffered` may take: a method of the lean REST routes,
+# a path under /apps/ of printable ASCII, HTTP/1.1 (keep-alive by default).
+_LANE_LINE = re.compile(rb"(GET|POST) (/apps/[!-~]*) HTTP/1\.1\r\n")
+# Headers that need the stock steps: a body of unknown length or one to ask for, an upgrade,
+# a `Connection` other than keep-alive (pywsgi's close and upgrade rules).
+_LANE_REFUSED = ("transfer-encoding", "expect", "upgrade")
 
 # Bodies up to this size go out in the same send() as the headers (copying is cheaper).
 _JOIN_LIMIT = 64 * 1024
@@ -253,6 +267,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         """The request's headers (pywsgi's `headers_factory`, faster for ordinary lines)."""
+        self._lane_drained = None
         if _read_headers is None:
             return super().MessageClass(fp, *args)
         try:
@@ -327,6 +342,8 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         False when not known (another parser, a chunked or unread body, TLS, whose buffer
         this cannot see): then the next read tells.
         """
+        if self._lane_drained is not None:  # the last request was answered from the buffer
+            return self._lane_drained
         after = getattr(self.headers, "buffered_after", None)
         if after is None or getattr(self.server, "ssl_enabled", True):
             return False
@@ -379,35 +396,8 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         headers = self.headers
         if type(headers) is not _Headers:
             return super().get_environ()  # type: ignore[no-any-return]
-        env: dict[str, Any] = self.server.get_environ()
-        env["REQUEST_METHOD"] = self.command
-        env["SCRIPT_NAME"] = ""
-        path, _, query = self.path.partition("?")
-        env["PATH_INFO"] = unquote_latin1(path) if "%" in path else path
-        env["QUERY_STRING"] = query
         index = headers.index()
-        content_type = index.get("content-type")
-        if content_type is not None:
-            env["CONTENT_TYPE"] = content_type
-        length = index.get("content-length")
-        if length:
-            env["CONTENT_LENGTH"] = length
-        env["SERVER_PROTOCOL"] = self.request_version
-        client_address = self.client_address
-        if isinstance(client_address, tuple):
-            env["REMOTE_ADDR"] = str(client_address[0])
-            env["REMOTE_PORT"] = str(client_address[1])
-        for name, value in headers._headers:  # what _headers() yields, without a generator
-            key = _ENVIRON_KEYS.get(name)
-            if key is None:
-                key = _environ_key(name)
-            if not key:
-                continue
-            value = value.strip()
-            if key in env:
-                env[key] += ("; " if "COOKIE" in key else ",") + value
-            else:
-                env[key] = value
+        env = self._request_environ(self.command, self.path, index, headers._headers)
         sock = self.socket if env.get("HTTP_EXPECT") == "100-continue" else None
         chunked = env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
         # pywsgi's _connection_upgrade_requested, as it asks.
@@ -419,6 +409,117 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         env["wsgi.input"] = self.wsgi_input if handling_reads else self.rfile
         env["wsgi.input_terminated"] = handling_reads
         return env
+
+    def _request_environ(
+        self, method: str, target: str, index: dict[str, str], pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """pywsgi's environ of a request line and its ordinary header lines (`pairs`, with
+        `index` their first values by lower-case name), without `wsgi.input`."""
+        env: dict[str, Any] = self.server.get_environ()
+        env["REQUEST_METHOD"] = method
+        env["SCRIPT_NAME"] = ""
+        path, _, query = target.partition("?")
+        env["PATH_INFO"] = unquote_latin1(path) if "%" in path else path
+        env["QUERY_STRING"] = query
+        content_type = index.get("content-type")
+        if content_type is not None:
+            env["CONTENT_TYPE"] = content_type
+        length = index.get("content-length")
+        if length:
+            env["CONTENT_LENGTH"] = length
+        env["SERVER_PROTOCOL"] = self.request_version
+        client_address = self.client_address
+        if isinstance(client_address, tuple):
+            env["REMOTE_ADDR"] = str(client_address[0])
+            env["REMOTE_PORT"] = str(client_address[1])
+        for name, value in pairs:  # what _headers() yields, without a generator
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                key = _environ_key(name)
+            if not key:
+                continue
+            value = value.strip()
+            if key in env:
+                env[key] += ("; " if "COOKIE" in key else ",") + value
+            else:
+                env[key] = value
+        return env
+
+    def answer_buffered(self) -> bool | None:
+        """Answer the next request from the read buffer if it is a whole hot REST request
+        that the app's `ipe_answer` serves: True if answered and the connection stays open,
+        False if answered and it is to close; None if not taken (nothing consumed: the
+        stock steps read it). May wait for the first bytes of a request.
+
+        Taken only where the stock steps would do exactly this: HTTP/1.1 with ordinary
+        header lines, keep-alive, a body of known length already buffered, no upgrade, no
+        access log, no pre-start hook.
+        """
+        rfile = self.rfile
+        server = self.server
+        if rfile.closed or getattr(server, "pre_start_hook", None):
+            return None
+        answer = getattr(server.application, "ipe_answer", None)
+        if answer is None or self.logger.isEnabledFor(logging.INFO):
+            return None
+        buffered = rfile.peek()
+        line = _LANE_LINE.match(buffered)
+        if line is None:
+            return None
+        start = line.end()
+        if start > MAX_REQUEST_LINE:
+            return None  # the stock steps answer 414
+        if buffered[start : start + 2] == b"\r\n":
+            end = start  # no header lines
+        else:
+            end = buffered.find(b"\r\n\r\n", start)
+            if end < 0:
+                return None
+            end += 2
+        if end > _MAX_BLOCK:
+            return None
+        block = buffered[start:end].decode("iso-8859-1")
+        pairs = _SIMPLE_LINES.findall(block)
+        if len(pairs) != block.count("\n") or len(pairs) > _MAX_LINES:
+            return None
+        index = {name.lower(): value for name, value in reversed(pairs)}
+        length = index.get("content-length", "0")
+        connection = index.get("connection")
+        if (
+            not (length.isascii() and length.isdigit())
+            or (connection is not None and connection.lower() != "keep-alive")
+            or any(name in index for name in _LANE_REFUSED)
+        ):
+            return None
+        size = end + 2 + int(length)
+        if len(buffered) < size:
+            return None  # the body is still on its way: the stock steps wait for it
+        method = line.group(1).decode()
+        self.command = method
+        self.path = target = line.group(2).decode()
+        self.request_version = "HTTP/1.1"
+        self.close_connection = False
+        env = self._request_environ(method, target, index, pairs)
+        env["wsgi.input"] = io.BytesIO(buffered[end + 2 : size])
+        env["wsgi.input_terminated"] = True
+        self.environ = env
+        reply = answer(env)
+        if reply is None:
+            return None
+        rfile.read(size)
+        self._lane_drained = len(buffered) == size and not getattr(server, "ssl_enabled", True)
+        self._requests += 1
+        self.response_length = 0
+        try:
+            self._reply(*reply)
+        except OSError:
+            return False  # the client went away; nothing is left to answer
+        return True
+
+    _requests = 0  # requests read on this connection
+    # After a request answered from the buffer: whether it was all the buffer held (None
+    # after one that took the stock steps: `buffer_drained` asks the parsed headers).
+    _lane_drained: bool | None = None
 
     def log_request(self) -> None:
         """gevent-websocket's access log line, formatted only if its logger would write it."""

@@ -209,7 +209,6 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
     """ipe's keep-alive handler (`ipe.http_handler`) with the deadlines of `Server.deadlines`."""
 
     _waiting: _Waiting | None = None
-    _requests = 0
 
     @property
     def keepalive_hint(self) -> bytes:  # type: ignore[override]
@@ -227,30 +226,55 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         finally:
             deadlines.release(self._waiting)
 
-    def read_requestline(self) -> str:
-        """The next request line; after the first request, first wait for it as keep-alive."""
+    def handle_one_request(self) -> Any:
+        """pywsgi's, after the keep-alive wait; a whole hot REST request already buffered is
+        answered from the buffer (`answer_buffered`) without pywsgi's steps."""
+        kept = self._requests > 0
+        if kept and not self._await_request():
+            return None
+        try:
+            answered = self.answer_buffered()
+        except OSError:
+            return None  # gone while its first bytes were awaited (or our deadline shut it)
+        if answered is None:
+            if kept and self._waiting is not None:
+                # The stock steps may have to wait for the rest of the request.
+                self.server.deadlines.arm(self._waiting, self.server.deadlines.timeout)
+            return super().handle_one_request()
+        return True if answered else None
+
+    def _await_request(self) -> bool:
+        """Wait, within `http_keepalive_timeout`, for the next request of a kept connection.
+        False if the connection ended instead. No deadline runs once it has begun: a request
+        answered from the buffer needs none, and `handle_one_request` arms `http_timeout`
+        for one that takes the stock steps."""
         deadlines: Deadlines = self.server.deadlines
         waiting = self._waiting
-        if self._requests and waiting is not None:
-            deadlines.arm(waiting, deadlines.keepalive_timeout)
-            try:
-                if self.buffer_drained() and deadlines.keepalive_timeout <= deadlines.timeout:
-                    # Nothing buffered: wait until the socket is readable, rather than first
-                    # try a read that fails (EAGAIN, an exception in gevent's recv_into).
-                    # Without a timeout: the deadline applies. The per-write timeout stays
-                    # set for the next response (two settimeout calls a request fewer); a
-                    # read of this request that has to wait then also gets it, which ends
-                    # later than the request's deadline, armed first.
-                    sock = self.socket
-                    wait_on_watcher(sock._read_event, None, None, sock.hub)
-                elif self._write_timeout:
-                    self.socket.settimeout(None)  # the deadline, not a per-read timeout
-                    self._write_timeout = False
-                if not self.rfile.peek(1):
-                    return ""
-            except OSError:
-                return ""
-            deadlines.arm(waiting, deadlines.timeout)
+        if waiting is None:
+            return True
+        deadlines.arm(waiting, deadlines.keepalive_timeout)
+        try:
+            if self.buffer_drained() and deadlines.keepalive_timeout <= deadlines.timeout:
+                # Nothing buffered: wait until the socket is readable, rather than first
+                # try a read that fails (EAGAIN, an exception in gevent's recv_into).
+                # Without a timeout: the deadline applies. The per-write timeout stays
+                # set for the next response (two settimeout calls a request fewer); a
+                # read of this request that has to wait then also gets it, which ends
+                # later than the request's deadline, armed first.
+                sock = self.socket
+                wait_on_watcher(sock._read_event, None, None, sock.hub)
+            elif self._write_timeout:
+                self.socket.settimeout(None)  # the deadline, not a per-read timeout
+                self._write_timeout = False
+            if not self.rfile.peek(1):
+                return False
+        except OSError:
+            return False
+        deadlines.release(waiting)
+        return True
+
+    def read_requestline(self) -> str:
+        """The next request line (awaited by `handle_one_request`)."""
         self._requests += 1
         line: str = super().read_requestline()
         if line and not line.endswith("\n") and len(line) < MAX_REQUEST_LINE:

@@ -143,6 +143,45 @@ def test_signed_rest_request_still_works(server):
     assert client.expect("e", "c")["data"] == "x"
 
 
+def _publish_bytes(data: str, *, cut: int | None = None) -> bytes:
+    """A signed publish of `data` to channel "c" as raw bytes (its body cut after `cut`)."""
+    body = json.dumps({"name": "e", "channels": ["c"], "data": data}).encode()
+    head = (
+        f"POST {signed_target('POST', f'/apps/{APP_ID}/events', body)} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body[:cut]
+
+
+def test_kept_connection_publishes_one_after_another(server):
+    """Each publish arrives whole after the last answer (an SDK's keep-alive connection)."""
+    client = server.ws()
+    client.subscribe("c")
+    sock = connect(server)
+    reader = sock.makefile("rb")
+    for n in range(3):
+        sock.sendall(_publish_bytes(str(n)))
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+        assert client.expect("e", "c")["data"] == str(n)
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        assert reader.read(3) == b"{}\n"
+
+
+def test_slow_body_on_a_kept_connection_is_closed(server):
+    """The second request of a kept connection has the deadline of a first one."""
+    sock = connect(server)
+    sock.sendall(_publish_bytes("1"))
+    reply = b""
+    while not reply.endswith(b"{}\n"):
+        chunk = sock.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200")
+    sock.sendall(_publish_bytes("2", cut=5))
+    assert read_until_closed(sock) == b""
+
+
 def test_idle_keep_alive_connection_is_closed(server):
     sock = connect(server)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

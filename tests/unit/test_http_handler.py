@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 from http import client
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -132,3 +134,71 @@ def _environ(handler_class: type, line: bytes, rest: bytes) -> dict[str, Any]:
 @pytest.mark.parametrize(("line", "rest"), REQUESTS)
 def test_same_environ_as_pywsgi(line: bytes, rest: bytes) -> None:
     assert _environ(Handler, line, rest) == _environ(WSGIHandler, line, rest)
+
+
+class _LaneServer(_Server):
+    """A server whose app's `ipe_answer` records the environ it is given and declines."""
+
+    logger = logging.getLogger("test.http_handler.lane")  # WARNING: no access log
+    pre_start_hook = None
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.application = SimpleNamespace(ipe_answer=self._answer)
+
+    def _answer(self, environ: dict[str, Any]) -> None:
+        self.seen.append(dict(environ))
+        return None
+
+
+# Requests taken from the buffer (their environ must be pywsgi's), and requests that must
+# take the stock steps without the app being asked first.
+LANE_TAKEN = [
+    (b"POST /apps/1/events?auth_key=k&x=%20 HTTP/1.1", BLOCKS[1] + b'{"a": "bcd"}'),
+    (b"GET /apps/1/channels/a%2Fb%C3%A9 HTTP/1.1", b"Cookie: a=1\r\nCookie: b=2\r\n\r\n"),
+    (b"GET /apps/1/channels HTTP/1.1", b"\r\n"),
+    (b"POST /apps/1/events HTTP/1.1", b"Connection: Keep-Alive\r\nContent-Length: 2\r\n\r\n{}"),
+]
+LANE_REFUSED = [
+    (b"GET / HTTP/1.1", b"Host: h\r\n\r\n"),  # not under /apps/
+    (b"POST /apps/1/events HTTP/1.0", b"Content-Length: 2\r\n\r\n{}"),
+    (b"POST /apps/1/events HTTP/1.1", b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    (b"POST /apps/1/events HTTP/1.1", b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"),
+    (b"POST /apps/1/events HTTP/1.1", b"Connection: close\r\nContent-Length: 2\r\n\r\n{}"),
+    (b"POST /apps/1/events HTTP/1.1", b"Content-Length: 9\r\n\r\n{}"),  # body not all here
+    (b"POST /apps/1/events HTTP/1.1", b"Content-Length: x\r\n\r\n{}"),
+    (b"POST /apps/1/events HTTP/1.1", b"Folded: a\r\n b\r\nContent-Length: 2\r\n\r\n{}"),
+    (b"POST /apps/1/events HTTP/1.1", b"Content-Length: 2\r\n"),  # headers not ended
+    (b"PUT /apps/1/events HTTP/1.1", b"Content-Length: 2\r\n\r\n{}"),
+    (b"GET /apps/1/channels HTTP/1.1", b"Upgrade: websocket\r\n\r\n"),
+]
+
+
+def _lane_handler(line: bytes, rest: bytes) -> tuple[Handler, _LaneServer]:
+    handler = Handler.__new__(Handler)
+    handler.server = server = _LaneServer()
+    handler.socket = "the socket"
+    handler.client_address = ("127.0.0.1", 5555)
+    handler.rfile = io.BufferedReader(io.BytesIO(line + b"\r\n" + rest))
+    return handler, server
+
+
+@pytest.mark.parametrize(("line", "rest"), LANE_TAKEN)
+def test_a_buffered_request_gets_pywsgi_s_environ(line: bytes, rest: bytes) -> None:
+    handler, server = _lane_handler(line, rest)
+    assert handler.answer_buffered() is None  # declined by the app: left to the stock steps
+    assert handler.rfile.read() == line + b"\r\n" + rest  # nothing consumed
+    (environ,) = server.seen
+    body = environ.pop("wsgi.input").read()
+    stock = _environ(WSGIHandler, line, rest)
+    del stock["input"]
+    assert environ == stock
+    assert body == rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(("line", "rest"), LANE_REFUSED)
+def test_other_requests_take_the_stock_steps(line: bytes, rest: bytes) -> None:
+    handler, server = _lane_handler(line, rest)
+    assert handler.answer_buffered() is None
+    assert server.seen == []  # the app was not asked
+    assert handler.rfile.read() == line + b"\r\n" + rest
