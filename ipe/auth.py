@@ -6,6 +6,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ipe.protocol import is_presence
 
@@ -14,9 +15,13 @@ EMPTY_BODY_MD5 = hashlib.md5(b"").hexdigest()
 
 
 @functools.lru_cache(maxsize=256)
-def _keyed(secret: str) -> hmac.HMAC:
-    """An HMAC-SHA256 that has taken `secret` and nothing else, to be copied per message."""
-    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+def _keyed(secret: str) -> Any:
+    """An HMAC-SHA256 that has taken `secret` and nothing else, to be copied per message.
+
+    OpenSSL's HMAC object itself where the `hmac` module has one (its `copy` is then one C
+    call instead of a Python method building a new wrapper)."""
+    keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+    return getattr(keyed, "_hmac", None) or keyed
 
 
 def sign(secret: str, message: str | bytes) -> str:

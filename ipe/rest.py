@@ -10,7 +10,6 @@ Every rejection is the status Pusher gives with a JSON body `{"error": "..."}`.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -109,7 +108,12 @@ def find_app(state: State, app_id: str) -> AppConfig:
     return app
 
 
-@functools.lru_cache(maxsize=64)
+# id(limits) -> (limits, its body_cap): looked up by identity, since hashing the frozen
+# dataclass (every field) cost more than the arithmetic. The entry holds the object, so
+# its id cannot be reused while the entry exists.
+_CAPS: dict[int, tuple[Limits, int]] = {}
+
+
 def body_cap(limits: Limits) -> int:
     """The largest body a valid request can have under `limits`; larger ones get 413 unread.
 
@@ -117,6 +121,17 @@ def body_cap(limits: Limits) -> int:
     whose data is at the size limit and escaped at worst 6 bytes per byte (`\\u001f`), whose
     names are escaped at worst 12 bytes per character (an astral character as two `\\uXXXX`).
     """
+    found = _CAPS.get(id(limits))
+    if found is not None and found[0] is limits:
+        return found[1]
+    cap = _body_cap(limits)
+    if len(_CAPS) >= 64:
+        _CAPS.clear()
+    _CAPS[id(limits)] = (limits, cap)
+    return cap
+
+
+def _body_cap(limits: Limits) -> int:
     event = 6 * limits.max_message_size + 12 * limits.max_event_name_length + 256
     one = event + limits.max_channels_per_event * (limits.max_channel_name_length + 3)
     batch = limits.max_batch_size * (event + limits.max_channel_name_length + 16)
