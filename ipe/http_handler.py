@@ -76,9 +76,6 @@ _MAX_LINES = getattr(client, "_MAXHEADERS", 100)
 # The request line of a request `answer_buffered` may take: a method of the lean REST routes,
 # a path under /apps/ of printable ASCII, HTTP/1.1 (keep-alive by default).
 _LANE_LINE = re.compile(rb"(GET|POST) (/apps/[!-~]*) HTTP/1\.1\r\n")
-# Headers that need the stock steps: a body of unknown length or one to ask for, an upgrade,
-# a `Connection` other than keep-alive (pywsgi's close and upgrade rules).
-_LANE_REFUSED = ("transfer-encoding", "expect", "upgrade")
 
 # Bodies up to this size go out in the same send() as the headers (copying is cheaper).
 _JOIN_LIMIT = 64 * 1024
@@ -323,11 +320,20 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
 
     def _sendall(self, data: bytes) -> None:
         # gevent's sendall() asks the kernel for SO_SNDBUF on every call to size its chunks;
-        # a small response is taken whole by one send().
+        # a small response is taken whole by one send(), on the plain socket gevent wraps
+        # (non-blocking) when there is no TLS: gevent's send() is two Python layers over it.
+        sock = self.socket
         try:
-            sent = self.socket.send(data)
+            raw = None if hasattr(sock, "_sslobj") else getattr(sock, "_sock", None)
+            if raw is not None:
+                try:
+                    sent = raw.send(data)
+                except BlockingIOError:
+                    sent = 0
+            else:
+                sent = sock.send(data)
             if sent < len(data):
-                self.socket.sendall(memoryview(data)[sent:])
+                sock.sendall(memoryview(data)[sent:])
         except OSError as ex:  # what pywsgi's _sendall does with a socket error
             self.status = f"socket error: {ex}"
             if self.code > 0:
@@ -456,11 +462,13 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         access log, no pre-start hook.
         """
         rfile = self.rfile
-        server = self.server
-        if rfile.closed or getattr(server, "pre_start_hook", None):
-            return None
-        answer = getattr(server.application, "ipe_answer", None)
-        if answer is None or self.logger.isEnabledFor(logging.INFO):
+        answer = self._lane
+        if answer is None:  # the connection's first request: look once
+            server = self.server
+            found = getattr(server.application, "ipe_answer", None)
+            hook = getattr(server, "pre_start_hook", None)
+            answer = self._lane = found if found is not None and not hook else False
+        if answer is False or rfile.closed or self.logger.isEnabledFor(logging.INFO):
             return None
         buffered = rfile.peek()
         line = _LANE_LINE.match(buffered)
@@ -488,7 +496,10 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         if (
             not (length.isascii() and length.isdigit())
             or (connection is not None and connection.lower() != "keep-alive")
-            or any(name in index for name in _LANE_REFUSED)
+            # A body of unknown length or one to ask for, or an upgrade: pywsgi's rules.
+            or "transfer-encoding" in index
+            or "expect" in index
+            or "upgrade" in index
         ):
             return None
         size = end + 2 + int(length)
@@ -507,7 +518,9 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         if reply is None:
             return None
         rfile.read(size)
-        self._lane_drained = len(buffered) == size and not getattr(server, "ssl_enabled", True)
+        self._lane_drained = len(buffered) == size and not getattr(
+            self.server, "ssl_enabled", True
+        )
         self._requests += 1
         self.response_length = 0
         try:
@@ -517,6 +530,9 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         return True
 
     _requests = 0  # requests read on this connection
+    # The app's `ipe_answer` for `answer_buffered`; False: none (or a pre-start hook); None:
+    # not looked up yet.
+    _lane: Any = None
     # After a request answered from the buffer: whether it was all the buffer held (None
     # after one that took the stock steps: `buffer_drained` asks the parsed headers).
     _lane_drained: bool | None = None
