@@ -17,8 +17,9 @@ sharded channels (SPUBLISH/SSUBSCRIBE) spread over every master: one listener pe
 
 The message on the wire (docs/design-decisions.md) is a one-line JSON header, a newline, and
 the client payload exactly as encoded once by the publisher:
-`{"k":"e","c":"presence-room","x":"123.456","n":"node-id"}\\n{"event":...}`. A listener parses
-only the header; the payload bytes go into the WebSocket frame untouched.
+`{"n":"node-id","k":"e","c":"presence-room","x":"123.456"}\\n{"event":...}`. A listener parses
+only the header, and not even that for its own node's echo (it starts with the node id);
+the payload bytes go into the WebSocket frame untouched.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class RedisBroker:
         self.hub = hub
         self.link = link
         self.node = link.node
+        # How this node's own messages begin, unless it must hear them back (see `publish`):
+        # the listener drops such an echo without parsing it.
+        self._echo = json.dumps({"n": self.node}, separators=(",", ":"))[:-1].encode() + b',"k"'
         self.prefix = link.prefix
         self.metrics = metrics
         self.errors = REDIS_ERRORS
@@ -105,23 +109,27 @@ class RedisBroker:
         version: int | None = None,
         ordered: bool = False,
     ) -> None:
-        header: dict[str, Any] = {"k": kind, "c": target, "n": self.node}
-        if exclude:
-            header["x"] = exclude
-        if version is not None:
-            header["v"] = version
         # What follows cluster-wide state (member events, watchlist notices, counts) is
         # published by whichever node changed it; two nodes' messages about one roster must
         # reach every socket in one order, so these are heard back through Redis like every
         # other node hears them (one order everywhere), unless Redis is not there to ask.
         ordered = ordered or version is not None or kind == WATCH
-        if ordered and here and self.ready():
-            header["o"] = 1
-        elif here:
+        heard_back = ordered and here and self.ready()
+        if here and not heard_back:
             # This node's subscribers never wait on Redis: they get the message now, and the
             # listener skips its echo (the header names this node), so a message that Redis
             # takes late (a pause, a failover) or twice never reaches them twice.
             self.hub.dispatch(app_id, kind, target, payload, exclude, version)
+        # The node first: the listener knows its own echo by these bytes alone (`_echo`);
+        # "o" before them marks a message this node must hear back.
+        header: dict[str, Any] = {"o": 1} if heard_back else {}
+        header["n"] = self.node
+        header["k"] = kind
+        header["c"] = target
+        if exclude:
+            header["x"] = exclude
+        if version is not None:
+            header["v"] = version
         if not self.link.up:
             self._failed(app_id, "Redis is unreachable")
             return
@@ -458,6 +466,8 @@ class RedisBroker:
         """(app_id, kind, target, payload, exclude, version) of a message this node should
         carry out, or None."""
         self.received += 1
+        if data.startswith(self._echo):
+            return None  # its publisher, this node, delivered it here already
         app_id = self._wanted.get(channel)
         if app_id is None:
             return None  # a topic just unsubscribed: nobody here wants it
