@@ -62,6 +62,13 @@ class State:
         so that they may run inside the event loop's I/O callbacks."""
         return self.redis is None
 
+    @property
+    def rest_never_blocks(self) -> bool:
+        """True when a lean REST route touches only this process's memory: no Redis, and
+        apps from the config (an app manager may be asked over the network), so that it may
+        be answered inside the event loop's I/O callbacks (`ipe.http_server`)."""
+        return self.redis is None and self.apps.source is None
+
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
         self.hub.start()
@@ -347,6 +354,7 @@ def build_app(state: State) -> Flask:
     app.wsgi_app = router  # type: ignore[method-assign]
     # Read by ipe.http_handler: a plain request that a lean route answers skips the WSGI stack.
     app.ipe_answer = router.answer  # type: ignore[attr-defined]
+    app.ipe_inline = lambda: state.rest_never_blocks  # type: ignore[attr-defined]
 
     app.register_blueprint(rest.blueprint)
     if config.console.enabled:

@@ -377,6 +377,10 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             self.write(body)
             return
         self.response_starting(status)
+        self._sendall(self.reply_bytes(status, headers, body))
+
+    def reply_bytes(self, status: str, headers: list[tuple[str, str]], body: bytes) -> bytearray:
+        """The bytes of a whole HTTP/1.1 reply of `ipe_answer` (see `_reply`)."""
         self.status = status_bytes = status.encode("latin-1")
         self._orig_status = status
         self.code = int(status[:3])
@@ -394,7 +398,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             towrite += hint
         towrite += b"\r\n\r\n"
         towrite += body
-        self._sendall(towrite)
+        return towrite
 
     def get_environ(self) -> dict[str, Any]:
         """pywsgi's environ, built in one pass over the parsed headers: the same keys and
@@ -462,15 +466,39 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         access log, no pre-start hook.
         """
         rfile = self.rfile
+        if rfile.closed or not self.lane_open():
+            return None
+        buffered = rfile.peek()
+        found = self.lane_answer(buffered)
+        if found is None:
+            return None
+        size, reply = found
+        rfile.read(size)
+        self._lane_drained = len(buffered) == size and not getattr(
+            self.server, "ssl_enabled", True
+        )
+        self.response_length = 0
+        try:
+            self._reply(*reply)
+        except OSError:
+            return False  # the client went away; nothing is left to answer
+        return True
+
+    def lane_open(self) -> bool:
+        """Whether requests of this connection may be answered from their bytes (the app has
+        `ipe_answer`, no pre-start hook, no access log)."""
         answer = self._lane
         if answer is None:  # the connection's first request: look once
             server = self.server
             found = getattr(server.application, "ipe_answer", None)
             hook = getattr(server, "pre_start_hook", None)
             answer = self._lane = found if found is not None and not hook else False
-        if answer is False or rfile.closed or self.logger.isEnabledFor(logging.INFO):
-            return None
-        buffered = rfile.peek()
+        return answer is not False and not self.logger.isEnabledFor(logging.INFO)
+
+    def lane_answer(self, buffered: bytes) -> tuple[int, Any] | None:
+        """(its size, the app's reply) if `buffered` starts with a whole hot REST request that
+        the app's `ipe_answer` answers (see `answer_buffered`); None if not (then nothing was
+        done). `lane_open` must be true."""
         line = _LANE_LINE.match(buffered)
         if line is None:
             return None
@@ -514,20 +542,11 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         env["wsgi.input"] = io.BytesIO(buffered[end + 2 : size])
         env["wsgi.input_terminated"] = True
         self.environ = env
-        reply = answer(env)
+        reply = self._lane(env)
         if reply is None:
             return None
-        rfile.read(size)
-        self._lane_drained = len(buffered) == size and not getattr(
-            self.server, "ssl_enabled", True
-        )
         self._requests += 1
-        self.response_length = 0
-        try:
-            self._reply(*reply)
-        except OSError:
-            return False  # the client went away; nothing is left to answer
-        return True
+        return size, reply
 
     _requests = 0  # requests read on this connection
     # The app's `ipe_answer` for `answer_buffered`; False: none (or a pre-start hook); None:

@@ -19,12 +19,19 @@ the same Server and Handler serve `ipe` and gunicorn (see `install`).
 Deadlines are kept in queues swept by one libev timer (`Deadlines`); an expired one shuts its
 socket down: whatever greenlet was reading from it sees the end of the stream and finishes in
 the usual way; no exception is injected into application code.
+
+A kept connection of the in-process engine (no Redis, apps from the config: the lean REST
+routes then touch only memory) waits for its next request in the event loop itself
+(`Handler._serve_inline`): a backend's keep-alive publish is read, answered and replied to
+in the I/O callback, without waking the connection's greenlet or running pywsgi's loop.
+Anything else wakes the greenlet with the bytes already read in front of its stream.
 """
 
 from __future__ import annotations
 
 import _socket
 import functools
+import io
 import logging
 import os
 import socket
@@ -33,6 +40,7 @@ from typing import Any
 
 import gevent
 import gevent.pool
+from gevent.hub import Waiter
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
 from gevent.socket import wait as wait_on_watcher
 
@@ -41,6 +49,7 @@ from ipe import http_handler
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 10.0  # seconds between log lines about closed connections
+INLINE_READ = 65536  # bytes read at once by the event loop's answers (`Handler._serve_inline`)
 # A deadline this close is expired by the sweep rather than waited for: the timer's clock
 # is libev's, read at the start of a loop iteration, so it may fire a little early.
 SLACK = 0.001
@@ -205,6 +214,45 @@ class Deadlines:
             dup.close()
 
 
+class _ReadAhead(io.RawIOBase):
+    """A connection's stream with bytes already taken from the socket in front: what the
+    event loop read but did not answer (`Handler._serve_inline`), then the socket's own."""
+
+    def __init__(self, first: bytes, source: Any) -> None:
+        super().__init__()
+        if isinstance(source, _ReadAhead):  # one whose bytes are all read: one layer at most
+            spent = source
+            source = spent.source
+            spent.source = None  # its close() (when collected) must not close ours
+        self.source: Any = source  # the socket's raw stream
+        self._first = first
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the bytes in front are all read."""
+        return not self._first
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        first = self._first
+        if first:
+            n = min(len(buffer), len(first))
+            buffer[:n] = first[:n]
+            self._first = first[n:]
+            return n
+        return self.source.readinto(buffer)  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return self.source.fileno()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if not self.closed and self.source is not None:
+            self.source.close()  # the socket's stream: its reference to the socket goes
+        super().close()
+
+
 class Handler(http_handler.Handler):  # type: ignore[misc]
     """ipe's keep-alive handler (`ipe.http_handler`) with the deadlines of `Server.deadlines`."""
 
@@ -262,7 +310,10 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
                 # read of this request that has to wait then also gets it, which ends
                 # later than the request's deadline, armed first.
                 sock = self.socket
-                wait_on_watcher(sock._read_event, None, None, sock.hub)
+                if self._inline_allowed():
+                    self._serve_inline()
+                else:
+                    wait_on_watcher(sock._read_event, None, None, sock.hub)
             elif self._write_timeout:
                 self.socket.settimeout(None)  # the deadline, not a per-read timeout
                 self._write_timeout = False
@@ -272,6 +323,92 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
             return False
         deadlines.release(waiting)
         return True
+
+    def buffer_drained(self) -> bool:  # type: ignore[override]
+        """`http_handler.Handler.buffer_drained`, and no bytes the event loop read ahead
+        (`_ReadAhead`) are still unread: only then is there nothing to read but the socket."""
+        raw = getattr(self.rfile, "raw", None)
+        if isinstance(raw, _ReadAhead) and not raw.exhausted:
+            return False
+        return super().buffer_drained()
+
+    def _inline_allowed(self) -> bool:
+        """Whether the next requests may be answered in the event loop (`_serve_inline`):
+        the app's lean routes touch only memory (no Redis, apps from the config), the
+        lane is open and the socket is plain (and, as `buffer_drained` said, nothing is
+        left to read but the socket)."""
+        inline = getattr(self.server.application, "ipe_inline", None)
+        if inline is None or not inline() or not self.lane_open():
+            return False
+        sock = self.socket
+        return not hasattr(sock, "_sslobj") and getattr(sock, "_sock", None) is not None
+
+    def _serve_inline(self) -> None:
+        """Wait for the next request in the event loop, answering there each whole hot REST
+        request that arrives, without a switch to this greenlet, the handler's loop or a
+        deadline a request; return once the connection needs the greenlet: another kind of
+        request (its bytes go back in front of `rfile`), the end of the stream, a reply the
+        socket did not take whole (sent here, with the write timeout), or an error."""
+        sock = self.socket
+        raw = sock._sock
+        waiter = Waiter(sock.hub)
+        watcher = sock.hub.loop.io(raw.fileno(), 1)
+        watcher.start(self._on_inline_readable, raw, waiter)
+        try:
+            unsent = waiter.get()
+        finally:
+            watcher.stop()
+            watcher.close()
+        if unsent:
+            if not self._write_timeout:
+                sock.settimeout(self.server.deadlines.timeout)
+                self._write_timeout = True
+            sock.sendall(unsent)
+
+    def _on_inline_readable(self, raw: Any, waiter: Waiter) -> None:
+        """libev callback (in the hub: never blocks): answer the whole lean requests that
+        arrived; hand anything else to the greenlet (`waiter`)."""
+        unsent: bytes | None = None
+        try:
+            data = raw.recv(INLINE_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # the greenlet's next read reports it
+        try:
+            while data:
+                found = self.lane_answer(data)
+                if found is None:
+                    break
+                size, reply = found
+                data = data[size:]
+                out = self.reply_bytes(*reply)
+                try:
+                    sent = raw.send(out)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    data = b""
+                    break
+                if sent < len(out):
+                    unsent = bytes(out[sent:])
+                    break
+                if not data:  # all answered: idle again, still here
+                    deadlines: Deadlines = self.server.deadlines
+                    if self._waiting is not None:
+                        deadlines.arm(self._waiting, deadlines.keepalive_timeout)
+                    return
+        except Exception:  # a bug here must not take the event loop with it
+            log.exception("error answering a request in the event loop")
+            data = b""
+            unsent = None
+            try:
+                raw.shutdown(socket.SHUT_RDWR)  # the greenlet then sees the end and closes
+            except OSError:
+                pass
+        if data:
+            self.rfile = io.BufferedReader(_ReadAhead(data, self.rfile.detach()))
+        waiter.switch(unsent)
 
     def read_requestline(self) -> str:
         """The next request line (awaited by `handle_one_request`)."""

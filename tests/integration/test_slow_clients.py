@@ -182,6 +182,28 @@ def test_slow_body_on_a_kept_connection_is_closed(server):
     assert read_until_closed(sock) == b""
 
 
+def test_body_arriving_later_on_a_kept_connection_is_answered(server):
+    """Half a publish on a kept connection (the event loop reads it and hands it to the
+    handler), then the rest within the deadline: answered as one request."""
+    client = server.ws()
+    client.subscribe("c")
+    sock = connect(server)
+    reader = sock.makefile("rb")
+    whole = _publish_bytes("3")
+    sock.sendall(whole)  # a first request: the connection then waits in the event loop
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    while reader.readline() not in (b"\r\n", b""):
+        pass
+    assert reader.read(3) == b"{}\n"
+    assert client.expect("e", "c")["data"] == "3"
+    sock.sendall(whole[:-5])
+    # Nothing can be answered yet (a bounded look, well within the 1 s deadline).
+    assert select.select([sock], [], [], 0.2)[0] == []
+    sock.sendall(whole[-5:])
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    assert client.expect("e", "c")["data"] == "3"
+
+
 def test_idle_keep_alive_connection_is_closed(server):
     sock = connect(server)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

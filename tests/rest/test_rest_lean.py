@@ -12,6 +12,8 @@ import hashlib
 import http.client
 import json
 import socket
+import threading
+import time
 
 import pytest
 from rest_support import Api, raw_query, shared_server, signed_query
@@ -221,3 +223,76 @@ def test_a_kept_connection_is_told_how_long_it_stays_open(rest_server, path):
     assert [v for k, v in kept if k.lower() == "keep-alive"] == ["timeout=5"]
     _, closing, _ = exchange(rest_server, "POST", path, EVENT, headers={"Connection": "close"})
     assert [k for k, _ in closing if k.lower() == "keep-alive"] == []
+
+
+def test_requests_behind_another_kind_are_all_answered(rest_server):
+    """A Flask request, then more publishes than one read buffer holds, in one write: the
+    event loop reads them all at once, hands them to the connection's handler, and every
+    one is answered once the connection is idle again."""
+    client = rest_server.ws()
+    client.subscribe("lean-behind")
+    publishes = [
+        _request_bytes(
+            "POST",
+            "/apps/1001/events",
+            json.dumps({"name": "lean", "channels": ["lean-behind"], "data": str(n)}).encode(),
+        )
+        for n in range(60)
+    ]
+    assert sum(map(len, publishes)) > 16384
+    with (
+        socket.create_connection(("127.0.0.1", rest_server.port), timeout=10) as sock,
+        sock.makefile("rb") as reader,
+    ):
+        sock.sendall(_request_bytes("POST", "/apps/1001/events", b"{"))  # then idle
+        assert _read_response(reader)[0] == 400
+        sock.sendall(_request_bytes("GET", "/apps/1001/nothing") + b"".join(publishes))
+        assert _read_response(reader) == (404, {"error": "Not found"})
+        for _ in publishes:
+            assert _read_response(reader) == (200, {})
+        for n in range(60):
+            assert client.expect("lean", "lean-behind")["data"] == str(n)
+        sock.sendall(publishes[0])  # and the connection goes on as before
+        assert _read_response(reader) == (200, {})
+        assert client.expect("lean", "lean-behind")["data"] == "0"
+    client.sync()
+
+
+def test_replies_the_socket_cannot_take_at_once_all_arrive(rest_server):
+    """Pipelined channel listings (80 KB a reply) that the client does not read until ipe
+    has stopped answering, because its sends no longer fit: what a send did not take is
+    finished by the connection's handler, and every reply arrives whole and in order."""
+    names = [f"lean-wide-{n:03d}-" + "x" * 180 for n in range(400)]
+    subscriber = rest_server.ws()
+    for name in names:
+        subscriber.subscribe(name)
+    path, params = "/apps/1001/channels", {"filter_by_prefix": "lean-wide-"}
+    query = raw_query(signed_query("GET", path, params))
+    request = f"GET {path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answered = 'ipe_http_requests_total{app_id="1001",endpoint="rest.channels",status="200"}'
+    count = 1000
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # no room for a reply
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", rest_server.port))
+    with sock, sock.makefile("rb") as reader:
+        sock.sendall(request)  # one first: the connection then waits in the event loop
+        assert sorted(_read_response(reader)[1]["channels"]) == names
+        before = rest_server.metric(answered)
+        writer = threading.Thread(target=sock.sendall, args=(request * count,))
+        writer.start()
+        # Not reading until ipe has stopped answering (a bounded wait for the count to
+        # settle): then a reply did not fit.
+        deadline = time.monotonic() + 20
+        seen = -1.0
+        while (now := rest_server.metric(answered)) != seen or now == before:
+            assert time.monotonic() < deadline, "ipe kept answering, or never started"
+            seen = now
+            time.sleep(0.2)
+        assert now - before < count
+        for _ in range(count):
+            status, body = _read_response(reader)
+            assert status == 200
+            assert sorted(body["channels"]) == names
+        writer.join(timeout=20)
+        assert not writer.is_alive()
