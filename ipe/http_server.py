@@ -360,10 +360,18 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
             watcher.stop()
             watcher.close()
         if unsent:
+            # A response being written: the write timeout bounds it, as for any response,
+            # not the keep-alive deadline; that one starts again once it is out.
+            deadlines: Deadlines = self.server.deadlines
+            waiting = self._waiting
+            if waiting is not None:
+                deadlines.release(waiting)
             if not self._write_timeout:
-                sock.settimeout(self.server.deadlines.timeout)
+                sock.settimeout(deadlines.timeout)
                 self._write_timeout = True
             sock.sendall(unsent)
+            if waiting is not None:
+                deadlines.arm(waiting, deadlines.keepalive_timeout)
 
     def _on_inline_readable(self, raw: Any, waiter: Waiter) -> None:
         """libev callback (in the hub: never blocks): answer the whole lean requests that
