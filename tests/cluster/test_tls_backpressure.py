@@ -9,8 +9,7 @@ import threading
 
 import websocket
 from cluster_support import FIXTURES, redis_config, wait_ready
-from conftest import free_port
-from support.tls import NO_VERIFY, self_signed
+from support.tls import NO_VERIFY, tls_listener
 
 make_redis, redis_server, nodes = FIXTURES
 
@@ -24,8 +23,7 @@ BOUND = 64 << 20
 
 def test_tls_reader_pauses_while_the_handler_is_behind(make_server, make_redis, tmp_path):
     redis_server = make_redis("--enable-debug-command", "yes")
-    key_file, cert_file = self_signed(tmp_path)
-    port = free_port()
+    port, tls = tls_listener(tmp_path)
     # Slow, not gone: no health check or heartbeat may declare Redis unreachable (ipe would
     # then stop waiting for it), and commands wait longer than Redis sleeps.
     config = redis_config(
@@ -35,12 +33,7 @@ def test_tls_reader_pauses_while_the_handler_is_behind(make_server, make_redis, 
         heartbeat_interval=30,
         node_timeout=60,
     )
-    config["ssl"] = {
-        "enabled": True,
-        "host": f"127.0.0.1:{port}",
-        "key_file": key_file,
-        "cert_file": cert_file,
-    }
+    config["ssl"] = tls
     server = make_server(config)
     wait_ready(server)
     client = server.ws(origin=f"wss://127.0.0.1:{port}", **NO_VERIFY)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import requests
-from support import IpeServer, config_with, free_port, wait_until
-from support.tls import self_signed
+from support import IpeServer, config_with, wait_until
+from support.tls import tls_listener
 
 QUERY = "?protocol=7&client=js&version=8.6.0&flash=false"
 
@@ -424,14 +424,7 @@ def test_a_waiting_poll_whose_client_hangs_up_ends_the_session(make_server: Any)
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_a_stream_over_tls_still_streams(make_server: Any, tmp_path: Any) -> None:
     """A TLS stream stays with its handler greenlet (its socket cannot be taken): same lines."""
-    key_file, cert_file = self_signed(tmp_path)
-    port = free_port()
-    tls = {
-        "enabled": True,
-        "host": f"127.0.0.1:{port}",
-        "key_file": key_file,
-        "cert_file": cert_file,
-    }
+    port, tls = tls_listener(tmp_path)
     server = make_server(config_with(ssl=tls))
     url = f"https://127.0.0.1:{port}/pusher/app/demo-key/6/tlsstrm0/xhr_streaming{QUERY}"
     with requests.post(url, stream=True, timeout=10, verify=False) as stream:

@@ -17,9 +17,9 @@ import urllib.request
 
 import pytest
 import requests
-from conftest import APP_ID, KEY, config_with, free_port
+from conftest import APP_ID, KEY, config_with
 from support.rest import signed_target
-from support.tls import self_signed
+from support.tls import tls_listener
 
 TIMEOUT = 1.0  # http_timeout of these servers
 KEEPALIVE = 0.5
@@ -236,14 +236,7 @@ def test_websocket_outlives_the_http_deadline(server):
 
 
 def test_tls_handshake_has_the_deadline_too(make_server, tmp_path):
-    key_file, cert_file = self_signed(tmp_path)
-    port = free_port()
-    ssl_section = {
-        "enabled": True,
-        "host": f"127.0.0.1:{port}",
-        "key_file": key_file,
-        "cert_file": cert_file,
-    }
+    port, ssl_section = tls_listener(tmp_path)
     server = make_server(config_with(ssl=ssl_section, http_timeout=TIMEOUT))
     silent = connect(server, port)
     assert read_until_closed(silent) == b""

@@ -5,22 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import config_with, free_port, running, within_test
-from support.tls import NO_VERIFY, self_signed
+from support import config_with, running, within_test
+from support.tls import NO_VERIFY, tls_listener
 
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     """A server with its TLS listener on, for the module; yields (server, wss origin)."""
     workdir = tmp_path_factory.mktemp("tls")
-    key_file, cert_file = self_signed(workdir)
-    port = free_port()
-    ssl_section = {
-        "enabled": True,
-        "host": f"127.0.0.1:{port}",
-        "key_file": key_file,
-        "cert_file": cert_file,
-    }
+    port, ssl_section = tls_listener(workdir)
     with running(workdir, config_with(ssl=ssl_section), "tls") as server:
         yield server, f"wss://127.0.0.1:{port}"
 

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from support.server import free_port
+
 # websocket-client options for a wss:// server with that certificate.
 NO_VERIFY = {"sslopt": {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}}
 
@@ -40,3 +42,17 @@ def self_signed(directory: Path) -> tuple[str, str]:
     )
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return str(key_file), str(cert_file)
+
+
+def tls_listener(directory: Path) -> tuple[int, dict[str, object]]:
+    """A free port and the config's `ssl:` section of a TLS listener on it, with a throwaway
+    certificate written into `directory`."""
+    key_file, cert_file = self_signed(directory)
+    port = free_port()
+    section = {
+        "enabled": True,
+        "host": f"127.0.0.1:{port}",
+        "key_file": key_file,
+        "cert_file": cert_file,
+    }
+    return port, section
