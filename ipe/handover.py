@@ -35,6 +35,14 @@ class _Released(WebSocket):  # type: ignore[misc]
         pass
 
 
+def plain_socket(sock: Any) -> Any:
+    """The OS socket (non-blocking) inside gevent's socket `sock`, or None for a TLS socket
+    (which must be read and written through its SSL object) or anything else."""
+    if sock is None or hasattr(sock, "_sslobj"):
+        return None
+    return getattr(sock, "_sock", None)
+
+
 def take_socket(ws: Any, read_size: int) -> tuple[Any, bytes, bool]:
     """(socket, bytes already read past the HTTP request, whether pywsgi let go of it).
 

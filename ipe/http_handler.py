@@ -324,7 +324,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         # (non-blocking) when there is no TLS: gevent's send() is two Python layers over it.
         sock = self.socket
         try:
-            raw = None if hasattr(sock, "_sslobj") else getattr(sock, "_sock", None)
+            raw = handover.plain_socket(sock)
             if raw is not None:
                 try:
                     sent = raw.send(data)
@@ -348,10 +348,12 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         False when not known (another parser, a chunked or unread body, TLS, whose buffer
         this cannot see): then the next read tells.
         """
+        if getattr(self.server, "ssl_enabled", True):
+            return False
         if self._lane_drained is not None:  # the last request was answered from the buffer
             return self._lane_drained
         after = getattr(self.headers, "buffered_after", None)
-        if after is None or getattr(self.server, "ssl_enabled", True):
+        if after is None:
             return False
         length = self.content_length or 0
         body = self.wsgi_input
@@ -474,9 +476,7 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
             return None
         size, reply = found
         rfile.read(size)
-        self._lane_drained = len(buffered) == size and not getattr(
-            self.server, "ssl_enabled", True
-        )
+        self._lane_drained = len(buffered) == size
         self.response_length = 0
         try:
             self._reply(*reply)

@@ -44,7 +44,7 @@ from gevent.hub import Waiter
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIServer
 from gevent.socket import wait as wait_on_watcher
 
-from ipe import http_handler
+from ipe import handover, http_handler
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +340,7 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         inline = getattr(self.server.application, "ipe_inline", None)
         if inline is None or not inline() or not self.lane_open():
             return False
-        sock = self.socket
-        return not hasattr(sock, "_sslobj") and getattr(sock, "_sock", None) is not None
+        return handover.plain_socket(self.socket) is not None
 
     def _serve_inline(self) -> None:
         """Wait for the next request in the event loop, answering there each whole hot REST
@@ -350,7 +349,7 @@ class Handler(http_handler.Handler):  # type: ignore[misc]
         request (its bytes go back in front of `rfile`), the end of the stream, a reply the
         socket did not take whole (sent here, with the write timeout), or an error."""
         sock = self.socket
-        raw = sock._sock
+        raw = handover.plain_socket(sock)
         waiter = Waiter(sock.hub)
         watcher = sock.hub.loop.io(raw.fileno(), 1)
         watcher.start(self._on_inline_readable, raw, waiter)
