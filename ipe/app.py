@@ -67,7 +67,7 @@ class State:
         """True when a lean REST route touches only this process's memory: no Redis, and
         apps from the config (an app manager may be asked over the network), so that it may
         be answered inside the event loop's I/O callbacks (`ipe.http_server`)."""
-        return self.redis is None and self.apps.source is None
+        return self.handlers_never_block and self.apps.source is None
 
     def start(self) -> None:
         """Start background work: liveness checks, Redis, broker listener, webhook sender."""
