@@ -479,8 +479,6 @@ class RedisBroker:
             self.dropped += 1
             log.warning("ignoring a malformed message on %r", channel[:100])
             return None
-        if header.get("n") == self.node and not header.get("o"):
-            return None  # its publisher, this node, delivered it here already
         return app_id, kind, target, data[newline + 1 :], header.get("x"), header.get("v")
 
     def _deliver_run(
