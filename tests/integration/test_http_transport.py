@@ -421,6 +421,30 @@ def test_a_waiting_poll_whose_client_hangs_up_ends_the_session(make_server: Any)
     wait_until(lambda: server.metric("ipe_http_sessions") == 0, 5, message="its end")
 
 
+def test_a_waiting_poll_on_a_kept_connection_whose_client_hangs_up_ends_the_session(
+    make_server: Any,
+) -> None:
+    """The same, when the poll is not the connection's first request (it then arrives while
+    the connection waits in the event loop, which hands its bytes to the handler)."""
+    server = make_server(config_with(http_session_timeout=60))  # the timeout cannot do it
+    session = HttpSession(server, sid="2/hangkept")
+    session.open()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while not reply.endswith(b'{"ok":true}\n'):
+        chunk = raw.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    raw.sendall(
+        f"POST /pusher/app/demo-key/2/hangkept/xhr{QUERY} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    wait_until(lambda: server.metric("ipe_http_sessions") == 1, 5, message="the session")
+    raw.close()
+    wait_until(lambda: server.metric("ipe_http_sessions") == 0, 5, message="its end")
+
+
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_a_stream_over_tls_still_streams(make_server: Any, tmp_path: Any) -> None:
     """A TLS stream stays with its handler greenlet (its socket cannot be taken): same lines."""

@@ -153,6 +153,14 @@ def _publish_bytes(data: str, *, cut: int | None = None) -> bytes:
     return head.encode() + body[:cut]
 
 
+def _read_published(reader) -> None:
+    """Read one reply to a publish from `reader`: 200, its headers, the body `{}`."""
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    while reader.readline() not in (b"\r\n", b""):
+        pass
+    assert reader.read(3) == b"{}\n"
+
+
 def test_kept_connection_publishes_one_after_another(server):
     """Each publish arrives whole after the last answer (an SDK's keep-alive connection)."""
     client = server.ws()
@@ -161,11 +169,8 @@ def test_kept_connection_publishes_one_after_another(server):
     reader = sock.makefile("rb")
     for n in range(3):
         sock.sendall(_publish_bytes(str(n)))
-        assert reader.readline().startswith(b"HTTP/1.1 200")
+        _read_published(reader)
         assert client.expect("e", "c")["data"] == str(n)
-        while reader.readline() not in (b"\r\n", b""):
-            pass
-        assert reader.read(3) == b"{}\n"
 
 
 def test_slow_body_on_a_kept_connection_is_closed(server):
@@ -192,16 +197,13 @@ def test_body_arriving_later_on_a_kept_connection_is_answered(make_server):
     reader = sock.makefile("rb")
     whole = _publish_bytes("3")
     sock.sendall(whole)  # a first request: the connection then waits in the event loop
-    assert reader.readline().startswith(b"HTTP/1.1 200")
-    while reader.readline() not in (b"\r\n", b""):
-        pass
-    assert reader.read(3) == b"{}\n"
+    _read_published(reader)
     assert client.expect("e", "c")["data"] == "3"
     sock.sendall(whole[:-5])
     # Nothing can be answered yet (a bounded look, well within the deadline).
     assert select.select([sock], [], [], 0.2)[0] == []
     sock.sendall(whole[-5:])
-    assert reader.readline().startswith(b"HTTP/1.1 200")
+    _read_published(reader)
     assert client.expect("e", "c")["data"] == "3"
 
 
